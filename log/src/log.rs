@@ -1,0 +1,790 @@
+//! [`Log`]: one partition's log — a directory of segments with a single writable (active) one.
+//!
+//! Offsets: the log start offset (first offset still stored), the log end offset (LEO: offset the
+//! next record gets), and the high watermark (HW: offsets below it are committed and visible to
+//! consumers). The log moves LEO; replication moves HW through [`Log::set_high_watermark`].
+//!
+//! Durability follows Kafka: appends go to the page cache; `flush.messages`/`flush.ms` force an
+//! fsync; a rolled segment is fsynced in the background and the *recovery point* (offset below
+//! which everything is on disk) advances. After an unclean stop only segments past the recovery
+//! point are scanned and repaired; a clean shutdown leaves a marker that skips the scan.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+
+use crate::batch::{self, BatchFrames, BatchHeader, TimestampType};
+use crate::checkpoint::{self, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};
+use crate::config::{Clock, LogConfig, SystemClock};
+use crate::error::{IoContext, LogError, Result};
+use crate::segment::{self, FileRegion, LogSegment};
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub first_offset: u64,
+    pub last_offset: u64,
+    pub max_timestamp: i64,
+    /// Set when the log stamped the batches with `message.timestamp.type=LogAppendTime`.
+    pub log_append_time: Option<i64>,
+    pub record_count: u64,
+    pub batch_count: usize,
+    pub bytes: usize,
+}
+
+/// The result of a read: file regions of whole batches, and the log's offsets at read time.
+#[derive(Debug, Clone)]
+pub struct ReadInfo {
+    pub regions: Vec<FileRegion>,
+    /// Total bytes of `regions`.
+    pub size: u64,
+    /// The offset after the last batch returned (the requested offset when nothing was).
+    pub next_offset: u64,
+    pub log_start_offset: u64,
+    pub log_end_offset: u64,
+    pub high_watermark: u64,
+}
+
+struct AppendState {
+    closed: bool,
+    unflushed_messages: u64,
+    last_flush_ms: i64,
+}
+
+/// Shared with the background threads that fsync rolled segments.
+struct FlushState {
+    dir: PathBuf,
+    recovery_point: AtomicU64,
+    /// Serialises fsync + recovery-point updates with truncation.
+    lock: Mutex<u64>,
+}
+
+pub struct Log {
+    dir: PathBuf,
+    config: RwLock<LogConfig>,
+    clock: Arc<dyn Clock>,
+    segments: RwLock<BTreeMap<u64, Arc<LogSegment>>>,
+    appender: Mutex<AppendState>,
+    log_start_offset: AtomicU64,
+    log_end_offset: AtomicU64,
+    high_watermark: AtomicU64,
+    flush_state: Arc<FlushState>,
+    background: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, recovering it if it was not closed cleanly.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        Self::open_with_clock(dir, config, Arc::new(SystemClock))
+    }
+
+    pub fn open_with_clock(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Log> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).ctx("create log directory", &dir)?;
+        let now = clock.now_ms();
+
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean = marker.exists();
+        if clean {
+            // Removed before any append can happen, so a crash from here on triggers recovery.
+            fs::remove_file(&marker).ctx("remove clean-shutdown marker", &marker)?;
+            checkpoint::sync_dir(&dir)?;
+        }
+        let recovery_point =
+            checkpoint::read_offset(&dir, RECOVERY_POINT_FILE).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "unreadable recovery point; recovering the whole log");
+                None
+            });
+
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(&dir).ctx("list log directory", &dir)? {
+            let path = entry.ctx("list log directory", &dir)?.path();
+            let (Some(stem), Some(ext)) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) else {
+                continue;
+            };
+            let Ok(base) = stem.parse::<u64>() else {
+                continue;
+            };
+            if stem.len() != 20 {
+                continue;
+            }
+            match ext {
+                segment::LOG_EXT => bases.push(base),
+                segment::INDEX_EXT | segment::TIME_INDEX_EXT
+                    if !dir
+                        .join(segment::file_name(base, segment::LOG_EXT))
+                        .exists() =>
+                {
+                    fs::remove_file(&path).ctx("remove orphan index", &path)?;
+                }
+                _ => {}
+            }
+        }
+        bases.sort_unstable();
+
+        let mut segments = BTreeMap::new();
+        let mut damaged_at: Option<u64> = None;
+        for (i, &base) in bases.iter().enumerate() {
+            let seg = LogSegment::open(&dir, base, now)?;
+            if damaged_at.is_some() {
+                // Everything after a damaged segment is after the damage: not served.
+                tracing::warn!(segment = %seg.log_path().display(), "deleting segment after damaged data");
+                seg.delete_files()?;
+                continue;
+            }
+            let next_base = bases.get(i + 1).copied();
+            let below_recovery_point =
+                matches!((recovery_point, next_base), (Some(rp), Some(nb)) if nb <= rp);
+            let trusted = clean || below_recovery_point;
+            let loaded = trusted && seg.load().is_ok();
+            if !loaded {
+                let contiguous = !config.cleanup_compact;
+                let outcome = seg.recover(config.index_interval_bytes, usize::MAX, contiguous)?;
+                if outcome.truncated_bytes > 0 {
+                    damaged_at = Some(seg.next_offset());
+                }
+                if next_base.is_some() && damaged_at.is_none() {
+                    seg.seal()?; // a sealed segment keeps trimmed indexes
+                }
+            }
+            segments.insert(base, Arc::new(seg));
+        }
+        if let Some(at) = damaged_at {
+            tracing::warn!(dir = %dir.display(), log_end_offset = at, "log recovered: truncated at damaged data");
+        }
+        if segments.is_empty() {
+            let seg = LogSegment::create(&dir, 0, config.segment_index_bytes, now)?;
+            segments.insert(0, Arc::new(seg));
+        }
+        let (first, active) = match (segments.values().next(), segments.values().next_back()) {
+            (Some(f), Some(a)) => (f.clone(), a.clone()),
+            _ => unreachable!("segments is non-empty"),
+        };
+        active.resize_indexes(config.segment_index_bytes)?;
+        let leo = active.next_offset();
+        let start = first.base_offset();
+        let rp = recovery_point.unwrap_or(start).min(leo);
+
+        let log = Log {
+            flush_state: Arc::new(FlushState {
+                dir: dir.clone(),
+                recovery_point: AtomicU64::new(rp),
+                lock: Mutex::new(0),
+            }),
+            dir,
+            config: RwLock::new(config),
+            clock,
+            segments: RwLock::new(segments),
+            appender: Mutex::new(AppendState {
+                closed: false,
+                unflushed_messages: 0,
+                last_flush_ms: now,
+            }),
+            log_start_offset: AtomicU64::new(start),
+            log_end_offset: AtomicU64::new(leo),
+            high_watermark: AtomicU64::new(leo),
+            background: Mutex::new(Vec::new()),
+        };
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn config(&self) -> LogConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    /// Replaces the configuration; sizes of existing index files change at the next roll.
+    pub fn set_config(&self, config: LogConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+    pub fn log_start_offset(&self) -> u64 {
+        self.log_start_offset.load(Ordering::Acquire)
+    }
+    pub fn log_end_offset(&self) -> u64 {
+        self.log_end_offset.load(Ordering::Acquire)
+    }
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+    pub fn recovery_point(&self) -> u64 {
+        self.flush_state.recovery_point.load(Ordering::Acquire)
+    }
+    /// Sets the high watermark, clamped to `[log start offset, log end offset]`.
+    pub fn set_high_watermark(&self, hw: u64) -> u64 {
+        let hw = hw.clamp(self.log_start_offset(), self.log_end_offset());
+        self.high_watermark.store(hw, Ordering::Release);
+        hw
+    }
+
+    fn segments_snapshot(&self) -> Vec<Arc<LogSegment>> {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn active(&self) -> Arc<LogSegment> {
+        let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        segs.values()
+            .next_back()
+            .cloned()
+            .unwrap_or_else(|| unreachable!("a log always has an active segment"))
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Bytes stored across all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments_snapshot().iter().map(|s| s.size()).sum()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<u64> {
+        self.segments_snapshot()
+            .iter()
+            .map(|s| s.base_offset())
+            .collect()
+    }
+
+    // ---- append ----------------------------------------------------------------------------
+
+    /// Appends batches a producer sent: validates each (magic, CRC, count, `max.message.bytes`),
+    /// assigns offsets from the log end offset by rewriting each header's baseOffset and
+    /// partitionLeaderEpoch in `batches`, and writes them with one write.
+    pub fn append_as_leader(&self, batches: &mut [u8], leader_epoch: i32) -> Result<AppendInfo> {
+        let config = self.config();
+        let mut frames = validate_incoming(batches, config.max_message_bytes, true)?;
+        let mut st = self.lock_appender()?;
+        let now = self.clock.now_ms();
+        let log_append_time =
+            (config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
+        let mut next = self.log_end_offset() as i64;
+        for (pos, h) in frames.iter_mut() {
+            let b = &mut batches[*pos..*pos + h.total_size()];
+            batch::assign_offset(b, next, leader_epoch);
+            if let Some(t) = log_append_time {
+                batch::set_log_append_time(b, t);
+            }
+            *h = BatchHeader::parse(b).map_err(|source| LogError::InvalidBatch {
+                position: *pos,
+                source,
+            })?;
+            next = h.next_offset();
+        }
+        self.append_validated(&mut st, &config, batches, &frames, log_append_time)
+    }
+
+    /// Appends batches replicated from a leader, keeping their offsets. The first must start at
+    /// or after the log end offset (exactly at it unless the log is compacted).
+    pub fn append_as_follower(&self, batches: &[u8]) -> Result<AppendInfo> {
+        let config = self.config();
+        let frames = validate_incoming(batches, usize::MAX, false)?;
+        let mut st = self.lock_appender()?;
+        let mut expected = self.log_end_offset();
+        for (_, h) in &frames {
+            let base = h.base_offset.max(0) as u64;
+            if base < expected || (!config.cleanup_compact && base != expected) {
+                return Err(LogError::NonContiguousOffset {
+                    expected,
+                    got: base,
+                });
+            }
+            expected = h.next_offset() as u64;
+        }
+        self.append_validated(&mut st, &config, batches, &frames, None)
+    }
+
+    fn lock_appender(&self) -> Result<MutexGuard<'_, AppendState>> {
+        let st = lock(&self.appender);
+        if st.closed {
+            return Err(LogError::Closed);
+        }
+        Ok(st)
+    }
+
+    fn append_validated(
+        &self,
+        st: &mut AppendState,
+        config: &LogConfig,
+        data: &[u8],
+        frames: &[(usize, BatchHeader)],
+        log_append_time: Option<i64>,
+    ) -> Result<AppendInfo> {
+        let (Some((_, first)), Some((_, last))) = (frames.first(), frames.last()) else {
+            unreachable!("validate_incoming rejects empty input")
+        };
+        let first_offset = first.base_offset as u64;
+        let last_offset = last.last_offset() as u64;
+        let active = self.maybe_roll(config, data.len() as u64, first_offset, last_offset)?;
+        let headers: Vec<BatchHeader> = frames.iter().map(|(_, h)| *h).collect();
+        active.append(data, &headers, config.index_interval_bytes)?;
+        self.log_end_offset
+            .store(last_offset + 1, Ordering::Release);
+
+        let record_count: u64 = headers.iter().map(|h| h.record_count as u64).sum();
+        st.unflushed_messages += record_count;
+        let now = self.clock.now_ms();
+        if st.unflushed_messages >= config.flush_messages
+            || (now - st.last_flush_ms).max(0) as u64 >= config.flush_ms
+        {
+            self.flush_locked(st)?;
+        }
+        Ok(AppendInfo {
+            first_offset,
+            last_offset,
+            max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+            log_append_time,
+            record_count,
+            batch_count: headers.len(),
+            bytes: data.len(),
+        })
+    }
+
+    /// Returns the segment the next append goes to, rolling a new one when the active segment is
+    /// full (`segment.bytes`, index space, relative-offset range) or old (`segment.ms`).
+    fn maybe_roll(
+        &self,
+        config: &LogConfig,
+        size: u64,
+        first_offset: u64,
+        last_offset: u64,
+    ) -> Result<Arc<LogSegment>> {
+        let active = self.active();
+        let now = self.clock.now_ms();
+        let full = active.size() + size > config.segment_bytes
+            || now - active.rolling_base_ms() > config.segment_ms
+            || active.indexes_full();
+        let unaddressable =
+            !active.can_hold_offset(first_offset) || !active.can_hold_offset(last_offset);
+        if (active.is_empty() || !full) && !unaddressable {
+            return Ok(active);
+        }
+        active.seal()?;
+        let new = Arc::new(LogSegment::create(
+            &self.dir,
+            first_offset,
+            config.segment_index_bytes,
+            now,
+        )?);
+        let to_flush: Vec<Arc<LogSegment>> = {
+            let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
+            segs.insert(first_offset, new.clone());
+            let rp = self.recovery_point();
+            segs.range(..first_offset)
+                .filter(|(_, s)| s.next_offset() > rp || s.base_offset() >= rp)
+                .map(|(_, s)| s.clone())
+                .collect()
+        };
+        tracing::debug!(dir = %self.dir.display(), base_offset = first_offset, "rolled segment");
+        self.spawn_flush(to_flush, first_offset);
+        Ok(new)
+    }
+
+    /// fsyncs rolled segments off the append path, then advances the recovery point to `upto`.
+    fn spawn_flush(&self, segments: Vec<Arc<LogSegment>>, upto: u64) {
+        let fs = self.flush_state.clone();
+        let generation = *lock(&fs.lock);
+        let handle = std::thread::spawn(move || {
+            let guard = lock(&fs.lock);
+            for s in &segments {
+                if let Err(e) = s.flush() {
+                    tracing::error!(error = %e, "fsync of rolled segment failed");
+                    return;
+                }
+            }
+            if *guard != generation {
+                return; // the log was truncated meanwhile: `upto` may no longer be valid
+            }
+            fs.recovery_point.fetch_max(upto, Ordering::AcqRel);
+            let rp = fs.recovery_point.load(Ordering::Acquire);
+            if let Err(e) = checkpoint::write_offset(&fs.dir, RECOVERY_POINT_FILE, rp) {
+                tracing::warn!(error = %e, "could not write recovery point");
+            }
+        });
+        let mut bg = lock(&self.background);
+        bg.retain(|h| !h.is_finished());
+        bg.push(handle);
+    }
+
+    fn join_background(&self) {
+        let handles: Vec<_> = lock(&self.background).drain(..).collect();
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+
+    // ---- flush -----------------------------------------------------------------------------
+
+    /// fsyncs everything appended so far and advances the recovery point to the log end offset.
+    pub fn flush(&self) -> Result<()> {
+        let mut st = lock(&self.appender);
+        self.flush_locked(&mut st)
+    }
+
+    /// Flushes if `flush.ms` has passed since the last flush (for a periodic task).
+    pub fn flush_if_due(&self) -> Result<bool> {
+        let mut st = lock(&self.appender);
+        let due = (self.clock.now_ms() - st.last_flush_ms).max(0) as u64 >= self.config().flush_ms;
+        if due && st.unflushed_messages > 0 {
+            self.flush_locked(&mut st)?;
+        }
+        Ok(due)
+    }
+
+    fn flush_locked(&self, st: &mut AppendState) -> Result<()> {
+        let leo = self.log_end_offset();
+        let _g = lock(&self.flush_state.lock);
+        let rp = self.recovery_point();
+        for s in self.segments_snapshot() {
+            if s.next_offset() > rp || s.base_offset() >= rp {
+                s.flush_log()?;
+            }
+        }
+        self.flush_state
+            .recovery_point
+            .fetch_max(leo, Ordering::AcqRel);
+        st.unflushed_messages = 0;
+        st.last_flush_ms = self.clock.now_ms();
+        Ok(())
+    }
+
+    /// Persists the recovery point (a periodic task's job; roll and close do it too).
+    pub fn checkpoint(&self) -> Result<()> {
+        let _g = lock(&self.flush_state.lock);
+        checkpoint::write_offset(&self.dir, RECOVERY_POINT_FILE, self.recovery_point())
+    }
+
+    // ---- read ------------------------------------------------------------------------------
+
+    /// Reads whole batches from `offset`, at most `max_bytes` (but always the first batch), and
+    /// only batches below `max_offset` (the high watermark for consumers; `None` = log end).
+    pub fn read(&self, offset: u64, max_bytes: usize, max_offset: Option<u64>) -> Result<ReadInfo> {
+        let start = self.log_start_offset();
+        let leo = self.log_end_offset();
+        let hw = self.high_watermark();
+        if offset < start || offset > leo {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: start,
+                log_end_offset: leo,
+            });
+        }
+        let bound = max_offset.unwrap_or(leo).min(leo);
+        let mut info = ReadInfo {
+            regions: Vec::new(),
+            size: 0,
+            next_offset: offset,
+            log_start_offset: start,
+            log_end_offset: leo,
+            high_watermark: hw,
+        };
+        if offset >= bound {
+            return Ok(info);
+        }
+        let segments: Vec<Arc<LogSegment>> = {
+            let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+            let floor = segs.range(..=offset).next_back().map_or(0, |(b, _)| *b);
+            segs.range(floor..).map(|(_, s)| s.clone()).collect()
+        };
+        let mut remaining = max_bytes as u64;
+        for seg in segments {
+            if info.next_offset >= bound || (remaining == 0 && !info.regions.is_empty()) {
+                break;
+            }
+            if info.next_offset >= seg.next_offset() {
+                continue;
+            }
+            let first = info.regions.is_empty();
+            if let Some((region, next)) = seg.read(info.next_offset, remaining, bound, first)? {
+                remaining = remaining.saturating_sub(region.len);
+                info.size += region.len;
+                info.next_offset = next;
+                info.regions.push(region);
+            } else if !first {
+                break;
+            }
+        }
+        Ok(info)
+    }
+
+    /// [`Log::read`] into memory.
+    pub fn read_bytes(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        max_offset: Option<u64>,
+    ) -> Result<(Bytes, ReadInfo)> {
+        let info = self.read(offset, max_bytes, max_offset)?;
+        let mut buf = Vec::with_capacity(info.size as usize);
+        for r in &info.regions {
+            r.read_into(&mut buf).ctx("read segment", &self.dir)?;
+        }
+        Ok((Bytes::from(buf), info))
+    }
+
+    /// The first offset whose record timestamp is >= `timestamp` (and below `max_offset`), with
+    /// that record's timestamp; `None` when there is none.
+    pub fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+        max_offset: Option<u64>,
+    ) -> Result<Option<(u64, i64)>> {
+        let bound = max_offset.unwrap_or(u64::MAX).min(self.log_end_offset());
+        let start = self.log_start_offset();
+        for seg in self.segments_snapshot() {
+            if seg.base_offset() >= bound {
+                break;
+            }
+            if let Some((offset, ts)) = seg.find_offset_by_timestamp(timestamp, bound)? {
+                if offset >= start {
+                    return Ok(Some((offset, ts)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    // ---- retention and truncation --------------------------------------------------------------
+
+    /// Deletes whole segments that `retention.ms` or `retention.bytes` no longer keep. Never the
+    /// active segment, and never data above the high watermark. Returns how many were deleted.
+    pub fn delete_old_segments(&self) -> Result<usize> {
+        let config = self.config();
+        if !config.cleanup_delete {
+            return Ok(0);
+        }
+        let now = self.clock.now_ms();
+        let hw = self.high_watermark();
+        let segments = self.segments_snapshot();
+        let mut total: u64 = segments.iter().map(|s| s.size()).sum();
+        let mut doomed = Vec::new();
+        for (i, seg) in segments.iter().enumerate() {
+            let Some(next) = segments.get(i + 1) else {
+                break;
+            }; // the active segment stays
+            if next.base_offset() > hw {
+                break;
+            }
+            let expired = config.retention_ms >= 0
+                && seg.max_timestamp() >= 0
+                && now - seg.max_timestamp() > config.retention_ms;
+            let oversized =
+                config.retention_bytes >= 0 && total - seg.size() >= config.retention_bytes as u64;
+            if !(expired || oversized) {
+                break;
+            }
+            total -= seg.size();
+            doomed.push(seg.clone());
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        {
+            let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
+            for s in &doomed {
+                segs.remove(&s.base_offset());
+            }
+            if let Some(first) = segs.values().next() {
+                self.log_start_offset
+                    .fetch_max(first.base_offset(), Ordering::AcqRel);
+            }
+        }
+        for s in &doomed {
+            tracing::info!(segment = %s.log_path().display(), "deleting segment by retention");
+            s.delete_files()?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Removes every record at or after `offset` (a follower dropping a divergent tail). A batch
+    /// containing `offset` goes whole. Returns true if anything was removed.
+    pub fn truncate_to(&self, offset: u64) -> Result<bool> {
+        let _st = self.lock_appender()?;
+        if offset >= self.log_end_offset() {
+            return Ok(false);
+        }
+        if offset < self.log_start_offset() {
+            self.truncate_fully_locked(offset)?;
+            return Ok(true);
+        }
+        let config = self.config();
+        let mut gen = lock(&self.flush_state.lock);
+        *gen += 1;
+        let (floor, doomed) = {
+            let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
+            let doomed: Vec<u64> = segs.range(offset + 1..).map(|(b, _)| *b).collect();
+            let doomed: Vec<Arc<LogSegment>> =
+                doomed.iter().filter_map(|b| segs.remove(b)).collect();
+            let floor = segs
+                .range(..=offset)
+                .next_back()
+                .map(|(_, s)| s.clone())
+                .ok_or(LogError::Closed)?;
+            (floor, doomed)
+        };
+        for s in &doomed {
+            s.delete_files()?;
+        }
+        floor.truncate_to(offset, config.index_interval_bytes)?;
+        floor.resize_indexes(config.segment_index_bytes)?;
+        let leo = floor.next_offset();
+        self.log_end_offset.store(leo, Ordering::Release);
+        self.high_watermark.fetch_min(leo, Ordering::AcqRel);
+        self.flush_state
+            .recovery_point
+            .fetch_min(leo, Ordering::AcqRel);
+        checkpoint::write_offset(&self.dir, RECOVERY_POINT_FILE, self.recovery_point())?;
+        Ok(true)
+    }
+
+    /// Deletes all data and restarts the log empty at `offset`.
+    pub fn truncate_fully_and_start_at(&self, offset: u64) -> Result<()> {
+        let _st = self.lock_appender()?;
+        self.truncate_fully_locked(offset)
+    }
+
+    fn truncate_fully_locked(&self, offset: u64) -> Result<()> {
+        let config = self.config();
+        let mut gen = lock(&self.flush_state.lock);
+        *gen += 1;
+        let old: Vec<Arc<LogSegment>> = {
+            let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *segs).into_values().collect()
+        };
+        for s in &old {
+            s.delete_files()?;
+        }
+        let seg = LogSegment::create(
+            &self.dir,
+            offset,
+            config.segment_index_bytes,
+            self.clock.now_ms(),
+        )?;
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(offset, Arc::new(seg));
+        self.log_start_offset.store(offset, Ordering::Release);
+        self.log_end_offset.store(offset, Ordering::Release);
+        self.high_watermark.store(offset, Ordering::Release);
+        self.flush_state
+            .recovery_point
+            .store(offset, Ordering::Release);
+        checkpoint::write_offset(&self.dir, RECOVERY_POINT_FILE, offset)
+    }
+
+    // ---- shutdown --------------------------------------------------------------------------
+
+    /// Clean shutdown: stop appends, trim indexes, fsync everything, persist the recovery point,
+    /// and leave the clean-shutdown marker so the next open skips recovery.
+    pub fn close(&self) -> Result<()> {
+        let mut st = lock(&self.appender);
+        if st.closed {
+            return Ok(());
+        }
+        st.closed = true;
+        self.join_background();
+        let active = self.active();
+        active.seal()?;
+        for s in self.segments_snapshot() {
+            s.flush()?;
+        }
+        self.flush_state
+            .recovery_point
+            .fetch_max(self.log_end_offset(), Ordering::AcqRel);
+        checkpoint::write_offset(&self.dir, RECOVERY_POINT_FILE, self.recovery_point())?;
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        fs::write(&marker, b"").ctx("write clean-shutdown marker", &marker)?;
+        checkpoint::sync_dir(&self.dir)
+    }
+
+    /// Deletes the partition: its segments and its directory.
+    pub fn delete(self) -> Result<()> {
+        lock(&self.appender).closed = true;
+        self.join_background();
+        fs::remove_dir_all(&self.dir).ctx("delete log directory", &self.dir)
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.join_background();
+    }
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("log_start_offset", &self.log_start_offset())
+            .field("log_end_offset", &self.log_end_offset())
+            .field("high_watermark", &self.high_watermark())
+            .finish()
+    }
+}
+
+/// Splits a producer's record set into batches and validates each. Every byte must belong to a
+/// complete, valid batch.
+fn validate_incoming(
+    buf: &[u8],
+    max_message_bytes: usize,
+    strict_count: bool,
+) -> Result<Vec<(usize, BatchHeader)>> {
+    let mut out = Vec::new();
+    let mut frames = BatchFrames::new(buf);
+    for frame in frames.by_ref() {
+        let (pos, h) = frame.map_err(|source| LogError::InvalidBatch {
+            position: out
+                .last()
+                .map_or(0, |(p, h): &(usize, BatchHeader)| p + h.total_size()),
+            source,
+        })?;
+        if h.total_size() > max_message_bytes {
+            return Err(LogError::BatchTooLarge {
+                size: h.total_size(),
+                max: max_message_bytes,
+            });
+        }
+        batch::validate(&buf[pos..pos + h.total_size()], strict_count).map_err(|source| {
+            LogError::InvalidBatch {
+                position: pos,
+                source,
+            }
+        })?;
+        out.push((pos, h));
+    }
+    if out.is_empty() {
+        return Err(LogError::InvalidBatch {
+            position: 0,
+            source: crate::error::BatchError::Empty,
+        });
+    }
+    Ok(out)
+}
