@@ -117,9 +117,11 @@ impl LogConfig {
                     match p {
                         "delete" => delete = true,
                         "compact" => compact = true,
-                        other => return Err(LogError::InvalidConfig(format!(
+                        other => {
+                            return Err(LogError::InvalidConfig(format!(
                             "cleanup.policy: unknown policy {other:?} (expected delete, compact)"
-                        ))),
+                        )))
+                        }
                     }
                 }
                 self.cleanup_delete = delete;
@@ -129,9 +131,11 @@ impl LogConfig {
                 self.timestamp_type = match value {
                     "CreateTime" => TimestampType::CreateTime,
                     "LogAppendTime" => TimestampType::LogAppendTime,
-                    other => return Err(LogError::InvalidConfig(format!(
+                    other => {
+                        return Err(LogError::InvalidConfig(format!(
                         "message.timestamp.type must be CreateTime or LogAppendTime, got {other:?}"
-                    ))),
+                    )))
+                    }
                 }
             }
             _ => return Ok(false),

@@ -60,8 +60,11 @@ struct AppendState {
 struct FlushState {
     dir: PathBuf,
     recovery_point: AtomicU64,
+    /// Bumped by every truncation: a background flush started before one must not advance the
+    /// recovery point past data that no longer exists.
+    generation: AtomicU64,
     /// Serialises fsync + recovery-point updates with truncation.
-    lock: Mutex<u64>,
+    lock: Mutex<()>,
 }
 
 pub struct Log {
@@ -185,7 +188,8 @@ impl Log {
             flush_state: Arc::new(FlushState {
                 dir: dir.clone(),
                 recovery_point: AtomicU64::new(rp),
-                lock: Mutex::new(0),
+                generation: AtomicU64::new(0),
+                lock: Mutex::new(()),
             }),
             dir,
             config: RwLock::new(config),
@@ -342,8 +346,14 @@ impl Log {
         };
         let first_offset = first.base_offset as u64;
         let last_offset = last.last_offset() as u64;
-        let active = self.maybe_roll(config, data.len() as u64, first_offset, last_offset)?;
         let headers: Vec<BatchHeader> = frames.iter().map(|(_, h)| *h).collect();
+        let max_timestamp = headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1);
+        let active = self.maybe_roll(
+            config,
+            data.len() as u64,
+            (first_offset, last_offset),
+            max_timestamp,
+        )?;
         active.append(data, &headers, config.index_interval_bytes)?;
         self.log_end_offset
             .store(last_offset + 1, Ordering::Release);
@@ -359,7 +369,7 @@ impl Log {
         Ok(AppendInfo {
             first_offset,
             last_offset,
-            max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+            max_timestamp,
             log_append_time,
             record_count,
             batch_count: headers.len(),
@@ -369,17 +379,25 @@ impl Log {
 
     /// Returns the segment the next append goes to, rolling a new one when the active segment is
     /// full (`segment.bytes`, index space, relative-offset range) or old (`segment.ms`).
+    ///
+    /// Age is measured as Kafka does: the incoming batch's max timestamp minus the segment's first
+    /// batch timestamp (wall clock minus creation time for an empty segment), so appending old
+    /// records does not roll a segment per append.
     fn maybe_roll(
         &self,
         config: &LogConfig,
         size: u64,
-        first_offset: u64,
-        last_offset: u64,
+        (first_offset, last_offset): (u64, u64),
+        max_timestamp: i64,
     ) -> Result<Arc<LogSegment>> {
         let active = self.active();
         let now = self.clock.now_ms();
+        let age = match active.first_timestamp() {
+            Some(first) => max_timestamp.saturating_sub(first),
+            None => now - active.created_ms(),
+        };
         let full = active.size() + size > config.segment_bytes
-            || now - active.rolling_base_ms() > config.segment_ms
+            || age > config.segment_ms
             || active.indexes_full();
         let unaddressable =
             !active.can_hold_offset(first_offset) || !active.can_hold_offset(last_offset);
@@ -410,16 +428,16 @@ impl Log {
     /// fsyncs rolled segments off the append path, then advances the recovery point to `upto`.
     fn spawn_flush(&self, segments: Vec<Arc<LogSegment>>, upto: u64) {
         let fs = self.flush_state.clone();
-        let generation = *lock(&fs.lock);
+        let generation = fs.generation.load(Ordering::Acquire);
         let handle = std::thread::spawn(move || {
-            let guard = lock(&fs.lock);
+            let _guard = lock(&fs.lock);
             for s in &segments {
                 if let Err(e) = s.flush() {
                     tracing::error!(error = %e, "fsync of rolled segment failed");
                     return;
                 }
             }
-            if *guard != generation {
+            if fs.generation.load(Ordering::Acquire) != generation {
                 return; // the log was truncated meanwhile: `upto` may no longer be valid
             }
             fs.recovery_point.fetch_max(upto, Ordering::AcqRel);
@@ -635,8 +653,8 @@ impl Log {
             return Ok(true);
         }
         let config = self.config();
-        let mut gen = lock(&self.flush_state.lock);
-        *gen += 1;
+        let _flush = lock(&self.flush_state.lock);
+        self.flush_state.generation.fetch_add(1, Ordering::AcqRel);
         let (floor, doomed) = {
             let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
             let doomed: Vec<u64> = segs.range(offset + 1..).map(|(b, _)| *b).collect();
@@ -672,8 +690,8 @@ impl Log {
 
     fn truncate_fully_locked(&self, offset: u64) -> Result<()> {
         let config = self.config();
-        let mut gen = lock(&self.flush_state.lock);
-        *gen += 1;
+        let _flush = lock(&self.flush_state.lock);
+        self.flush_state.generation.fetch_add(1, Ordering::AcqRel);
         let old: Vec<Arc<LogSegment>> = {
             let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut *segs).into_values().collect()

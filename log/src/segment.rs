@@ -62,7 +62,7 @@ struct WriterState {
     bytes_since_last_index_entry: usize,
     /// Base offset of the batch holding the largest timestamp so far (for the time index).
     offset_of_max_timestamp: u64,
-    /// When `segment.ms` starts counting: the first batch's max timestamp, else creation time.
+    /// The first batch's max timestamp, from which `segment.ms` is measured.
     rolling_base_ms: Option<i64>,
 }
 
@@ -178,9 +178,14 @@ impl LogSegment {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Time from which `segment.ms` is measured.
-    pub fn rolling_base_ms(&self) -> i64 {
-        self.writer().rolling_base_ms.unwrap_or(self.created_ms)
+    /// The first batch's max timestamp: `segment.ms` is measured from it.
+    pub fn first_timestamp(&self) -> Option<i64> {
+        self.writer().rolling_base_ms
+    }
+
+    /// When this process created or opened the segment.
+    pub fn created_ms(&self) -> i64 {
+        self.created_ms
     }
 
     /// True when either index has no room for another entry.

@@ -1,0 +1,49 @@
+#![allow(dead_code)]
+
+use bytes::{Bytes, BytesMut};
+use sluice_log::{BatchBuilder, Compression, Header, Log, Record, StoredRecord};
+
+pub const TS0: i64 = 1_700_000_000_000;
+
+/// A batch of `n` records whose values are "<tag>-<i>".
+pub fn batch(tag: &str, n: usize, ts: i64) -> BytesMut {
+    batch_with(tag, n, ts, Compression::None)
+}
+
+pub fn batch_with(tag: &str, n: usize, ts: i64, c: Compression) -> BytesMut {
+    let mut b = BatchBuilder::new(c);
+    for i in 0..n {
+        b.push(&Record {
+            timestamp: ts + i as i64,
+            key: Some(Bytes::from(format!("k{}", i % 7))),
+            value: Some(Bytes::from(format!("{tag}-{i}"))),
+            headers: vec![Header {
+                key: "h".into(),
+                value: Some(Bytes::from_static(b"v")),
+            }],
+        });
+    }
+    b.build().expect("non-empty batch")
+}
+
+/// Every record from `from` to the high watermark, read in chunks of `max_bytes`.
+pub fn read_all(log: &Log, from: u64, max_bytes: usize) -> Vec<StoredRecord> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let (data, info) = log.read_bytes(offset, max_bytes, None).unwrap();
+        if info.regions.is_empty() {
+            break;
+        }
+        let recs = sluice_log::decode_batches(&data, 64 << 20).unwrap();
+        out.extend(recs.into_iter().filter(|r| r.offset >= from));
+        offset = info.next_offset;
+    }
+    out
+}
+
+pub fn values(recs: &[StoredRecord]) -> Vec<String> {
+    recs.iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+        .collect()
+}
