@@ -545,6 +545,9 @@ impl Log {
                 info.size += region.len;
                 info.next_offset = next;
                 info.regions.push(region);
+                if next < seg.next_offset() {
+                    break; // stopped inside this segment (max_bytes or bound): never skip ahead
+                }
             } else if !first {
                 break;
             }
