@@ -1,1 +1,121 @@
-fn main() {}
+//! `sluice`: the broker (`sluice serve`) and its command-line client in one binary.
+//!
+//! - [`server`]: `serve` — start-up, listeners, background duties, clean shutdown.
+//! - [`grpc`]: the `sluice.v1` gRPC services; [`http`]: health, metrics, topics JSON.
+//! - [`topics`]: the topic registry over the replication layer's partitions.
+//! - [`partitioner`]: Kafka's default partitioner (murmur2).
+//! - [`cli`]: client commands (`topic`, `produce`, `consume`) and [`bench`] (load generator).
+
+mod bench;
+mod cli;
+mod config;
+mod grpc;
+mod http;
+mod partitioner;
+mod server;
+mod topics;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: a Kafka-style partitioned commit-log broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker. With no arguments: data in ./data, gRPC on 127.0.0.1:9093.
+    Serve(ServeArgs),
+    /// Create, list, describe, alter and delete topics.
+    Topic(cli::TopicArgs),
+    /// Produce one record per line of standard input.
+    Produce(cli::ProduceArgs),
+    /// Print records of a topic.
+    Consume(cli::ConsumeArgs),
+    /// Load generator: produce or consume at full speed and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file; flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:9093].
+    #[arg(long)]
+    grpc_addr: Option<std::net::SocketAddr>,
+    /// HTTP (health, metrics) listen address [default: 127.0.0.1:9644].
+    #[arg(long)]
+    http_addr: Option<std::net::SocketAddr>,
+    /// This broker's id [default: 1].
+    #[arg(long)]
+    node_id: Option<i32>,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(path) => config::BrokerConfig::load(path).map_err(|e| e.to_string())?,
+        None => config::BrokerConfig::default(),
+    };
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(a) = args.grpc_addr {
+        config.grpc_addr = a;
+    }
+    if let Some(a) = args.http_addr {
+        config.http_addr = a;
+    }
+    if let Some(n) = args.node_id {
+        config.node_id = n;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime
+        .block_on(server::run(config))
+        .map_err(|e| e.to_string())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            serve(args)
+        }
+        Command::Topic(args) => cli::run(cli::Client::Topic(args)),
+        Command::Produce(args) => cli::run(cli::Client::Produce(args)),
+        Command::Consume(args) => cli::run(cli::Client::Consume(args)),
+        Command::Bench(args) => cli::run(cli::Client::Bench(args)),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

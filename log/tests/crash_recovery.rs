@@ -11,11 +11,12 @@ use common::*;
 use sluice_log::{Log, LogConfig};
 
 fn config() -> LogConfig {
-    let mut c = LogConfig::default();
-    c.segment_bytes = 8 * 1024;
-    c.index_interval_bytes = 300;
-    c.segment_index_bytes = 8 * 1024;
-    c
+    LogConfig {
+        segment_bytes: 8 * 1024,
+        index_interval_bytes: 300,
+        segment_index_bytes: 8 * 1024,
+        ..LogConfig::default()
+    }
 }
 
 /// Writes `n` batches of 1-4 records and "crashes" (drops the log without closing it).

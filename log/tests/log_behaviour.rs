@@ -8,11 +8,12 @@ use common::*;
 use sluice_log::{Compression, Log, LogConfig, LogError, ManualClock, TimestampType};
 
 fn small_config() -> LogConfig {
-    let mut c = LogConfig::default();
-    c.segment_bytes = 4096;
-    c.index_interval_bytes = 256;
-    c.segment_index_bytes = 4096;
-    c
+    LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 256,
+        segment_index_bytes: 4096,
+        ..LogConfig::default()
+    }
 }
 
 #[test]
@@ -110,9 +111,11 @@ fn rolls_by_size_and_reads_across_segments_through_the_index() {
 fn rolls_by_time_and_retention_deletes_old_segments() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(TS0));
-    let mut config = LogConfig::default();
-    config.segment_ms = 1000;
-    config.retention_ms = 10_000;
+    let config = LogConfig {
+        segment_ms: 1000,
+        retention_ms: 10_000,
+        ..LogConfig::default()
+    };
     let log = Log::open_with_clock(dir.path(), config, clock.clone()).unwrap();
     for i in 0..5 {
         log.append_as_leader(&mut batch("t", 2, clock.now()), 0)
@@ -231,8 +234,10 @@ fn truncate_fully_restarts_at_an_offset() {
 #[test]
 fn corrupt_and_oversized_batches_are_rejected_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = LogConfig::default();
-    config.max_message_bytes = 2000;
+    let config = LogConfig {
+        max_message_bytes: 2000,
+        ..LogConfig::default()
+    };
     let log = Log::open(dir.path(), config).unwrap();
     let mut bad = batch("a", 3, TS0);
     let n = bad.len();
@@ -282,8 +287,10 @@ fn multi_batch_appends_get_consecutive_offsets() {
 fn log_append_time_stamps_batches_and_keeps_crc_valid() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(TS0 + 99_999));
-    let mut config = LogConfig::default();
-    config.timestamp_type = TimestampType::LogAppendTime;
+    let config = LogConfig {
+        timestamp_type: TimestampType::LogAppendTime,
+        ..LogConfig::default()
+    };
     let log = Log::open_with_clock(dir.path(), config, clock).unwrap();
     let info = log.append_as_leader(&mut batch("a", 3, TS0), 0).unwrap();
     assert_eq!(info.log_append_time, Some(TS0 + 99_999));
@@ -381,8 +388,10 @@ fn clean_shutdown_marker_and_recovery_point() {
 #[test]
 fn flush_messages_advances_the_recovery_point() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = LogConfig::default();
-    config.flush_messages = 4;
+    let config = LogConfig {
+        flush_messages: 4,
+        ..LogConfig::default()
+    };
     let log = Log::open(dir.path(), config).unwrap();
     log.append_as_leader(&mut batch("a", 3, TS0), 0).unwrap();
     assert_eq!(log.recovery_point(), 0);

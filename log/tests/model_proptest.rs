@@ -29,11 +29,12 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config() -> LogConfig {
-    let mut c = LogConfig::default();
-    c.segment_bytes = 2048;
-    c.index_interval_bytes = 128;
-    c.segment_index_bytes = 1024;
-    c
+    LogConfig {
+        segment_bytes: 2048,
+        index_interval_bytes: 128,
+        segment_index_bytes: 1024,
+        ..LogConfig::default()
+    }
 }
 
 const CODECS: [Compression; 5] = [

@@ -1,0 +1,672 @@
+//! Client commands: they talk gRPC to a broker. Results go to stdout (tables, or JSON with
+//! `--output json`); progress and errors go to stderr; failures exit non-zero.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+use clap::{Args, Subcommand, ValueEnum};
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::admin_client::AdminClient;
+use sluice_proto::v1::consumer_client::ConsumerClient;
+use sluice_proto::v1::producer_client::ProducerClient;
+use tonic::transport::Channel;
+
+/// Where the broker is.
+#[derive(Args, Clone, Debug)]
+pub struct ConnArgs {
+    /// Broker gRPC address.
+    #[arg(
+        long,
+        env = "SLUICE_BROKER",
+        default_value = "127.0.0.1:9093",
+        global = true
+    )]
+    pub broker: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+pub struct TopicArgs {
+    #[command(subcommand)]
+    pub command: TopicCommand,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Number of partitions [default: the broker's num_partitions].
+        #[arg(long, default_value_t = 0)]
+        partitions: u32,
+        /// Replicas per partition [default: the broker's default_replication_factor].
+        #[arg(long, default_value_t = 0)]
+        replication_factor: u32,
+        /// Topic config override, Kafka name: --config retention.ms=3600000 (repeatable).
+        #[arg(long = "config", value_parser = parse_kv)]
+        configs: Vec<(String, String)>,
+    },
+    /// List topics.
+    List,
+    /// Show partitions, offsets and effective configs of a topic.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+    /// Change topic configs: --config k=v sets, --delete-config k resets to the broker default.
+    Alter {
+        name: String,
+        #[arg(long = "config", value_parser = parse_kv)]
+        configs: Vec<(String, String)>,
+        #[arg(long = "delete-config")]
+        delete: Vec<String>,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcksArg {
+    #[value(name = "0")]
+    Zero,
+    #[value(name = "1")]
+    One,
+    #[value(name = "all", alias = "-1")]
+    All,
+}
+
+impl AcksArg {
+    pub fn to_proto(self) -> pb::Acks {
+        match self {
+            AcksArg::Zero => pb::Acks::None,
+            AcksArg::One => pb::Acks::Leader,
+            AcksArg::All => pb::Acks::All,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ProduceArgs {
+    pub topic: String,
+    /// Send every record to this partition (default: by key, or sticky for records without one).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Split each line at the first SEP into key and value.
+    #[arg(long)]
+    pub key_separator: Option<String>,
+    /// Header added to every record: --header k=v (repeatable).
+    #[arg(long = "header", value_parser = parse_kv)]
+    pub headers: Vec<(String, String)>,
+    #[arg(long, value_enum, default_value_t = AcksArg::One)]
+    pub acks: AcksArg,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Args)]
+pub struct ConsumeArgs {
+    pub topic: String,
+    /// Read only this partition (default: all).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Start at the earliest offset (default: the end, i.e. only new records).
+    #[arg(long, conflicts_with = "offset")]
+    pub from_beginning: bool,
+    /// Start at this offset.
+    #[arg(long)]
+    pub offset: Option<u64>,
+    /// Exit after this many records.
+    #[arg(long)]
+    pub max_messages: Option<u64>,
+    /// Keep waiting for new records instead of exiting at the end of the log.
+    #[arg(long)]
+    pub follow: bool,
+    /// kcat-style format: %s value, %k key, %p partition, %o offset, %T timestamp, %h headers,
+    /// %t topic, \n, \t. A newline follows each record.
+    #[arg(long, default_value = "%s")]
+    pub format: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub enum Client {
+    Topic(TopicArgs),
+    Produce(ProduceArgs),
+    Consume(ConsumeArgs),
+    Bench(crate::bench::BenchArgs),
+}
+
+pub fn run(client: Client) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        match client {
+            Client::Topic(a) => topic(a).await,
+            Client::Produce(a) => produce(a).await,
+            Client::Consume(a) => consume(a).await,
+            Client::Bench(a) => crate::bench::run(a).await,
+        }
+    })
+}
+
+/// Largest message the client accepts (fetch responses).
+const CLIENT_MAX_MESSAGE: usize = 256 << 20;
+
+pub async fn channel(broker: &str) -> Result<Channel, String> {
+    let url = if broker.contains("://") {
+        broker.to_string()
+    } else {
+        format!("http://{broker}")
+    };
+    Channel::from_shared(url.clone())
+        .map_err(|e| format!("bad broker address {broker:?}: {e}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to broker at {broker}: {e}"))
+}
+
+pub fn status_message(s: tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+pub async fn admin(broker: &str) -> Result<AdminClient<Channel>, String> {
+    Ok(AdminClient::new(channel(broker).await?).max_decoding_message_size(CLIENT_MAX_MESSAGE))
+}
+pub async fn producer(broker: &str) -> Result<ProducerClient<Channel>, String> {
+    Ok(ProducerClient::new(channel(broker).await?)
+        .max_decoding_message_size(CLIENT_MAX_MESSAGE)
+        .max_encoding_message_size(CLIENT_MAX_MESSAGE))
+}
+pub async fn consumer(broker: &str) -> Result<ConsumerClient<Channel>, String> {
+    Ok(ConsumerClient::new(channel(broker).await?).max_decoding_message_size(CLIENT_MAX_MESSAGE))
+}
+
+// ---- topic ------------------------------------------------------------------------------------
+
+fn print_description(d: &pb::TopicDescription, output: Output) {
+    if output == Output::Json {
+        let v = serde_json::json!({
+            "name": d.name,
+            "replication_factor": d.replication_factor,
+            "configs": d.configs,
+            "partitions": d.partitions.iter().map(|p| serde_json::json!({
+                "partition": p.partition, "leader": p.leader, "replicas": p.replicas, "isr": p.isr,
+                "log_start_offset": p.log_start_offset, "log_end_offset": p.log_end_offset,
+                "high_watermark": p.high_watermark, "size_bytes": p.size_bytes,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+        return;
+    }
+    println!(
+        "Topic: {}  Partitions: {}  ReplicationFactor: {}",
+        d.name,
+        d.partitions.len(),
+        d.replication_factor
+    );
+    let rows: Vec<Vec<String>> = d
+        .partitions
+        .iter()
+        .map(|p| {
+            vec![
+                p.partition.to_string(),
+                p.leader.to_string(),
+                format!("{:?}", p.replicas),
+                format!("{:?}", p.isr),
+                p.log_start_offset.to_string(),
+                p.log_end_offset.to_string(),
+                p.high_watermark.to_string(),
+                p.size_bytes.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "PARTITION",
+            "LEADER",
+            "REPLICAS",
+            "ISR",
+            "START",
+            "END",
+            "HW",
+            "BYTES",
+        ],
+        &rows,
+    );
+    let configs: BTreeMap<_, _> = d.configs.iter().collect();
+    println!("Configs:");
+    for (k, v) in configs {
+        println!("  {k}={v}");
+    }
+}
+
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+async fn topic(args: TopicArgs) -> Result<(), String> {
+    let mut c = admin(&args.conn.broker).await?;
+    let output = args.conn.output;
+    match args.command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+        } => {
+            let r = c
+                .create_topic(pb::CreateTopicRequest {
+                    name,
+                    partitions,
+                    replication_factor,
+                    configs: configs.into_iter().collect(),
+                })
+                .await
+                .map_err(status_message)?
+                .into_inner();
+            if let Some(d) = r.topic {
+                if output == Output::Json {
+                    print_description(&d, output);
+                } else {
+                    println!(
+                        "Created topic {} with {} partition(s).",
+                        d.name,
+                        d.partitions.len()
+                    );
+                }
+            }
+        }
+        TopicCommand::List => {
+            let r = c
+                .list_topics(pb::ListTopicsRequest {})
+                .await
+                .map_err(status_message)?
+                .into_inner();
+            if output == Output::Json {
+                let v: Vec<_> = r
+                    .topics
+                    .iter()
+                    .map(|t| serde_json::json!({"name": t.name, "partitions": t.partitions, "replication_factor": t.replication_factor}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                let rows: Vec<Vec<String>> = r
+                    .topics
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            t.partitions.to_string(),
+                            t.replication_factor.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["TOPIC", "PARTITIONS", "REPLICATION"], &rows);
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let r = c
+                .describe_topic(pb::DescribeTopicRequest { name })
+                .await
+                .map_err(status_message)?
+                .into_inner();
+            if let Some(d) = r.topic {
+                print_description(&d, output);
+            }
+        }
+        TopicCommand::Delete { name } => {
+            c.delete_topic(pb::DeleteTopicRequest { name: name.clone() })
+                .await
+                .map_err(status_message)?;
+            if output == Output::Json {
+                println!("{}", serde_json::json!({"deleted": name}));
+            } else {
+                println!("Deleted topic {name}.");
+            }
+        }
+        TopicCommand::Alter {
+            name,
+            configs,
+            delete,
+        } => {
+            if configs.is_empty() && delete.is_empty() {
+                return Err("nothing to alter: give --config k=v or --delete-config k".into());
+            }
+            let r = c
+                .alter_topic_config(pb::AlterTopicConfigRequest {
+                    name,
+                    set: configs.into_iter().collect(),
+                    delete,
+                })
+                .await
+                .map_err(status_message)?
+                .into_inner();
+            if let Some(d) = r.topic {
+                print_description(&d, output);
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- produce ----------------------------------------------------------------------------------
+
+const PRODUCE_BATCH_RECORDS: usize = 1000;
+const PRODUCE_BATCH_BYTES: usize = 1 << 20;
+
+async fn produce(args: ProduceArgs) -> Result<(), String> {
+    let mut client = producer(&args.conn.broker).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<String, String>>(1024);
+    // stdin is blocking: read it on its own thread.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let item = line.map_err(|e| format!("reading stdin: {e}"));
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                return;
+            }
+        }
+    });
+    let headers: Vec<pb::Header> = args
+        .headers
+        .iter()
+        .map(|(k, v)| pb::Header {
+            key: k.clone(),
+            value: Some(v.clone().into()),
+        })
+        .collect();
+    let mut pending: Vec<pb::Record> = Vec::new();
+    let mut pending_bytes = 0usize;
+    let mut sent = 0u64;
+    loop {
+        let line = rx.recv().await;
+        let done = line.is_none();
+        if let Some(line) = line {
+            let line = line?;
+            let (key, value) = match &args.key_separator {
+                Some(sep) => match line.split_once(sep.as_str()) {
+                    Some((k, v)) => (Some(k.to_string()), v.to_string()),
+                    None => (None, line),
+                },
+                None => (None, line),
+            };
+            pending_bytes += value.len() + key.as_ref().map_or(0, |k| k.len());
+            pending.push(pb::Record {
+                partition: args.partition,
+                key: key.map(Into::into),
+                value: Some(value.into()),
+                headers: headers.clone(),
+                timestamp_ms: None,
+            });
+        }
+        // Send when a batch is full, or when input pauses (interactive use) or ends.
+        let flush = pending.len() >= PRODUCE_BATCH_RECORDS
+            || pending_bytes >= PRODUCE_BATCH_BYTES
+            || (!pending.is_empty() && (done || rx.is_empty()));
+        if flush {
+            let records = std::mem::take(&mut pending);
+            pending_bytes = 0;
+            let n = records.len() as u64;
+            client
+                .produce(pb::ProduceRequest {
+                    topic: args.topic.clone(),
+                    records,
+                    acks: args.acks.to_proto() as i32,
+                    timeout_ms: 0,
+                    correlation_id: sent,
+                })
+                .await
+                .map_err(|s| {
+                    format!(
+                        "produce failed after {sent} record(s): {}",
+                        status_message(s)
+                    )
+                })?;
+            sent += n;
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+// ---- consume ----------------------------------------------------------------------------------
+
+fn render(format: &str, topic: &str, partition: u32, r: &pb::ConsumedRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(format.len() + r.value.as_ref().map_or(0, |v| v.len()));
+    let mut chars = format.chars().peekable();
+    let mut buf = [0u8; 4];
+    while let Some(c) = chars.next() {
+        match (c, chars.peek().copied()) {
+            ('%', Some(t)) if "skpoTht%".contains(t) => {
+                chars.next();
+                match t {
+                    's' => out.extend_from_slice(r.value.as_deref().unwrap_or(b"")),
+                    'k' => out.extend_from_slice(r.key.as_deref().unwrap_or(b"")),
+                    'p' => out.extend_from_slice(partition.to_string().as_bytes()),
+                    'o' => out.extend_from_slice(r.offset.to_string().as_bytes()),
+                    'T' => out.extend_from_slice(r.timestamp_ms.to_string().as_bytes()),
+                    't' => out.extend_from_slice(topic.as_bytes()),
+                    'h' => {
+                        let hs: Vec<String> = r
+                            .headers
+                            .iter()
+                            .map(|h| {
+                                format!(
+                                    "{}={}",
+                                    h.key,
+                                    h.value
+                                        .as_deref()
+                                        .map(String::from_utf8_lossy)
+                                        .unwrap_or_default()
+                                )
+                            })
+                            .collect();
+                        out.extend_from_slice(hs.join(",").as_bytes());
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            ('\\', Some('n')) => {
+                chars.next();
+                out.push(b'\n');
+            }
+            ('\\', Some('t')) => {
+                chars.next();
+                out.push(b'\t');
+            }
+            _ => out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes()),
+        }
+    }
+    out.push(b'\n');
+    out
+}
+
+fn render_json(topic: &str, partition: u32, r: &pb::ConsumedRecord) -> Vec<u8> {
+    let text = |b: &Option<bytes::Bytes>| {
+        b.as_deref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let headers: serde_json::Map<String, serde_json::Value> = r
+        .headers
+        .iter()
+        .map(|h| (h.key.clone(), serde_json::json!(text(&h.value))))
+        .collect();
+    let mut line = serde_json::json!({
+        "topic": topic, "partition": partition, "offset": r.offset, "timestamp": r.timestamp_ms,
+        "key": text(&r.key), "value": text(&r.value), "headers": headers,
+    })
+    .to_string()
+    .into_bytes();
+    line.push(b'\n');
+    line
+}
+
+async fn consume(args: ConsumeArgs) -> Result<(), String> {
+    let mut admin = admin(&args.conn.broker).await?;
+    let d = admin
+        .describe_topic(pb::DescribeTopicRequest {
+            name: args.topic.clone(),
+        })
+        .await
+        .map_err(status_message)?
+        .into_inner()
+        .topic
+        .ok_or("broker returned no topic description")?;
+    let partitions: Vec<u32> = match args.partition {
+        Some(p) if (p as usize) < d.partitions.len() => vec![p],
+        Some(p) => {
+            return Err(format!(
+                "topic {} has no partition {p} (it has {})",
+                d.name,
+                d.partitions.len()
+            ))
+        }
+        None => d.partitions.iter().map(|p| p.partition).collect(),
+    };
+    let client = consumer(&args.conn.broker).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(u32, pb::FetchResponse), String>>(16);
+    for p in partitions {
+        let desc = &d.partitions[p as usize];
+        let start = match (args.offset, args.from_beginning) {
+            (Some(o), _) => o,
+            (None, true) => desc.log_start_offset,
+            (None, false) => desc.high_watermark,
+        };
+        // Without --follow, stop at the end of the log as it is now.
+        let end = desc.high_watermark;
+        let mut client = client.clone();
+        let tx = tx.clone();
+        let topic = args.topic.clone();
+        let follow = args.follow;
+        tokio::spawn(async move {
+            let mut offset = start;
+            loop {
+                if !follow && offset >= end {
+                    return;
+                }
+                let r = client
+                    .fetch(pb::FetchRequest {
+                        topic: topic.clone(),
+                        partition: p,
+                        offset,
+                        max_bytes: 0,
+                        max_wait_ms: if follow { 5_000 } else { 0 },
+                        min_bytes: 1,
+                    })
+                    .await;
+                match r {
+                    Ok(resp) => {
+                        let resp = resp.into_inner();
+                        if resp.next_offset <= offset && !follow {
+                            return;
+                        }
+                        offset = resp.next_offset.max(offset);
+                        if tx.send(Ok((p, resp))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(s) => {
+                        let _ = tx.send(Err(status_message(s))).await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    let max = args.max_messages.unwrap_or(u64::MAX);
+    while let Some(item) = rx.recv().await {
+        let (p, resp) = item?;
+        let mut out = stdout.lock();
+        for r in &resp.records {
+            if printed >= max {
+                break;
+            }
+            let line = match args.conn.output {
+                Output::Json => render_json(&args.topic, p, r),
+                Output::Table => render(&args.format, &args.topic, p, r),
+            };
+            if let Err(e) = out.write_all(&line) {
+                // A closed pipe (`| head`) ends the command quietly.
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(format!("writing stdout: {e}"));
+            }
+            printed += 1;
+        }
+        let _ = out.flush();
+        if printed >= max {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kcat_style_format() {
+        let r = pb::ConsumedRecord {
+            offset: 7,
+            timestamp_ms: 99,
+            key: Some("k".into()),
+            value: Some("v".into()),
+            headers: vec![pb::Header {
+                key: "a".into(),
+                value: Some("b".into()),
+            }],
+        };
+        assert_eq!(
+            render("%t/%p@%o %k=%s %T [%h] 100%%", "t", 3, &r),
+            b"t/3@7 k=v 99 [a=b] 100%\n"
+        );
+        assert_eq!(render("%s\\t%k", "t", 0, &r), b"v\tk\n");
+    }
+
+    #[test]
+    fn key_value_flags_parse() {
+        assert_eq!(parse_kv("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_kv("nokey").is_err());
+        assert!(parse_kv("=v").is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! Broker configuration: a TOML file, overridden by command-line flags, defaulting to a broker
+//! that just works on a laptop (`./data`, loopback ports).
+//!
+//! Topic-level settings use Kafka's names (`retention.ms`, `segment.bytes`, ...). Their broker-wide
+//! defaults live in the `[topic_defaults]` table; a topic's own overrides are set at creation or
+//! with `topic alter`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sluice_log::LogConfig;
+use sluice_replication::ReplicaConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Every broker setting, with its default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// This broker's id in the cluster.
+    pub node_id: i32,
+    /// Where partitions and metadata live.
+    pub data_dir: PathBuf,
+    /// gRPC API listener.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listener: `/health`, Prometheus `/metrics`, `/v1/topics`.
+    pub http_addr: SocketAddr,
+    /// Partitions of a topic created without a count (Kafka `num.partitions`).
+    pub num_partitions: u32,
+    /// Replication factor of a topic created without one (Kafka `default.replication.factor`).
+    pub default_replication_factor: u32,
+    /// Largest request accepted, in bytes (Kafka `socket.request.max.bytes`).
+    pub max_request_bytes: usize,
+    /// Concurrent client connections; more are refused (Kafka `max.connections`).
+    pub max_connections: usize,
+    /// Default `max_bytes` of a fetch that names none.
+    pub fetch_max_bytes: usize,
+    /// How often retention runs (Kafka `log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
+    /// How often `flush.ms` is checked and recovery points are checkpointed.
+    pub flush_check_interval_ms: u64,
+    /// Broker-wide defaults for topic configs, by Kafka name.
+    pub topic_defaults: BTreeMap<String, toml::Value>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 1,
+            data_dir: PathBuf::from("data"),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9093)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 9644)),
+            num_partitions: 1,
+            default_replication_factor: 1,
+            max_request_bytes: 100 << 20,
+            max_connections: 1000,
+            fetch_max_bytes: 1 << 20,
+            retention_check_interval_ms: 300_000,
+            flush_check_interval_ms: 1_000,
+            topic_defaults: BTreeMap::new(),
+        }
+    }
+}
+
+/// The effective settings of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSettings {
+    pub log: LogConfig,
+    pub replica: ReplicaConfig,
+    /// `compression.type`: `producer` keeps what producers send; a codec name recompresses
+    /// batches the broker builds (gRPC produce).
+    pub compression: Option<sluice_log::Compression>,
+}
+
+impl TopicSettings {
+    /// Applies `overrides` (Kafka names) on top of `base`. Unknown names and bad values are errors.
+    pub fn resolve(overrides: &BTreeMap<String, String>) -> Result<TopicSettings, ConfigError> {
+        let mut s = TopicSettings {
+            log: LogConfig::default(),
+            replica: ReplicaConfig::default(),
+            compression: None,
+        };
+        for (k, v) in overrides {
+            s.set(k, v)?;
+        }
+        Ok(s)
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        if self
+            .log
+            .set(key, value)
+            .map_err(|e| invalid(e.to_string()))?
+        {
+            return Ok(());
+        }
+        match key {
+            "min.insync.replicas" => {
+                let n: usize = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| invalid(format!("min.insync.replicas must be >= 1, got {value:?}")))?;
+                self.replica.min_insync_replicas = n;
+            }
+            "compression.type" => {
+                self.compression = match value {
+                    "producer" => None,
+                    other => Some(sluice_log::Compression::from_name(other).ok_or_else(|| {
+                        invalid(format!(
+                            "compression.type must be producer, none, gzip, snappy, lz4 or zstd, got {other:?}"
+                        ))
+                    })?),
+                }
+            }
+            other => return Err(invalid(format!("unknown topic config {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// Every setting by Kafka name, as text.
+    pub fn describe(&self) -> BTreeMap<String, String> {
+        let mut out: BTreeMap<String, String> = sluice_log::LOG_CONFIG_KEYS
+            .iter()
+            .filter_map(|k| self.log.get(k).map(|v| (k.to_string(), v)))
+            .collect();
+        out.insert(
+            "min.insync.replicas".into(),
+            self.replica.min_insync_replicas.to_string(),
+        );
+        out.insert(
+            "compression.type".into(),
+            self.compression.map_or("producer", |c| c.name()).into(),
+        );
+        out
+    }
+}
+
+impl BrokerConfig {
+    pub fn load(path: &Path) -> Result<BrokerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: BrokerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.num_partitions == 0 {
+            return Err(ConfigError::Invalid("num_partitions must be >= 1".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid("max_connections must be >= 1".into()));
+        }
+        TopicSettings::resolve(&self.topic_default_strings())?;
+        Ok(())
+    }
+
+    /// `[topic_defaults]` as strings (TOML lets operators write numbers unquoted).
+    pub fn topic_default_strings(&self) -> BTreeMap<String, String> {
+        self.topic_defaults
+            .iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), s)
+            })
+            .collect()
+    }
+
+    /// A topic's effective settings: broker defaults, then the topic's overrides.
+    pub fn topic_settings(
+        &self,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<TopicSettings, ConfigError> {
+        let mut merged = self.topic_default_strings();
+        merged.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        TopicSettings::resolve(&merged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_and_topic_defaults_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            r#"
+node_id = 3
+data_dir = "/var/lib/sluice"
+grpc_addr = "0.0.0.0:19093"
+[topic_defaults]
+"retention.ms" = 3600000
+"cleanup.policy" = "delete"
+"#,
+        )
+        .unwrap();
+        let c = BrokerConfig::load(&path).unwrap();
+        assert_eq!(c.node_id, 3);
+        assert_eq!(c.grpc_addr.port(), 19093);
+        let s = c.topic_settings(&BTreeMap::new()).unwrap();
+        assert_eq!(s.log.retention_ms, 3_600_000);
+        let s = c
+            .topic_settings(&[("retention.ms".to_string(), "5".to_string())].into())
+            .unwrap();
+        assert_eq!(s.log.retention_ms, 5);
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+        let e = BrokerConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("no_such_setting"), "{e}");
+        std::fs::write(&path, "[topic_defaults]\n\"retention.ms\" = \"soon\"\n").unwrap();
+        assert!(BrokerConfig::load(&path).is_err());
+        assert!(
+            TopicSettings::resolve(&[("bogus.key".to_string(), "1".to_string())].into()).is_err()
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! `sluice.v1.Consumer`: long-poll fetch, streaming subscribe, list offsets.
+//!
+//! Consumers see only committed records (below the high watermark). A fetch waits on the
+//! partition's HW signal, so it returns as soon as `min_bytes` are committed or `max_wait_ms` ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use sluice_log::record::DEFAULT_DECOMPRESSED_LIMIT;
+use sluice_proto::v1::{self as pb, consumer_server::Consumer};
+use sluice_replication::Partition;
+use tonic::{Request, Response, Status};
+
+use crate::grpc::status;
+use crate::topics::TopicManager;
+
+pub struct ConsumerService {
+    pub topics: Arc<TopicManager>,
+    pub default_max_bytes: usize,
+    pub max_bytes_limit: usize,
+}
+
+/// Reads committed records from `offset`, up to `max_bytes` of batches.
+fn read_records(
+    p: &Partition,
+    topic: &str,
+    offset: u64,
+    max_bytes: usize,
+) -> Result<pb::FetchResponse, Status> {
+    let (data, info) = tokio::task::block_in_place(|| {
+        p.log()
+            .read_bytes(offset, max_bytes, Some(p.high_watermark()))
+    })
+    .map_err(|e| status::from_partition_error(&e.into()))?;
+    let records = sluice_log::decode_batches(&data, DEFAULT_DECOMPRESSED_LIMIT)
+        .map_err(|e| Status::internal(format!("stored batch does not decode: {e}")))?;
+    let records: Vec<pb::ConsumedRecord> = records
+        .into_iter()
+        .filter(|r| r.offset >= offset)
+        .map(|r| pb::ConsumedRecord {
+            offset: r.offset,
+            timestamp_ms: r.timestamp,
+            key: r.key,
+            value: r.value,
+            headers: r
+                .headers
+                .into_iter()
+                .map(|h| pb::Header {
+                    key: h.key,
+                    value: h.value,
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(pb::FetchResponse {
+        topic: topic.to_string(),
+        partition: p.index(),
+        high_watermark: info.high_watermark,
+        log_start_offset: info.log_start_offset,
+        next_offset: info.next_offset,
+        records,
+    })
+}
+
+impl ConsumerService {
+    fn max_bytes(&self, requested: u32) -> usize {
+        match requested {
+            0 => self.default_max_bytes,
+            n => (n as usize).min(self.max_bytes_limit),
+        }
+    }
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Consumer for ConsumerService {
+    async fn fetch(
+        &self,
+        req: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
+        let r = req.into_inner();
+        let p = self.topics.partition(&r.topic, r.partition)?;
+        let max_bytes = self.max_bytes(r.max_bytes);
+        let deadline = Instant::now() + Duration::from_millis(u64::from(r.max_wait_ms));
+        let min_bytes = r.min_bytes.max(1) as usize;
+        loop {
+            let hw = p.high_watermark();
+            let info = tokio::task::block_in_place(|| p.read(r.offset, max_bytes))
+                .map_err(|e| status::from_partition_error(&e))?;
+            let now = Instant::now();
+            if info.size as usize >= min_bytes || now >= deadline {
+                break;
+            }
+            // Not enough yet: wait for the HW to move past what we have seen.
+            p.wait_for_data(hw.max(r.offset), deadline - now).await;
+        }
+        Ok(Response::new(read_records(
+            &p, &r.topic, r.offset, max_bytes,
+        )?))
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = req.into_inner();
+        let p = self.topics.partition(&r.topic, r.partition)?;
+        let max_bytes = self.max_bytes(r.max_bytes);
+        // Validate the starting offset now so a bad one fails the call, not the stream.
+        tokio::task::block_in_place(|| p.read(r.offset, 1))
+            .map_err(|e| status::from_partition_error(&e))?;
+        // A small channel is the flow control: the reader waits while the client is behind.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut offset = r.offset;
+            loop {
+                let resp = read_records(&p, &r.topic, offset, max_bytes);
+                match resp {
+                    Ok(resp) if resp.next_offset > offset => {
+                        offset = resp.next_offset;
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {
+                        tokio::select! {
+                            _ = p.wait_for_data(offset, Duration::from_secs(30)) => {}
+                            _ = tx.closed() => return,
+                        }
+                    }
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn list_offsets(
+        &self,
+        req: Request<pb::ListOffsetsRequest>,
+    ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
+        let r = req.into_inner();
+        let p = self.topics.partition(&r.topic, r.partition)?;
+        let (offset, timestamp_ms) = match pb::OffsetSpec::try_from(r.spec) {
+            Ok(pb::OffsetSpec::Earliest) => (Some(p.log().log_start_offset()), -1),
+            Ok(pb::OffsetSpec::Latest) => (Some(p.high_watermark()), -1),
+            Ok(pb::OffsetSpec::Timestamp) => {
+                let found = tokio::task::block_in_place(|| {
+                    p.log()
+                        .offset_for_timestamp(r.timestamp_ms, Some(p.high_watermark()))
+                })
+                .map_err(|e| status::from_partition_error(&e.into()))?;
+                match found {
+                    Some((o, ts)) => (Some(o), ts),
+                    None => (None, -1),
+                }
+            }
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown offset spec {}",
+                    r.spec
+                )))
+            }
+        };
+        Ok(Response::new(pb::ListOffsetsResponse {
+            offset,
+            timestamp_ms,
+        }))
+    }
+}

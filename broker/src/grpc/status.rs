@@ -1,0 +1,51 @@
+//! Maps broker errors to gRPC statuses with messages a person can act on.
+
+use sluice_log::LogError;
+use sluice_replication::PartitionError;
+use tonic::{Code, Status};
+
+use crate::topics::TopicError;
+
+pub fn from_topic_error(e: TopicError) -> Status {
+    let code = match &e {
+        TopicError::UnknownTopic(_) | TopicError::UnknownPartition { .. } => Code::NotFound,
+        TopicError::AlreadyExists(_) => Code::AlreadyExists,
+        TopicError::InvalidName { .. }
+        | TopicError::InvalidPartitions(_)
+        | TopicError::InvalidReplicationFactor { .. }
+        | TopicError::InvalidConfig(_) => Code::InvalidArgument,
+        TopicError::Partition(p) => return from_partition_error(p),
+        TopicError::Io { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+pub fn from_partition_error(e: &PartitionError) -> Status {
+    let code = match e {
+        PartitionError::NotEnoughReplicas { .. } => Code::Unavailable,
+        PartitionError::Task(_) => Code::Internal,
+        PartitionError::Log(l) => match l {
+            LogError::OffsetOutOfRange { .. } => Code::OutOfRange,
+            LogError::BatchTooLarge { .. } => Code::ResourceExhausted,
+            LogError::InvalidBatch { .. } | LogError::InvalidConfig(_) => Code::InvalidArgument,
+            LogError::NonContiguousOffset { .. } => Code::FailedPrecondition,
+            LogError::Closed => Code::Unavailable,
+            LogError::Corrupt { .. } | LogError::Io { .. } => Code::Internal,
+        },
+    };
+    Status::new(code, e.to_string())
+}
+
+impl From<TopicError> for Status {
+    fn from(e: TopicError) -> Status {
+        from_topic_error(e)
+    }
+}
+
+/// The wire form of a status inside a streamed response.
+pub fn to_proto(s: &Status) -> sluice_proto::v1::Error {
+    sluice_proto::v1::Error {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+    }
+}

@@ -1,0 +1,88 @@
+//! The HTTP admin listener: `/health`, Prometheus `/metrics`, and `/v1/topics` (JSON).
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::topics::TopicManager;
+
+pub fn router(topics: Arc<TopicManager>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/topics", get(topics_json))
+        .with_state(topics)
+}
+
+async fn metrics(State(topics): State<Arc<TopicManager>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let gauges: [(&str, &str); 4] = [
+        (
+            "sluice_partition_log_start_offset",
+            "First offset still stored.",
+        ),
+        (
+            "sluice_partition_log_end_offset",
+            "Offset the next record will get.",
+        ),
+        (
+            "sluice_partition_high_watermark",
+            "Offsets below this are committed.",
+        ),
+        (
+            "sluice_partition_size_bytes",
+            "Bytes stored in the partition's segments.",
+        ),
+    ];
+    for (i, (name, help)) in gauges.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for t in topics.list() {
+            for p in &t.partitions {
+                let log = p.log();
+                let v = match i {
+                    0 => log.log_start_offset(),
+                    1 => log.log_end_offset(),
+                    2 => p.high_watermark(),
+                    _ => log.size_bytes(),
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{topic=\"{}\",partition=\"{}\"}} {v}",
+                    t.name,
+                    p.index()
+                );
+            }
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn topics_json(State(topics): State<Arc<TopicManager>>) -> impl IntoResponse {
+    let list: Vec<serde_json::Value> = topics
+        .list()
+        .iter()
+        .map(|t| {
+            let d = crate::grpc::admin::describe(t);
+            serde_json::json!({
+                "name": d.name,
+                "replication_factor": d.replication_factor,
+                "configs": d.configs,
+                "partitions": d.partitions.iter().map(|p| serde_json::json!({
+                    "partition": p.partition,
+                    "leader": p.leader,
+                    "isr": p.isr,
+                    "log_start_offset": p.log_start_offset,
+                    "log_end_offset": p.log_end_offset,
+                    "high_watermark": p.high_watermark,
+                    "size_bytes": p.size_bytes,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(list)
+}

@@ -1,0 +1,170 @@
+//! `sluice serve`: opens the data directory, starts the listeners and background duties, and shuts
+//! down cleanly on SIGTERM/SIGINT (stop accepting, drain in-flight requests, flush, write each
+//! log's clean-shutdown marker).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::BrokerConfig;
+use crate::topics::TopicManager;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open data directory {dir}: {source}")]
+    Data {
+        dir: std::path::PathBuf,
+        source: crate::topics::TopicError,
+    },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Server(String),
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM: shutting down"),
+        r = tokio::signal::ctrl_c() => match r {
+            Ok(()) => tracing::info!("SIGINT: shutting down"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGINT");
+                std::future::pending::<()>().await
+            }
+        },
+    }
+}
+
+pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| ServeError::Data {
+        dir: config.data_dir.clone(),
+        source: crate::topics::TopicError::Io {
+            context: "create data directory".into(),
+            source: e,
+        },
+    })?;
+    let cfg = config.clone();
+    let topics = tokio::task::spawn_blocking(move || TopicManager::open(cfg))
+        .await
+        .map_err(|e| ServeError::Server(e.to_string()))?
+        .map_err(|source| ServeError::Data {
+            dir: config.data_dir.clone(),
+            source,
+        })?;
+    let topics = Arc::new(topics);
+
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "gRPC",
+            addr: config.grpc_addr,
+            source,
+        })?;
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "HTTP",
+            addr: config.http_addr,
+            source,
+        })?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|e| ServeError::Server(e.to_string()))?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|e| ServeError::Server(e.to_string()))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let grpc = tokio::spawn(crate::grpc::serve(
+        grpc_listener,
+        config.clone(),
+        topics.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let http_server = axum::serve(http_listener, crate::http::router(topics.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http = tokio::spawn(async move { http_server.await });
+    let duties = tokio::spawn(background_duties(
+        config.clone(),
+        topics.clone(),
+        stop_rx.clone(),
+    ));
+
+    tracing::info!(
+        grpc = %grpc_addr,
+        http = %http_addr,
+        data_dir = %config.data_dir.display(),
+        topics = topics.list().len(),
+        "sluice broker ready"
+    );
+
+    let grpc_result = tokio::select! {
+        _ = shutdown_signal() => None,
+        r = grpc => Some(r),
+    };
+    let _ = stop_tx.send(true);
+    let grpc_result = match grpc_result {
+        Some(r) => r,
+        None => Ok(Ok(())),
+    };
+    let _ = http.await;
+    let _ = duties.await;
+    // In-flight requests have drained (serve_with_shutdown waits for them): close the logs.
+    let t = topics.clone();
+    let _ = tokio::task::spawn_blocking(move || t.close()).await;
+    tracing::info!("sluice broker stopped cleanly");
+    match grpc_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ServeError::Server(e.to_string())),
+        Err(e) => Err(ServeError::Server(e.to_string())),
+    }
+}
+
+/// Retention, `flush.ms`, and recovery-point checkpoints, on their intervals.
+async fn background_duties(
+    config: Arc<BrokerConfig>,
+    topics: Arc<TopicManager>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut retention = tokio::time::interval(Duration::from_millis(
+        config.retention_check_interval_ms.max(10),
+    ));
+    let mut flush = tokio::time::interval(Duration::from_millis(
+        config.flush_check_interval_ms.max(10),
+    ));
+    loop {
+        tokio::select! {
+            _ = retention.tick() => {
+                let t = topics.clone();
+                let _ = tokio::task::spawn_blocking(move || t.run_retention()).await;
+            }
+            _ = flush.tick() => {
+                let t = topics.clone();
+                let _ = tokio::task::spawn_blocking(move || t.run_flush()).await;
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
