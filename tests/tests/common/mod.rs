@@ -1,0 +1,193 @@
+//! Starts real `sluice` broker processes on free loopback ports with temporary data directories.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sluice_proto::v1::admin_client::AdminClient;
+use sluice_proto::v1::consumer_client::ConsumerClient;
+use sluice_proto::v1::producer_client::ProducerClient;
+use tonic::transport::Channel;
+
+/// Path of the `sluice` binary, built once per test process (a no-op when up to date), so a plain
+/// `cargo test --workspace` works from a clean checkout.
+pub fn sluice_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "sluice-broker", "--bin", "sluice"])
+            .current_dir(&root)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the sluice binary failed");
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        target.join("debug").join("sluice")
+    })
+    .clone()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct Broker {
+    pub dir: tempfile::TempDir,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Self::start_with(Vec::new())
+    }
+
+    pub fn start_with(extra_args: Vec<String>) -> Broker {
+        let mut b = Broker {
+            dir: tempfile::tempdir().expect("temp dir"),
+            grpc_port: free_port(),
+            http_port: free_port(),
+            extra_args,
+            child: None,
+        };
+        b.launch();
+        b
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// Starts the process and waits for its "ready" log line.
+    pub fn launch(&mut self) {
+        let mut child = Command::new(sluice_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--grpc-addr")
+            .arg(self.addr())
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{}", self.http_port))
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready_sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("SLUICE_TEST_LOGS").is_some() {
+                    eprintln!("[broker] {line}");
+                }
+                if !ready_sent && line.contains("sluice broker ready") {
+                    let _ = tx.send(());
+                    ready_sent = true;
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("broker did not become ready (run with SLUICE_TEST_LOGS=1 to see its log)");
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("broker did not exit within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr()))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to broker")
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+    pub async fn producer(&self) -> ProducerClient<Channel> {
+        ProducerClient::new(self.channel().await).max_decoding_message_size(64 << 20)
+    }
+    pub async fn consumer(&self) -> ConsumerClient<Channel> {
+        ConsumerClient::new(self.channel().await).max_decoding_message_size(64 << 20)
+    }
+
+    /// Runs a CLI command against this broker.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(sluice_bin());
+        cmd.args(args)
+            .env("SLUICE_BROKER", self.addr())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn sluice cli");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            let mut s = child.stdin.take().expect("stdin");
+            s.write_all(input.as_bytes()).expect("write stdin");
+        }
+        child.wait_with_output().expect("cli output")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
