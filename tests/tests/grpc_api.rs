@@ -382,7 +382,7 @@ async fn list_offsets_earliest_latest_and_by_timestamp() {
         .collect();
     produce(&b, "times", records).await.unwrap();
     let mut c = b.consumer().await;
-    let mut list = |spec: pb::OffsetSpec, ts: i64| {
+    let list = |spec: pb::OffsetSpec, ts: i64| {
         let req = pb::ListOffsetsRequest {
             topic: "times".into(),
             partition: 0,
