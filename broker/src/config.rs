@@ -36,6 +36,12 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// gRPC API listener.
     pub grpc_addr: SocketAddr,
+    /// Kafka wire-protocol listener.
+    pub kafka_addr: SocketAddr,
+    /// `host:port` Kafka clients are told to connect to (Metadata); default: `kafka_addr`.
+    pub advertised_kafka_addr: Option<String>,
+    /// Create unknown topics named in Kafka Metadata requests (Kafka `auto.create.topics.enable`).
+    pub auto_create_topics_enable: bool,
     /// HTTP listener: `/health`, Prometheus `/metrics`, `/v1/topics`.
     pub http_addr: SocketAddr,
     /// Partitions of a topic created without a count (Kafka `num.partitions`).
@@ -62,6 +68,9 @@ impl Default for BrokerConfig {
             node_id: 1,
             data_dir: PathBuf::from("data"),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9093)),
+            kafka_addr: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_kafka_addr: None,
+            auto_create_topics_enable: true,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 9644)),
             num_partitions: 1,
             default_replication_factor: 1,

@@ -59,6 +59,11 @@ async fn metrics(State(topics): State<Arc<TopicManager>>) -> impl IntoResponse {
             }
         }
     }
+    let sent = crate::kafka::zero_copy::SENDFILE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP sluice_kafka_sendfile_bytes_total Record bytes sent to Kafka clients with sendfile.\n# TYPE sluice_kafka_sendfile_bytes_total counter\nsluice_kafka_sendfile_bytes_total {sent}"
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

@@ -1,7 +1,8 @@
 //! `sluice`: the broker (`sluice serve`) and its command-line client in one binary.
 //!
 //! - [`server`]: `serve` — start-up, listeners, background duties, clean shutdown.
-//! - [`grpc`]: the `sluice.v1` gRPC services; [`http`]: health, metrics, topics JSON.
+//! - [`grpc`]: the `sluice.v1` gRPC services; [`kafka`]: the Kafka wire protocol;
+//!   [`http`]: health, metrics, topics JSON.
 //! - [`topics`]: the topic registry over the replication layer's partitions.
 //! - [`partitioner`]: Kafka's default partitioner (murmur2).
 //! - [`cli`]: client commands (`topic`, `produce`, `consume`) and [`bench`] (load generator).
@@ -11,6 +12,7 @@ mod cli;
 mod config;
 mod grpc;
 mod http;
+mod kafka;
 mod partitioner;
 mod server;
 mod topics;
@@ -55,6 +57,12 @@ struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:9093].
     #[arg(long)]
     grpc_addr: Option<std::net::SocketAddr>,
+    /// Kafka protocol listen address [default: 127.0.0.1:9092].
+    #[arg(long)]
+    kafka_addr: Option<std::net::SocketAddr>,
+    /// Address Kafka clients are told to connect to [default: the Kafka listen address].
+    #[arg(long)]
+    advertised_kafka_addr: Option<String>,
     /// HTTP (health, metrics) listen address [default: 127.0.0.1:9644].
     #[arg(long)]
     http_addr: Option<std::net::SocketAddr>,
@@ -84,6 +92,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if let Some(a) = args.grpc_addr {
         config.grpc_addr = a;
+    }
+    if let Some(a) = args.kafka_addr {
+        config.kafka_addr = a;
+    }
+    if let Some(a) = args.advertised_kafka_addr {
+        config.advertised_kafka_addr = Some(a);
     }
     if let Some(a) = args.http_addr {
         config.http_addr = a;

@@ -78,6 +78,28 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
             addr: config.grpc_addr,
             source,
         })?;
+    let kafka_listener = TcpListener::bind(config.kafka_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "Kafka",
+            addr: config.kafka_addr,
+            source,
+        })?;
+    let kafka_addr = kafka_listener
+        .local_addr()
+        .map_err(|e| ServeError::Server(e.to_string()))?;
+    let (advertised_host, advertised_port) = match &config.advertised_kafka_addr {
+        Some(a) => {
+            let (h, p) = a
+                .rsplit_once(':')
+                .and_then(|(h, p)| p.parse::<i32>().ok().map(|p| (h.to_string(), p)))
+                .ok_or_else(|| {
+                    ServeError::Server(format!("advertised_kafka_addr {a:?} is not host:port"))
+                })?;
+            (h, p)
+        }
+        None => (kafka_addr.ip().to_string(), i32::from(kafka_addr.port())),
+    };
     let http_listener = TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -106,6 +128,17 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     let http_server = axum::serve(http_listener, crate::http::router(topics.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let http = tokio::spawn(async move { http_server.await });
+    let kafka_ctx = Arc::new(crate::kafka::Ctx {
+        topics: topics.clone(),
+        config: config.clone(),
+        advertised_host,
+        advertised_port,
+    });
+    let kafka = tokio::spawn(crate::kafka::serve(
+        kafka_listener,
+        kafka_ctx,
+        stop_rx.clone(),
+    ));
     let duties = tokio::spawn(background_duties(
         config.clone(),
         topics.clone(),
@@ -114,6 +147,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
 
     tracing::info!(
         grpc = %grpc_addr,
+        kafka = %kafka_addr,
         http = %http_addr,
         data_dir = %config.data_dir.display(),
         topics = topics.list().len(),
@@ -130,6 +164,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
         None => Ok(Ok(())),
     };
     let _ = http.await;
+    let _ = kafka.await;
     let _ = duties.await;
     // In-flight requests have drained (serve_with_shutdown waits for them): close the logs.
     let t = topics.clone();

@@ -246,6 +246,46 @@ impl TopicManager {
         Ok(())
     }
 
+    /// Grows a topic to `count` partitions (Kafka's CreatePartitions: never shrinks).
+    pub fn add_partitions(&self, name: &str, count: u32) -> Result<Arc<Topic>, TopicError> {
+        let _guard = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.get(name)?;
+        let current = old.partitions.len() as u32;
+        if count <= current || count > MAX_PARTITIONS {
+            return Err(TopicError::InvalidPartitions(count));
+        }
+        let settings = old.settings();
+        let mut partitions = old.partitions.clone();
+        for i in current..count {
+            partitions.push(Arc::new(Partition::open(
+                name,
+                i,
+                self.config.node_id,
+                &partition_dir(&self.config.data_dir, name, i),
+                settings.log.clone(),
+                settings.replica,
+            )?));
+        }
+        let topic = Arc::new(Topic {
+            name: name.to_string(),
+            replication_factor: old.replication_factor,
+            overrides: RwLock::new(old.overrides()),
+            settings: RwLock::new(settings),
+            partitions,
+        });
+        let mut all = self.records();
+        if let Some(rec) = all.get_mut(name) {
+            rec.partitions = count;
+        }
+        self.persist(&all)?;
+        self.topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), topic.clone());
+        tracing::info!(topic = %name, from = current, to = count, "added partitions");
+        Ok(topic)
+    }
+
     /// Sets and removes topic config overrides; takes effect immediately.
     pub fn alter_config(
         &self,
@@ -487,6 +527,13 @@ mod tests {
             tm.get("orders").unwrap().settings().log.retention_ms,
             7 * 24 * 3600 * 1000
         );
+        tm.add_partitions("orders", 5).unwrap();
+        assert!(matches!(
+            tm.add_partitions("orders", 5),
+            Err(TopicError::InvalidPartitions(5))
+        ));
+        assert_eq!(tm.get("orders").unwrap().partitions.len(), 5);
+        assert!(dir.path().join("orders-4").is_dir());
         tm.delete("orders").unwrap();
         assert!(!dir.path().join("orders-0").exists());
         assert!(matches!(tm.get("orders"), Err(TopicError::UnknownTopic(_))));

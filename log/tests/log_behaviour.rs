@@ -464,3 +464,38 @@ fn readers_run_concurrently_with_the_appender() {
         r.join().unwrap();
     }
 }
+
+#[test]
+fn flush_ms_fsyncs_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(TS0));
+    let config = LogConfig {
+        flush_ms: 1000,
+        ..LogConfig::default()
+    };
+    let log = Log::open_with_clock(dir.path(), config, clock.clone()).unwrap();
+    log.append_as_leader(&mut batch("a", 2, TS0), 0).unwrap();
+    assert_eq!(log.recovery_point(), 0);
+    assert!(!log.flush_if_due().unwrap());
+    clock.advance(1001);
+    assert!(log.flush_if_due().unwrap());
+    assert_eq!(log.recovery_point(), 2);
+    // An append after the interval flushes on the append path too.
+    clock.advance(1001);
+    log.append_as_leader(&mut batch("b", 1, TS0), 0).unwrap();
+    assert_eq!(log.recovery_point(), 3);
+}
+
+#[test]
+fn delete_removes_the_partition_directory() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("t-0");
+    let log = Log::open(&dir, small_config()).unwrap();
+    for i in 0..50 {
+        log.append_as_leader(&mut batch(&format!("x{i}"), 3, TS0), 0)
+            .unwrap();
+    }
+    assert!(dir.join("00000000000000000000.log").exists());
+    log.delete().unwrap();
+    assert!(!dir.exists());
+}

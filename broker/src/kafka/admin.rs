@@ -1,0 +1,483 @@
+//! Topic administration over the Kafka protocol: CreateTopics, DeleteTopics, CreatePartitions,
+//! DescribeConfigs, AlterConfigs, IncrementalAlterConfigs. All go through the same
+//! [`crate::topics::TopicManager`] as the gRPC Admin service.
+
+use std::collections::BTreeMap;
+
+use bytes::BytesMut;
+use kafka_protocol::messages::alter_configs_request::AlterConfigsRequest;
+use kafka_protocol::messages::alter_configs_response::{
+    AlterConfigsResourceResponse, AlterConfigsResponse,
+};
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsRequest;
+use kafka_protocol::messages::create_partitions_response::{
+    CreatePartitionsResponse, CreatePartitionsTopicResult,
+};
+use kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
+};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
+use kafka_protocol::messages::delete_topics_response::{
+    DeletableTopicResult, DeleteTopicsResponse,
+};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsRequest;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
+};
+use kafka_protocol::messages::incremental_alter_configs_request::IncrementalAlterConfigsRequest;
+use kafka_protocol::messages::incremental_alter_configs_response::{
+    AlterConfigsResourceResponse as IncrementalResult, IncrementalAlterConfigsResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::metadata::{topic_error_code, topic_name};
+use super::{err, frame::encode_response, Ctx};
+use crate::topics::{validate_topic_name, TopicError};
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+// Kafka's ConfigSource values.
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+fn s(v: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(v.into())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+pub async fn create_topics(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: CreateTopicsRequest,
+) -> Result<BytesMut, String> {
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let configs: BTreeMap<String, String> = t
+            .configs
+            .iter()
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), v.to_string()))
+            })
+            .collect();
+        let mut r = CreatableTopicResult::default().with_name(t.name.clone());
+        let partitions = if t.num_partitions == -1 {
+            0
+        } else {
+            t.num_partitions
+        };
+        let rf = if t.replication_factor == -1 {
+            0
+        } else {
+            t.replication_factor
+        };
+        let outcome: Result<(), TopicError> = if partitions < 0 && t.assignments.is_empty() {
+            Err(TopicError::InvalidPartitions(0))
+        } else if rf < 0 {
+            Err(TopicError::InvalidReplicationFactor {
+                requested: 0,
+                available: 1,
+            })
+        } else if !t.assignments.is_empty()
+            && t.assignments
+                .iter()
+                .any(|a| a.broker_ids.iter().any(|b| b.0 != ctx.config.node_id))
+        {
+            Err(TopicError::InvalidReplicationFactor {
+                requested: t
+                    .assignments
+                    .first()
+                    .map_or(0, |a| a.broker_ids.len() as u32),
+                available: 1,
+            })
+        } else {
+            let partitions = if t.assignments.is_empty() {
+                partitions as u32
+            } else {
+                t.assignments.len() as u32
+            };
+            if req.validate_only {
+                validate_topic_name(&name)
+                    .and_then(|_| {
+                        ctx.config
+                            .topic_settings(&configs)
+                            .map(|_| ())
+                            .map_err(Into::into)
+                    })
+                    .and_then(|_| match ctx.topics.get(&name) {
+                        Ok(_) => Err(TopicError::AlreadyExists(name.clone())),
+                        Err(_) => Ok(()),
+                    })
+            } else {
+                let topics = ctx.topics.clone();
+                let n = name.clone();
+                blocking(move || {
+                    topics
+                        .create(&n, partitions, rf as u32, configs)
+                        .map(|_| ())
+                })
+                .await?
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                if let Ok(topic) = ctx.topics.get(&name) {
+                    r = r
+                        .with_num_partitions(topic.partitions.len() as i32)
+                        .with_replication_factor(topic.replication_factor as i16);
+                    if version >= 5 {
+                        r = r.with_configs(Some(
+                            topic
+                                .settings()
+                                .describe()
+                                .into_iter()
+                                .map(|(k, v)| {
+                                    CreatableTopicConfigs::default()
+                                        .with_name(s(k))
+                                        .with_value(Some(s(v)))
+                                        .with_config_source(SOURCE_DEFAULT)
+                                })
+                                .collect(),
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                r = r
+                    .with_error_code(topic_error_code(&e))
+                    .with_error_message(Some(s(e.to_string())));
+            }
+        }
+        results.push(r);
+    }
+    encode_response(
+        corr,
+        version,
+        &CreateTopicsResponse::default().with_topics(results),
+    )
+}
+
+pub async fn delete_topics(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: DeleteTopicsRequest,
+) -> Result<BytesMut, String> {
+    let mut names: Vec<String> = req.topic_names.iter().map(|n| n.0.to_string()).collect();
+    names.extend(
+        req.topics
+            .iter()
+            .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())),
+    );
+    let mut results = Vec::with_capacity(names.len());
+    for name in names {
+        let topics = ctx.topics.clone();
+        let n = name.clone();
+        let mut r = DeletableTopicResult::default().with_name(Some(topic_name(&name)));
+        if let Err(e) = blocking(move || topics.delete(&n)).await? {
+            r = r.with_error_code(topic_error_code(&e));
+            if version >= 5 {
+                r = r.with_error_message(Some(s(e.to_string())));
+            }
+        }
+        results.push(r);
+    }
+    encode_response(
+        corr,
+        version,
+        &DeleteTopicsResponse::default().with_responses(results),
+    )
+}
+
+pub async fn create_partitions(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: CreatePartitionsRequest,
+) -> Result<BytesMut, String> {
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let count = t.count;
+        let topics = ctx.topics.clone();
+        let validate_only = req.validate_only;
+        let outcome = blocking(move || {
+            let count = u32::try_from(count).map_err(|_| TopicError::InvalidPartitions(0))?;
+            if validate_only {
+                let topic = topics.get(&name)?;
+                if count <= topic.partitions.len() as u32 {
+                    return Err(TopicError::InvalidPartitions(count));
+                }
+                return Ok(());
+            }
+            topics.add_partitions(&name, count).map(|_| ())
+        })
+        .await?;
+        let mut r = CreatePartitionsTopicResult::default().with_name(t.name);
+        if let Err(e) = outcome {
+            r = r
+                .with_error_code(topic_error_code(&e))
+                .with_error_message(Some(s(e.to_string())));
+        }
+        results.push(r);
+    }
+    encode_response(
+        corr,
+        version,
+        &CreatePartitionsResponse::default().with_results(results),
+    )
+}
+
+fn config_source(ctx: &Ctx, overrides: &BTreeMap<String, String>, key: &str) -> i8 {
+    if overrides.contains_key(key) {
+        SOURCE_TOPIC
+    } else if ctx.config.topic_defaults.contains_key(key) {
+        SOURCE_STATIC_BROKER
+    } else {
+        SOURCE_DEFAULT
+    }
+}
+
+fn broker_configs(ctx: &Ctx) -> BTreeMap<String, String> {
+    let c = &ctx.config;
+    let mut m = BTreeMap::new();
+    m.insert("broker.id".into(), c.node_id.to_string());
+    m.insert("num.partitions".into(), c.num_partitions.to_string());
+    m.insert(
+        "default.replication.factor".into(),
+        c.default_replication_factor.to_string(),
+    );
+    m.insert(
+        "auto.create.topics.enable".into(),
+        c.auto_create_topics_enable.to_string(),
+    );
+    m.insert(
+        "socket.request.max.bytes".into(),
+        c.max_request_bytes.to_string(),
+    );
+    m.insert("max.connections".into(), c.max_connections.to_string());
+    m
+}
+
+pub fn describe_configs(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: DescribeConfigsRequest,
+) -> Result<BytesMut, String> {
+    let results = req
+        .resources
+        .into_iter()
+        .map(|res| {
+            let r = DescribeConfigsResult::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone());
+            let wanted = |k: &str| {
+                res.configuration_keys
+                    .as_ref()
+                    .is_none_or(|keys| keys.iter().any(|w| &**w == k))
+            };
+            let entries: Vec<(String, String, i8)> = match res.resource_type {
+                RESOURCE_TOPIC => match ctx.topics.get(&res.resource_name) {
+                    Ok(topic) => {
+                        let overrides = topic.overrides();
+                        topic
+                            .settings()
+                            .describe()
+                            .into_iter()
+                            .map(|(k, v)| {
+                                let src = config_source(ctx, &overrides, &k);
+                                (k, v, src)
+                            })
+                            .collect()
+                    }
+                    Err(e) => {
+                        return r
+                            .with_error_code(topic_error_code(&e))
+                            .with_error_message(Some(s(e.to_string())));
+                    }
+                },
+                RESOURCE_BROKER => broker_configs(ctx)
+                    .into_iter()
+                    .map(|(k, v)| (k, v, SOURCE_STATIC_BROKER))
+                    .collect(),
+                other => {
+                    return r
+                        .with_error_code(err(ResponseError::InvalidRequest))
+                        .with_error_message(Some(s(format!(
+                            "resource type {other} is not supported"
+                        ))));
+                }
+            };
+            r.with_configs(
+                entries
+                    .into_iter()
+                    .filter(|(k, _, _)| wanted(k))
+                    .map(|(k, v, src)| {
+                        DescribeConfigsResourceResult::default()
+                            .with_name(s(k))
+                            .with_value(Some(s(v)))
+                            .with_config_source(src)
+                            .with_read_only(res.resource_type == RESOURCE_BROKER)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    encode_response(
+        corr,
+        version,
+        &DescribeConfigsResponse::default().with_results(results),
+    )
+}
+
+/// Applies new topic overrides (or only validates them). Returns Kafka's error code and message.
+async fn apply_overrides(
+    ctx: &Ctx,
+    resource_type: i8,
+    name: &str,
+    overrides: Option<BTreeMap<String, String>>,
+    validate_only: bool,
+) -> Result<(i16, Option<String>), String> {
+    if resource_type != RESOURCE_TOPIC {
+        return Ok((
+            err(ResponseError::InvalidRequest),
+            Some(
+                "only topic configs can be altered; broker configs come from the config file"
+                    .into(),
+            ),
+        ));
+    }
+    let Some(overrides) = overrides else {
+        return Ok((
+            err(ResponseError::InvalidConfig),
+            Some("unsupported config operation".into()),
+        ));
+    };
+    let topic = match ctx.topics.get(name) {
+        Ok(t) => t,
+        Err(e) => return Ok((topic_error_code(&e), Some(e.to_string()))),
+    };
+    if let Err(e) = ctx.config.topic_settings(&overrides) {
+        return Ok((err(ResponseError::InvalidConfig), Some(e.to_string())));
+    }
+    if validate_only {
+        return Ok((0, None));
+    }
+    let delete: Vec<String> = topic
+        .overrides()
+        .into_keys()
+        .filter(|k| !overrides.contains_key(k))
+        .collect();
+    let topics = ctx.topics.clone();
+    let n = name.to_string();
+    match blocking(move || topics.alter_config(&n, overrides, &delete)).await? {
+        Ok(_) => Ok((0, None)),
+        Err(e) => Ok((topic_error_code(&e), Some(e.to_string()))),
+    }
+}
+
+pub async fn alter_configs(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: AlterConfigsRequest,
+) -> Result<BytesMut, String> {
+    let mut responses = Vec::new();
+    for res in req.resources {
+        // AlterConfigs replaces the whole set of overrides.
+        let overrides: BTreeMap<String, String> = res
+            .configs
+            .iter()
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), v.to_string()))
+            })
+            .collect();
+        let (code, msg) = apply_overrides(
+            ctx,
+            res.resource_type,
+            &res.resource_name,
+            Some(overrides),
+            req.validate_only,
+        )
+        .await?;
+        responses.push(
+            AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(msg.map(s))
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name),
+        );
+    }
+    encode_response(
+        corr,
+        version,
+        &AlterConfigsResponse::default().with_responses(responses),
+    )
+}
+
+pub async fn incremental_alter_configs(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: IncrementalAlterConfigsRequest,
+) -> Result<BytesMut, String> {
+    const SET: i8 = 0;
+    const DELETE: i8 = 1;
+    let mut responses = Vec::new();
+    for res in req.resources {
+        let overrides = ctx.topics.get(&res.resource_name).ok().and_then(|topic| {
+            let mut o = topic.overrides();
+            for c in &res.configs {
+                match (c.config_operation, &c.value) {
+                    (SET, Some(v)) => {
+                        o.insert(c.name.to_string(), v.to_string());
+                    }
+                    (DELETE, _) => {
+                        o.remove(&*c.name.to_string());
+                    }
+                    // APPEND/SUBTRACT (list-valued configs) are not supported.
+                    _ => return None,
+                }
+            }
+            Some(o)
+        });
+        let overrides = match (&overrides, ctx.topics.get(&res.resource_name)) {
+            (None, Err(_)) => Some(BTreeMap::new()), // let apply_overrides report the unknown topic
+            _ => overrides,
+        };
+        let (code, msg) = apply_overrides(
+            ctx,
+            res.resource_type,
+            &res.resource_name,
+            overrides,
+            req.validate_only,
+        )
+        .await?;
+        responses.push(
+            IncrementalResult::default()
+                .with_error_code(code)
+                .with_error_message(msg.map(s))
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name),
+        );
+    }
+    encode_response(
+        corr,
+        version,
+        &IncrementalAlterConfigsResponse::default().with_responses(responses),
+    )
+}

@@ -1,0 +1,86 @@
+//! Kafka framing: `[int32 size][request header][body]` in, `[int32 size][response header][body]`
+//! out. Message bodies are encoded and decoded by the `kafka-protocol` crate.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Smallest possible request: api key, version, correlation id, null client id.
+const MIN_REQUEST: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error(
+        "request of {size} bytes is outside [{MIN_REQUEST}, {max}] (socket.request.max.bytes)"
+    )]
+    BadSize { size: i64, max: usize },
+    #[error("unknown API key {0}")]
+    UnknownApiKey(i16),
+    #[error("malformed request header: {0}")]
+    BadHeader(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A request whose header is decoded; the body is left for the handler to decode.
+pub struct Frame {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub body: Bytes,
+}
+
+/// Reads one request. The size is checked before anything is allocated for it.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Frame, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let size = i32::from_be_bytes(len) as i64;
+    if size < MIN_REQUEST as i64 || size > max as i64 {
+        return Err(FrameError::BadSize { size, max });
+    }
+    let mut buf = BytesMut::zeroed(size as usize);
+    r.read_exact(&mut buf).await?;
+    let mut body = buf.freeze();
+    let key = i16::from_be_bytes([body[0], body[1]]);
+    let version = i16::from_be_bytes([body[2], body[3]]);
+    let api_key = ApiKey::try_from(key).map_err(|_| FrameError::UnknownApiKey(key))?;
+    let header_version = api_key.request_header_version(version);
+    let header = RequestHeader::decode(&mut body, header_version)
+        .map_err(|e| FrameError::BadHeader(e.to_string()))?;
+    Ok(Frame {
+        api_key,
+        version,
+        header,
+        body,
+    })
+}
+
+/// Decodes a request body.
+pub fn decode_body<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, String> {
+    T::decode(body, version).map_err(|e| e.to_string())
+}
+
+/// Encodes a complete response frame (size, header, body).
+pub fn encode_response<R: Encodable + HeaderVersion>(
+    correlation_id: i32,
+    version: i16,
+    resp: &R,
+) -> Result<BytesMut, String> {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut buf, R::header_version(version))
+        .map_err(|e| e.to_string())?;
+    resp.encode(&mut buf, version).map_err(|e| e.to_string())?;
+    let size = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(buf)
+}

@@ -1,0 +1,247 @@
+//! The Kafka wire-protocol listener: existing Kafka clients (librdkafka/kcat, kafka-python,
+//! confluent-kafka, franz-go, Java) use Sluice unchanged.
+//!
+//! One task per connection reads requests in order and answers each before reading the next —
+//! Kafka's own per-connection ordering, which gives clients pipelining with in-order responses.
+//! Messages are decoded and encoded by the `kafka-protocol` crate; Fetch responses send record
+//! bytes with `sendfile` ([`zero_copy`]).
+
+mod admin;
+mod fetch;
+pub mod frame;
+mod metadata;
+mod produce;
+mod unserved;
+pub mod zero_copy;
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::ResponseError;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::BrokerConfig;
+use crate::topics::TopicManager;
+use frame::{encode_response, Frame, FrameError};
+use zero_copy::Chunk;
+
+/// Everything a request handler needs.
+pub struct Ctx {
+    pub topics: Arc<TopicManager>,
+    pub config: Arc<BrokerConfig>,
+    /// Host and port clients are told to connect to (Metadata, FindCoordinator).
+    pub advertised_host: String,
+    pub advertised_port: i32,
+}
+
+/// What a handler sends back.
+pub enum Reply {
+    Frame(bytes::BytesMut),
+    Chunks(Vec<Chunk>),
+    /// acks=0 produce: no response at all.
+    Nothing,
+}
+
+/// API versions served, as advertised in ApiVersions. Produce is listed from v0 because
+/// librdkafka needs that, but only v3+ (RecordBatch v2) is served.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 0, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+fn served(key: ApiKey, version: i16) -> bool {
+    let min_served = if key == ApiKey::Produce { 3 } else { i16::MIN };
+    SUPPORTED
+        .iter()
+        .any(|(k, lo, hi)| *k == key && version >= (*lo).max(min_served) && version <= *hi)
+}
+
+pub fn err(e: ResponseError) -> i16 {
+    e.code()
+}
+
+/// Accepts Kafka connections until `stop` flips, at most `max_connections` at once.
+pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(ctx.config.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "refusing Kafka connection: max_connections reached");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match connection(stream, &ctx, stop).await {
+                Ok(()) | Err(FrameError::Closed) => {}
+                Err(e) => tracing::warn!(%peer, error = %e, "closing Kafka connection"),
+            }
+        });
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    ctx: &Ctx,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), FrameError> {
+    loop {
+        let frame = tokio::select! {
+            f = frame::read_frame(&mut stream, ctx.config.max_request_bytes) => f?,
+            _ = stop.changed() => return Ok(()),
+        };
+        let (key, version, correlation_id) =
+            (frame.api_key, frame.version, frame.header.correlation_id);
+        let reply = match handle(ctx, frame).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A request we cannot decode or answer: Kafka closes the connection too.
+                return Err(FrameError::BadHeader(format!(
+                    "{key:?} v{version} (correlation id {correlation_id}): {e}"
+                )));
+            }
+        };
+        match reply {
+            Reply::Frame(buf) => zero_copy::write_all(&stream, &buf).await?,
+            Reply::Chunks(chunks) => zero_copy::write_chunks(&stream, &chunks).await?,
+            Reply::Nothing => {}
+        }
+    }
+}
+
+async fn handle(ctx: &Ctx, mut frame: Frame) -> Result<Reply, String> {
+    let version = frame.version;
+    let corr = frame.header.correlation_id;
+    if frame.api_key == ApiKey::ApiVersions {
+        return api_versions(corr, version);
+    }
+    if !SUPPORTED.iter().any(|(k, _, _)| *k == frame.api_key) {
+        return match unserved::reply(frame.api_key, corr, version, &mut frame.body)? {
+            Some(buf) => Ok(Reply::Frame(buf)),
+            None => Err(format!("{:?} is not served", frame.api_key)),
+        };
+    }
+    if !served(frame.api_key, version) {
+        return Err("unsupported version (see ApiVersions)".into());
+    }
+    let body = &mut frame.body;
+    let reply = |buf: Result<bytes::BytesMut, String>| buf.map(Reply::Frame);
+    match frame.api_key {
+        ApiKey::Metadata => {
+            reply(metadata::metadata(ctx, corr, version, frame::decode_body(body, version)?).await)
+        }
+        ApiKey::ListOffsets => reply(metadata::list_offsets(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        ApiKey::Produce => {
+            produce::produce(ctx, corr, version, frame::decode_body(body, version)?).await
+        }
+        ApiKey::Fetch => fetch::fetch(ctx, corr, version, frame::decode_body(body, version)?).await,
+        ApiKey::CreateTopics => reply(
+            admin::create_topics(ctx, corr, version, frame::decode_body(body, version)?).await,
+        ),
+        ApiKey::DeleteTopics => reply(
+            admin::delete_topics(ctx, corr, version, frame::decode_body(body, version)?).await,
+        ),
+        ApiKey::DescribeConfigs => reply(admin::describe_configs(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        ApiKey::AlterConfigs => reply(
+            admin::alter_configs(ctx, corr, version, frame::decode_body(body, version)?).await,
+        ),
+        ApiKey::IncrementalAlterConfigs => reply(
+            admin::incremental_alter_configs(
+                ctx,
+                corr,
+                version,
+                frame::decode_body(body, version)?,
+            )
+            .await,
+        ),
+        ApiKey::CreatePartitions => reply(
+            admin::create_partitions(ctx, corr, version, frame::decode_body(body, version)?).await,
+        ),
+        ApiKey::DescribeCluster => reply(metadata::describe_cluster(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        other => Err(format!("{other:?} is not served")),
+    }
+}
+
+/// ApiVersions: the list of [`SUPPORTED`]; an unknown version is answered at v0 with
+/// UNSUPPORTED_VERSION and the list, so the client can pick a version it shares with us.
+fn api_versions(corr: i32, version: i16) -> Result<Reply, String> {
+    let keys = SUPPORTED
+        .iter()
+        .map(|(k, lo, hi)| {
+            ApiVersion::default()
+                .with_api_key(*k as i16)
+                .with_min_version(*lo)
+                .with_max_version(*hi)
+        })
+        .collect();
+    let (version, error_code) = if (0..=3).contains(&version) {
+        (version, 0)
+    } else {
+        (0, err(ResponseError::UnsupportedVersion))
+    };
+    let resp = ApiVersionsResponse::default()
+        .with_error_code(error_code)
+        .with_api_keys(keys);
+    encode_response(corr, version, &resp).map(Reply::Frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_ranges_are_within_what_the_codec_knows() {
+        for (k, lo, hi) in SUPPORTED {
+            let v = k.valid_versions();
+            let lo = if *k == ApiKey::Produce { 3 } else { *lo };
+            assert!(
+                lo >= v.min && *hi <= v.max,
+                "{k:?} {lo}..{hi} vs codec {}..{}",
+                v.min,
+                v.max
+            );
+        }
+        assert!(served(ApiKey::Produce, 9) && !served(ApiKey::Produce, 2));
+        assert!(!served(ApiKey::Fetch, 13));
+    }
+}

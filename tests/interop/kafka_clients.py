@@ -1,0 +1,123 @@
+"""Interop checks of real Kafka clients against a running Sluice broker.
+
+Usage: kafka_clients.py BOOTSTRAP CHECK...   (checks: confluent, kafka_python)
+Exits non-zero with a message on the first failed check.
+"""
+import sys
+import time
+import uuid
+
+BOOTSTRAP = sys.argv[1]
+CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
+
+
+def fail(msg):
+    print("FAIL:", msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def check_confluent():
+    from confluent_kafka import Consumer, Producer, TopicPartition, OFFSET_BEGINNING
+    from confluent_kafka.admin import AdminClient, NewTopic, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    topic = "ck-" + uuid.uuid4().hex[:8]
+    fs = admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1, config={"retention.ms": "3600000"})])
+    fs[topic].result(10)
+    md = admin.list_topics(timeout=10)
+    if topic not in md.topics or len(md.topics[topic].partitions) != 3:
+        fail("created topic missing from metadata")
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    cfg = admin.describe_configs([res])[res].result(10)
+    if cfg["retention.ms"].value != "3600000":
+        fail("describe_configs retention.ms = %r" % cfg["retention.ms"].value)
+
+    sent = {}
+    for codec in CODECS:
+        p = Producer({"bootstrap.servers": BOOTSTRAP, "compression.type": codec, "linger.ms": 5, "acks": "all"})
+        errors = []
+        for i in range(200):
+            key = ("key-%d" % (i % 10)).encode()
+            value = ("%s-%d-" % (codec, i)).encode() * 5
+            p.produce(topic, value=value, key=key, headers=[("codec", codec.encode())],
+                      on_delivery=lambda err, msg: errors.append(err) if err else None)
+            sent[value] = key
+        if p.flush(15) != 0:
+            fail("%s: producer did not flush" % codec)
+        if errors:
+            fail("%s: delivery errors %r" % (codec, errors[:3]))
+
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "unused", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(3)])
+    got = {}
+    key_partition = {}
+    deadline = time.time() + 30
+    while len(got) < len(sent) and time.time() < deadline:
+        m = c.poll(1.0)
+        if m is None or m.error():
+            continue
+        got[m.value()] = m.key()
+        if key_partition.setdefault(m.key(), m.partition()) != m.partition():
+            fail("key %r seen on two partitions" % m.key())
+        if dict(m.headers() or [])["codec"].decode() not in CODECS:
+            fail("bad header")
+    c.close()
+    if got != sent:
+        fail("confluent consumer got %d of %d records" % (len(got), len(sent)))
+
+    # Offsets by timestamp: everything was produced in the last minute.
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "unused"})
+    ts = int((time.time() - 600) * 1000)
+    offs = c.offsets_for_times([TopicPartition(topic, p, ts) for p in range(3)], timeout=10)
+    if any(o.offset != 0 for o in offs):
+        fail("offsets_for_times: %r" % offs)
+    lo, hi = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    if lo != 0 or hi <= 0:
+        fail("watermarks %r" % ((lo, hi),))
+    c.close()
+
+    fs = admin.create_partitions([__import__("confluent_kafka.admin", fromlist=["NewPartitions"]).NewPartitions(topic, 5)])
+    fs[topic].result(10)
+    if len(admin.list_topics(timeout=10).topics[topic].partitions) != 5:
+        fail("create_partitions did not grow the topic")
+    fs = admin.delete_topics([topic])
+    fs[topic].result(10)
+    if topic in admin.list_topics(timeout=10).topics:
+        fail("deleted topic still listed")
+    print("confluent-kafka: ok (%d records, codecs %s)" % (len(sent), ",".join(CODECS)))
+
+
+def check_kafka_python():
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    topic = "kp-" + uuid.uuid4().hex[:8]
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    sent = set()
+    for codec in [None, "gzip", "snappy", "lz4", "zstd"]:
+        p = KafkaProducer(bootstrap_servers=BOOTSTRAP, compression_type=codec, acks=1)
+        for i in range(100):
+            v = ("%s-%d" % (codec, i)).encode()
+            p.send(topic, value=v, key=b"k%d" % (i % 5), headers=[("h", b"1")])
+            sent.add(v)
+        p.flush(15)
+        p.close()
+    c = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, consumer_timeout_ms=5000)
+    c.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+    c.seek_to_beginning()
+    got = set()
+    for m in c:
+        got.add(m.value)
+        if len(got) == len(sent):
+            break
+    c.close()
+    if got != sent:
+        fail("kafka-python consumer got %d of %d" % (len(got), len(sent)))
+    admin.delete_topics([topic])
+    admin.close()
+    print("kafka-python: ok (%d records)" % len(sent))
+
+
+for check in sys.argv[2:]:
+    {"confluent": check_confluent, "kafka_python": check_kafka_python}[check]()

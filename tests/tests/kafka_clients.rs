@@ -1,0 +1,347 @@
+//! The Kafka listener with real Kafka clients: kcat (librdkafka), confluent-kafka and
+//! kafka-python (tests/interop/kafka_clients.py), cross-protocol with gRPC, zero-copy proof, and
+//! malformed frames. `scripts/install-test-deps.sh` installs the clients.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, Broker};
+use sluice_proto::v1 as pb;
+
+fn kafka_broker() -> (Broker, u16) {
+    let port = free_port();
+    let b = Broker::start_with(vec!["--kafka-addr".into(), format!("127.0.0.1:{port}")]);
+    (b, port)
+}
+
+fn kcat() -> String {
+    std::env::var("SLUICE_KCAT").unwrap_or_else(|_| "kcat".into())
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_PYTHON") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-test/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
+fn run_kcat(args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new(kcat())
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run kcat ({e}): run scripts/install-test-deps.sh"));
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn metrics(b: &Broker) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", b.http_port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn sendfile_bytes(b: &Broker) -> u64 {
+    metrics(b)
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_kafka_sendfile_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("sendfile counter in /metrics")
+}
+
+#[test]
+fn kcat_metadata_produce_consume_and_zero_copy_fetch() {
+    let (b, port) = kafka_broker();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let input: String = (0..500)
+        .map(|i| format!("key{}:value-{i}\n", i % 3))
+        .collect();
+    run_kcat(
+        &["-b", &bootstrap, "-t", "kc", "-P", "-K:", "-z", "lz4"],
+        Some(&input),
+    );
+    let md = run_kcat(&["-b", &bootstrap, "-L", "-J"], None);
+    let md: serde_json::Value = serde_json::from_str(&md).unwrap();
+    let topic = md["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "kc")
+        .expect("auto-created topic");
+    assert_eq!(topic["partitions"].as_array().unwrap().len(), 1);
+    assert_eq!(md["brokers"][0]["name"], format!("127.0.0.1:{port}"));
+
+    let before = sendfile_bytes(&b);
+    let out = run_kcat(
+        &[
+            "-b",
+            &bootstrap,
+            "-t",
+            "kc",
+            "-C",
+            "-e",
+            "-o",
+            "beginning",
+            "-f",
+            "%o %k=%s\n",
+        ],
+        None,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 500);
+    assert_eq!(lines[0], "0 key0=value-0");
+    assert_eq!(lines[499], "499 key1=value-499");
+    let sent = sendfile_bytes(&b) - before;
+    let stored = b.data_dir().join("kc-0").join("00000000000000000000.log");
+    let stored = std::fs::metadata(stored).unwrap().len();
+    assert!(
+        sent >= stored,
+        "fetch must send the segment bytes with sendfile: {sent} < {stored}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_protocol_same_offsets_both_ways() {
+    let (b, port) = kafka_broker();
+    let bootstrap = format!("127.0.0.1:{port}");
+    b.admin()
+        .await
+        .create_topic(pb::CreateTopicRequest {
+            name: "x".into(),
+            partitions: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Kafka in, gRPC out.
+    tokio::task::block_in_place(|| {
+        run_kcat(
+            &["-b", &bootstrap, "-t", "x", "-P", "-K:"],
+            Some("a:from-kafka-0\nb:from-kafka-1\n"),
+        )
+    });
+    let r = b
+        .producer()
+        .await
+        .produce(pb::ProduceRequest {
+            topic: "x".into(),
+            records: vec![pb::Record {
+                key: Some("c".into()),
+                value: Some("from-grpc-2".into()),
+                partition: Some(0),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.partitions[0].base_offset, 2,
+        "gRPC continues the offsets Kafka produced"
+    );
+    let f = b
+        .consumer()
+        .await
+        .fetch(pb::FetchRequest {
+            topic: "x".into(),
+            partition: 0,
+            offset: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<(u64, String)> = f
+        .records
+        .iter()
+        .map(|r| {
+            (
+                r.offset,
+                String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, "from-kafka-0".into()),
+            (1, "from-kafka-1".into()),
+            (2, "from-grpc-2".into())
+        ]
+    );
+    // gRPC in, Kafka out.
+    let out = tokio::task::block_in_place(|| {
+        run_kcat(
+            &[
+                "-b",
+                &bootstrap,
+                "-t",
+                "x",
+                "-C",
+                "-e",
+                "-o",
+                "beginning",
+                "-f",
+                "%o:%k:%s\n",
+            ],
+            None,
+        )
+    });
+    assert_eq!(out, "0:a:from-kafka-0\n1:b:from-kafka-1\n2:c:from-grpc-2\n");
+}
+
+#[test]
+fn confluent_kafka_and_kafka_python_clients() {
+    let (_b, port) = kafka_broker();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/kafka_clients.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["confluent", "kafka_python"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python ({e}): run scripts/install-test-deps.sh"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "interop script failed:\n{stdout}\n{stderr}\n(install the clients with scripts/install-test-deps.sh)");
+    assert!(
+        stdout.contains("confluent-kafka: ok") && stdout.contains("kafka-python: ok"),
+        "{stdout}"
+    );
+}
+
+/// Sends raw bytes and returns what came back before the broker closed or went quiet.
+fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+#[test]
+fn malformed_frames_close_the_connection_and_the_broker_keeps_serving() {
+    let (b, port) = kafka_broker();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let cases: Vec<Vec<u8>> = vec![
+        // Claims 2 GiB: refused before anything is allocated.
+        [&0x7fff_ffffi32.to_be_bytes()[..], b"xxxxxxxx"].concat(),
+        // Negative size.
+        (-5i32).to_be_bytes().to_vec(),
+        // Unknown API key 999.
+        [
+            &14i32.to_be_bytes()[..],
+            &999i16.to_be_bytes(),
+            &0i16.to_be_bytes(),
+            &1i32.to_be_bytes(),
+            &(-1i16).to_be_bytes(),
+            &[0, 0, 0, 0],
+        ]
+        .concat(),
+        // Metadata v1 with a truncated body.
+        [
+            &12i32.to_be_bytes()[..],
+            &3i16.to_be_bytes(),
+            &1i16.to_be_bytes(),
+            &7i32.to_be_bytes(),
+            &(-1i16).to_be_bytes(),
+            &[0, 0],
+        ]
+        .concat(),
+        // Plain garbage.
+        vec![0xAB; 100],
+    ];
+    for c in &cases {
+        let reply = raw_exchange(port, c);
+        assert!(
+            reply.is_empty(),
+            "expected the connection closed without a reply, got {reply:?}"
+        );
+    }
+    // ApiVersions v99 (request header v2: client id, then an empty tagged-field section): answered
+    // at v0 with UNSUPPORTED_VERSION (35) and the supported list.
+    let req = [
+        &11i32.to_be_bytes()[..],
+        &18i16.to_be_bytes(),
+        &99i16.to_be_bytes(),
+        &42i32.to_be_bytes(),
+        &(-1i16).to_be_bytes(),
+        &[0],
+    ]
+    .concat();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&req).unwrap();
+    let mut head = [0u8; 10];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(
+        i32::from_be_bytes(head[4..8].try_into().unwrap()),
+        42,
+        "correlation id"
+    );
+    assert_eq!(
+        i16::from_be_bytes(head[8..10].try_into().unwrap()),
+        35,
+        "UNSUPPORTED_VERSION"
+    );
+    // FindCoordinator (groups are not served yet): a proper COORDINATOR_NOT_AVAILABLE (15), not a
+    // dropped connection.
+    let req = [
+        &14i32.to_be_bytes()[..],
+        &10i16.to_be_bytes(),
+        &1i16.to_be_bytes(),
+        &43i32.to_be_bytes(),
+        &(-1i16).to_be_bytes(),
+        &1i16.to_be_bytes(),
+        b"g",
+        &[0],
+    ]
+    .concat();
+    s.write_all(&req).unwrap();
+    let mut len = [0u8; 4];
+    // Skip the rest of the ApiVersions response first.
+    let size = i32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+    let mut rest = vec![0u8; size + 4 - head.len()];
+    s.read_exact(&mut rest).unwrap();
+    s.read_exact(&mut len).unwrap();
+    let mut resp = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut resp).unwrap();
+    assert_eq!(i32::from_be_bytes(resp[..4].try_into().unwrap()), 43);
+    assert_eq!(
+        i16::from_be_bytes(resp[8..10].try_into().unwrap()),
+        15,
+        "COORDINATOR_NOT_AVAILABLE"
+    );
+    // Still serving.
+    let md = run_kcat(&["-b", &bootstrap, "-L", "-J"], None);
+    assert!(md.contains("\"brokers\""));
+    drop(b);
+}
