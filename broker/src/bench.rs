@@ -35,8 +35,20 @@ pub struct BenchOpts {
     /// Value size in bytes.
     #[arg(long, default_value_t = 1024)]
     pub record_size: usize,
+    /// Which API to drive.
+    #[arg(long, value_enum, default_value_t = Protocol::Grpc)]
+    pub protocol: Protocol,
+    /// Kafka listener address (with --protocol kafka).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub kafka_broker: String,
     #[command(flatten)]
     pub conn: ConnArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    Kafka,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +94,37 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             throughput,
         } => {
             let partitions = partitions.unwrap_or(concurrency as u32).max(1);
+            if opts.protocol == Protocol::Kafka {
+                if throughput > 0 {
+                    return Err("--throughput is only implemented for --protocol grpc".into());
+                }
+                let acks = match acks {
+                    AcksArg::Zero => 0,
+                    AcksArg::One => 1,
+                    AcksArg::All => -1,
+                };
+                let (records, bytes, elapsed, hist) = crate::bench_kafka::produce(
+                    &opts.kafka_broker,
+                    &opts.topic,
+                    opts.records,
+                    opts.record_size,
+                    batch_size.max(1),
+                    acks,
+                    concurrency.max(1),
+                    pipeline.max(1),
+                    partitions,
+                )
+                .await?;
+                report(
+                    "produce",
+                    records,
+                    bytes,
+                    elapsed,
+                    (acks != 0).then_some(&hist),
+                    opts.conn.output,
+                );
+                return Ok(());
+            }
             produce(
                 opts,
                 batch_size.max(1),
@@ -93,16 +136,23 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             )
             .await
         }
+        BenchCommand::Consume { opts } if opts.protocol == Protocol::Kafka => {
+            let (records, bytes, elapsed) =
+                crate::bench_kafka::consume(&opts.kafka_broker, &opts.topic, opts.records).await?;
+            report("consume", records, bytes, elapsed, None, opts.conn.output);
+            Ok(())
+        }
         BenchCommand::Consume { opts } => consume(opts).await,
     }
 }
 
-struct Progress {
-    records: AtomicU64,
-    bytes: AtomicU64,
+#[derive(Default)]
+pub struct Progress {
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
 }
 
-fn spawn_reporter(progress: Arc<Progress>, label: &'static str) -> tokio::task::JoinHandle<()> {
+pub fn spawn_reporter(progress: Arc<Progress>, label: &'static str) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let start = Instant::now();
         let mut last = (0u64, 0u64);
@@ -203,10 +253,7 @@ async fn produce(
             .map(|i| (i % 251) as u8)
             .collect::<Vec<u8>>(),
     );
-    let progress = Arc::new(Progress {
-        records: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-    });
+    let progress = Arc::new(Progress::default());
     let reporter = spawn_reporter(progress.clone(), "produce");
     let per_producer = opts.records.div_ceil(concurrency as u64);
     let start = Instant::now();
@@ -323,10 +370,7 @@ async fn consume(opts: BenchOpts) -> Result<(), String> {
         .into_inner()
         .topic
         .ok_or("no topic description")?;
-    let progress = Arc::new(Progress {
-        records: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-    });
+    let progress = Arc::new(Progress::default());
     let reporter = spawn_reporter(progress.clone(), "consume");
     let target = opts.records;
     let start = Instant::now();

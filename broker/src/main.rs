@@ -8,6 +8,7 @@
 //! - [`cli`]: client commands (`topic`, `produce`, `consume`) and [`bench`] (load generator).
 
 mod bench;
+mod bench_kafka;
 mod cli;
 mod config;
 mod grpc;

@@ -345,3 +345,59 @@ fn malformed_frames_close_the_connection_and_the_broker_keeps_serving() {
     assert!(md.contains("\"brokers\""));
     drop(b);
 }
+
+#[test]
+fn bench_over_the_kafka_protocol() {
+    let (b, port) = kafka_broker();
+    let kafka = format!("127.0.0.1:{port}");
+    let o = b.cli(
+        &[
+            "bench",
+            "produce",
+            "--protocol",
+            "kafka",
+            "--kafka-broker",
+            &kafka,
+            "--topic",
+            "kb",
+            "--records",
+            "3000",
+            "--record-size",
+            "100",
+            "--batch-size",
+            "500",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["records"], 3000);
+    let o = b.cli(
+        &[
+            "bench",
+            "consume",
+            "--protocol",
+            "kafka",
+            "--kafka-broker",
+            &kafka,
+            "--topic",
+            "kb",
+            "--records",
+            "3000",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["records"], 3000);
+    // The same records over gRPC.
+    let o = b.cli(
+        &["consume", "kb", "--from-beginning", "--format", "%o"],
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3000);
+}

@@ -245,3 +245,81 @@ mod tests {
         assert!(!served(ApiKey::Fetch, 13));
     }
 }
+
+/// Random frames through the real framing and dispatch: errors are fine, panics and unbounded
+/// allocations are not. `scripts/fuzz-kafka-decoder.sh` runs many more cases for longer.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ctx(dir: &std::path::Path) -> Ctx {
+        let config = Arc::new(BrokerConfig {
+            data_dir: dir.to_path_buf(),
+            ..BrokerConfig::default()
+        });
+        let topics = Arc::new(TopicManager::open(config.clone()).unwrap());
+        topics.create("fuzz", 2, 1, Default::default()).unwrap();
+        Ctx {
+            topics,
+            config,
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+        }
+    }
+
+    fn frame_bytes(key: i16, version: i16, flexible_header: bool, body: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&key.to_be_bytes());
+        f.extend_from_slice(&version.to_be_bytes());
+        f.extend_from_slice(&7i32.to_be_bytes());
+        f.extend_from_slice(&(-1i16).to_be_bytes());
+        if flexible_header {
+            f.push(0);
+        }
+        f.extend_from_slice(body);
+        let mut out = (f.len() as i32).to_be_bytes().to_vec();
+        out.extend(f);
+        out
+    }
+
+    fn run(ctx: &Ctx, rt: &tokio::runtime::Runtime, bytes: Vec<u8>) {
+        rt.block_on(async {
+            let mut r = &bytes[..];
+            if let Ok(frame) = frame::read_frame(&mut r, 1 << 20).await {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), handle(ctx, frame))
+                    .await;
+            }
+        });
+    }
+
+    proptest! {
+        // PROPTEST_CASES raises the count (scripts/fuzz-kafka-decoder.sh); 400 keeps CI quick.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn random_frames_never_panic(
+            key_index in 0usize..SUPPORTED.len() + 12,
+            version in -1i16..20,
+            flexible in any::<bool>(),
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let ctx = ctx(dir.path());
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let key = SUPPORTED.get(key_index).map_or(key_index as i16 - 3, |(k, _, _)| *k as i16);
+            run(&ctx, &rt, frame_bytes(key, version, flexible, &body));
+        }
+
+        #[test]
+        fn raw_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let dir = tempfile::tempdir().unwrap();
+            let ctx = ctx(dir.path());
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            run(&ctx, &rt, bytes);
+        }
+    }
+}
