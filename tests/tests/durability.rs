@@ -11,16 +11,8 @@ use futures::StreamExt;
 use sluice_proto::v1 as pb;
 
 async fn create(b: &Broker, name: &str, partitions: u32) {
-    b.admin()
-        .await
-        .create_topic(pb::CreateTopicRequest {
-            name: name.into(),
-            partitions,
-            replication_factor: 1,
-            configs: [("segment.bytes".to_string(), "65536".to_string())].into(),
-        })
-        .await
-        .expect("create topic");
+    b.create_topic(name, partitions, &[("segment.bytes", "65536")])
+        .await;
 }
 
 /// Every record of a partition, by offset.

@@ -22,16 +22,7 @@ fn record(key: Option<&str>, value: &str) -> pb::Record {
 }
 
 async fn create(b: &Broker, name: &str, partitions: u32) {
-    b.admin()
-        .await
-        .create_topic(pb::CreateTopicRequest {
-            name: name.into(),
-            partitions,
-            replication_factor: 1,
-            configs: Default::default(),
-        })
-        .await
-        .expect("create topic");
+    b.create_topic(name, partitions, &[]).await;
 }
 
 async fn produce(

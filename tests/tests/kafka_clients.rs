@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, Broker};
+use common::Broker;
 use sluice_proto::v1 as pb;
 
 fn kafka_broker() -> (Broker, u16) {
-    let port = free_port();
-    let b = Broker::start_with(vec!["--kafka-addr".into(), format!("127.0.0.1:{port}")]);
+    let b = Broker::start();
+    let port = b.kafka_port;
     (b, port)
 }
 

@@ -47,6 +47,7 @@ pub fn free_port() -> u16 {
 pub struct Broker {
     pub dir: tempfile::TempDir,
     pub grpc_port: u16,
+    pub kafka_port: u16,
     pub http_port: u16,
     pub extra_args: Vec<String>,
     child: Option<Child>,
@@ -61,6 +62,7 @@ impl Broker {
         let mut b = Broker {
             dir: tempfile::tempdir().expect("temp dir"),
             grpc_port: free_port(),
+            kafka_port: free_port(),
             http_port: free_port(),
             extra_args,
             child: None,
@@ -85,6 +87,8 @@ impl Broker {
             .arg(self.data_dir())
             .arg("--grpc-addr")
             .arg(self.addr())
+            .arg("--kafka-addr")
+            .arg(format!("127.0.0.1:{}", self.kafka_port))
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", self.http_port))
             .args(&self.extra_args)
@@ -162,6 +166,23 @@ impl Broker {
     }
     pub async fn consumer(&self) -> ConsumerClient<Channel> {
         ConsumerClient::new(self.channel().await).max_decoding_message_size(64 << 20)
+    }
+
+    /// Creates a topic over gRPC with the given config overrides.
+    pub async fn create_topic(&self, name: &str, partitions: u32, configs: &[(&str, &str)]) {
+        self.admin()
+            .await
+            .create_topic(sluice_proto::v1::CreateTopicRequest {
+                name: name.into(),
+                partitions,
+                replication_factor: 1,
+                configs: configs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            })
+            .await
+            .expect("create topic");
     }
 
     /// Runs a CLI command against this broker.
