@@ -391,13 +391,21 @@ async fn consume(opts: BenchOpts) -> Result<(), String> {
                 .await
                 .map_err(cli::status_message)?
                 .into_inner();
+            let mut idle = Duration::ZERO;
             while progress.records.load(Ordering::Relaxed) < target {
-                let next = tokio::time::timeout(Duration::from_secs(2), stream.next()).await;
-                let resp = match next {
+                // Short waits, so a drained partition notices promptly when the others finish.
+                let step = Duration::from_millis(50);
+                let resp = match tokio::time::timeout(step, stream.next()).await {
                     Ok(Some(r)) => r.map_err(cli::status_message)?,
-                    // No more data arriving: this partition is drained.
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => break,
+                    Err(_) if idle < Duration::from_secs(2) => {
+                        idle += step;
+                        continue;
+                    }
+                    // Nothing new for 2 s: the topic is drained.
+                    Err(_) => break,
                 };
+                idle = Duration::ZERO;
                 let bytes: u64 = resp
                     .records
                     .iter()

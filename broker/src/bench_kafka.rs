@@ -55,10 +55,19 @@ async fn read_response(s: &mut (impl AsyncReadExt + Unpin)) -> Result<Bytes, Str
     if !(4..=(512 << 20)).contains(&n) {
         return Err(format!("bad response size {n}"));
     }
-    let mut buf = BytesMut::zeroed(n as usize);
-    s.read_exact(&mut buf)
-        .await
-        .map_err(|e| format!("reading response: {e}"))?;
+    // Read into uninitialised capacity: zeroing a multi-MiB fetch buffer first costs a core.
+    let mut buf = BytesMut::with_capacity(n as usize);
+    while buf.len() < n as usize {
+        let mut limited = (&mut *s).take((n as usize - buf.len()) as u64);
+        if limited
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| format!("reading response: {e}"))?
+            == 0
+        {
+            return Err("connection closed mid-response".into());
+        }
+    }
     Ok(buf.freeze())
 }
 
@@ -259,7 +268,7 @@ pub async fn consume(
                         .with_partitions(vec![FetchPartition::default()
                             .with_partition(p as i32)
                             .with_fetch_offset(offset)
-                            .with_partition_max_bytes(16 << 20)])]);
+                            .with_partition_max_bytes(32 << 20)])]);
                 let resp: FetchResponse = roundtrip(&mut s, ApiKey::Fetch, 12, &req).await?;
                 let Some(pd) = resp.responses.first().and_then(|t| t.partitions.first()) else {
                     return Err("empty fetch response".to_string());
