@@ -58,6 +58,8 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// How often `flush.ms` is checked and recovery points are checkpointed.
     pub flush_check_interval_ms: u64,
+    /// Log filter (`info`, `sluice=debug`, ...); `RUST_LOG` overrides it.
+    pub log_level: String,
     /// Broker-wide defaults for topic configs, by Kafka name.
     pub topic_defaults: BTreeMap<String, toml::Value>,
 }
@@ -79,6 +81,7 @@ impl Default for BrokerConfig {
             fetch_max_bytes: 1 << 20,
             retention_check_interval_ms: 300_000,
             flush_check_interval_ms: 1_000,
+            log_level: "info".into(),
             topic_defaults: BTreeMap::new(),
         }
     }

@@ -72,8 +72,9 @@ struct ServeArgs {
     node_id: Option<i32>,
 }
 
-fn init_tracing() {
+fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default_filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
@@ -107,6 +108,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         config.node_id = n;
     }
     config.validate().map_err(|e| e.to_string())?;
+    init_tracing(&config.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sluice")
@@ -120,10 +122,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => {
-            init_tracing();
-            serve(args)
-        }
+        Command::Serve(args) => serve(args),
         Command::Topic(args) => cli::run(cli::Client::Topic(args)),
         Command::Produce(args) => cli::run(cli::Client::Produce(args)),
         Command::Consume(args) => cli::run(cli::Client::Consume(args)),

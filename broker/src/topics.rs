@@ -76,14 +76,37 @@ pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
 /// What is persisted per topic.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct TopicRecord {
+    /// Kafka topic ID (a UUID); topics created before IDs existed get one on the next start.
+    #[serde(default)]
+    id: Option<uuid::Uuid>,
     partitions: u32,
     replication_factor: u32,
     #[serde(default)]
     configs: BTreeMap<String, String>,
 }
 
+/// A random (version 4) UUID. std's `RandomState` is keyed from the OS's randomness per instance,
+/// which is all a topic ID needs, without another dependency.
+pub fn random_uuid() -> uuid::Uuid {
+    use std::hash::{BuildHasher, Hasher};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut halves = [0u64; 2];
+    for h in &mut halves {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(now);
+        *h = hasher.finish();
+    }
+    uuid::Builder::from_random_bytes(
+        ((u128::from(halves[0]) << 64) | u128::from(halves[1])).to_be_bytes(),
+    )
+    .into_uuid()
+}
+
 pub struct Topic {
     pub name: String,
+    pub id: uuid::Uuid,
     pub replication_factor: u32,
     overrides: RwLock<BTreeMap<String, String>>,
     settings: RwLock<TopicSettings>,
@@ -141,17 +164,22 @@ impl TopicManager {
                 Err(e) => return Err(io("read topics.json")(e)),
             };
         remove_orphan_partitions(&config.data_dir, &records)?;
+        let needs_ids = records.values().any(|r| r.id.is_none());
         let mut topics = BTreeMap::new();
         for (name, rec) in records {
             let topic = open_topic(&config, &name, &rec)?;
             tracing::info!(topic = %name, partitions = rec.partitions, "opened topic");
             topics.insert(name, Arc::new(topic));
         }
-        Ok(TopicManager {
+        let manager = TopicManager {
             config,
             topics: RwLock::new(topics),
             changes: std::sync::Mutex::new(()),
-        })
+        };
+        if needs_ids {
+            manager.persist(&manager.records())?;
+        }
+        Ok(manager)
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
@@ -161,6 +189,11 @@ impl TopicManager {
             .get(name)
             .cloned()
             .ok_or_else(|| TopicError::UnknownTopic(name.to_string()))
+    }
+
+    /// The topic with this Kafka topic ID.
+    pub fn get_by_id(&self, id: uuid::Uuid) -> Option<Arc<Topic>> {
+        self.list().into_iter().find(|t| t.id == id)
     }
 
     pub fn partition(&self, topic: &str, index: u32) -> Result<Arc<Partition>, TopicError> {
@@ -210,6 +243,7 @@ impl TopicManager {
             return Err(TopicError::AlreadyExists(name.to_string()));
         }
         let rec = TopicRecord {
+            id: Some(random_uuid()),
             partitions,
             replication_factor,
             configs,
@@ -268,6 +302,7 @@ impl TopicManager {
         }
         let topic = Arc::new(Topic {
             name: name.to_string(),
+            id: old.id,
             replication_factor: old.replication_factor,
             overrides: RwLock::new(old.overrides()),
             settings: RwLock::new(settings),
@@ -321,6 +356,7 @@ impl TopicManager {
                 (
                     t.name.clone(),
                     TopicRecord {
+                        id: Some(t.id),
                         partitions: t.partitions.len() as u32,
                         replication_factor: t.replication_factor,
                         configs: t.overrides(),
@@ -415,6 +451,7 @@ fn open_topic(config: &BrokerConfig, name: &str, rec: &TopicRecord) -> Result<To
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Topic {
         name: name.to_string(),
+        id: rec.id.unwrap_or_else(random_uuid),
         replication_factor: rec.replication_factor,
         overrides: RwLock::new(rec.configs.clone()),
         settings: RwLock::new(settings),
@@ -507,6 +544,8 @@ mod tests {
         assert!(!dir.path().join("ghost-0").exists());
         let t = tm.get("orders").unwrap();
         assert_eq!(t.partitions.len(), 3);
+        assert!(!t.id.is_nil());
+        assert_eq!(tm.get_by_id(t.id).unwrap().name, "orders");
         assert_eq!(t.settings().log.retention_ms, 1000);
         tm.alter_config(
             "orders",

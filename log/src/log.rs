@@ -592,6 +592,26 @@ impl Log {
         Ok(None)
     }
 
+    /// The record with the largest timestamp in the log (the first one, if several share it):
+    /// `(offset, timestamp)`. Kafka's ListOffsets MAX_TIMESTAMP.
+    pub fn offset_of_max_timestamp(&self) -> Result<Option<(u64, i64)>> {
+        let segments = self.segments_snapshot();
+        let Some(seg) = segments
+            .iter()
+            .filter(|s| s.max_timestamp() >= 0)
+            .reduce(|best, s| {
+                if s.max_timestamp() > best.max_timestamp() {
+                    s
+                } else {
+                    best
+                }
+            })
+        else {
+            return Ok(None);
+        };
+        seg.max_timestamp_record()
+    }
+
     // ---- retention and truncation --------------------------------------------------------------
 
     /// Deletes whole segments that `retention.ms` or `retention.bytes` no longer keep. Never the

@@ -371,6 +371,26 @@ impl LogSegment {
         Ok(None)
     }
 
+    /// The record holding this segment's largest timestamp: `(offset, timestamp)`.
+    pub fn max_timestamp_record(&self) -> Result<Option<(u64, i64)>> {
+        let max_ts = self.max_timestamp();
+        if max_ts < 0 {
+            return Ok(None);
+        }
+        let batch_offset = self.writer().offset_of_max_timestamp;
+        let Some((pos, h)) = self.find_batch(batch_offset)? else {
+            return Ok(None);
+        };
+        let bytes = self.read_bytes(pos, h.total_size())?;
+        let records =
+            crate::record::decode_batch(&bytes, crate::record::DEFAULT_DECOMPRESSED_LIMIT)
+                .map_err(|e| self.corrupt(pos, e))?;
+        Ok(records
+            .iter()
+            .find(|r| r.timestamp == max_ts)
+            .map(|r| (r.offset, r.timestamp)))
+    }
+
     /// Loads a segment whose indexes are trusted (clean shutdown, or below the recovery point):
     /// checks the indexes and scans the tail after the last index entry to learn the next offset
     /// and max timestamp. An error means the segment needs [`LogSegment::recover`].

@@ -76,6 +76,36 @@ def check_confluent():
         fail("watermarks %r" % ((lo, hi),))
     c.close()
 
+    # A consumer assigned at the end sees only records produced after it started.
+    from confluent_kafka import OFFSET_END
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "unused", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, 0, OFFSET_END)])
+    c.poll(1.0)  # let it resolve the end offset
+    p = Producer({"bootstrap.servers": BOOTSTRAP})
+    p.produce(topic, value=b"after-latest", partition=0)
+    p.flush(10)
+    seen = []
+    deadline = time.time() + 15
+    while not seen and time.time() < deadline:
+        m = c.poll(1.0)
+        if m is not None and not m.error():
+            seen.append(m.value())
+    c.close()
+    if seen != [b"after-latest"]:
+        fail("consumer from latest saw %r" % seen)
+
+    # ListOffsets through the admin API: earliest, latest, and max timestamp (v7).
+    from confluent_kafka.admin import OffsetSpec
+    tp = TopicPartition(topic, 0)
+    for spec, check in [
+        (OffsetSpec.earliest(), lambda o: o.offset == 0),
+        (OffsetSpec.latest(), lambda o: o.offset == hi + 1),
+        (OffsetSpec.max_timestamp(), lambda o: 0 <= o.offset <= hi and o.timestamp > 0),
+    ]:
+        res = admin.list_offsets({tp: spec})[tp].result(10)
+        if not check(res):
+            fail("list_offsets %r -> offset %r timestamp %r" % (spec, res.offset, res.timestamp))
+
     fs = admin.create_partitions([__import__("confluent_kafka.admin", fromlist=["NewPartitions"]).NewPartitions(topic, 5)])
     fs[topic].result(10)
     if len(admin.list_topics(timeout=10).topics[topic].partitions) != 5:

@@ -134,6 +134,7 @@ pub async fn create_topics(
             Ok(()) => {
                 if let Ok(topic) = ctx.topics.get(&name) {
                     r = r
+                        .with_topic_id(topic.id)
                         .with_num_partitions(topic.partitions.len() as i32)
                         .with_replication_factor(topic.replication_factor as i16);
                     if version >= 5 {

@@ -81,15 +81,25 @@ pub async fn fetch(ctx: &Ctx, corr: i32, version: i16, req: FetchRequest) -> Res
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let mut wanted = Vec::new();
     for (ti, t) in req.topics.iter().enumerate() {
-        let name = t.topic.0.to_string();
+        // v13+ names topics by ID only.
+        let name = if version >= 13 {
+            ctx.topics
+                .get_by_id(t.topic_id)
+                .map(|topic| topic.name.clone())
+        } else {
+            Some(t.topic.0.to_string())
+        };
         for p in &t.partitions {
-            let partition = u32::try_from(p.partition)
-                .map_err(|_| err(ResponseError::UnknownTopicOrPartition))
-                .and_then(|i| {
-                    ctx.topics
-                        .partition(&name, i)
-                        .map_err(|e| topic_error_code(&e))
-                });
+            let partition = match &name {
+                None => Err(err(ResponseError::UnknownTopicId)),
+                Some(name) => u32::try_from(p.partition)
+                    .map_err(|_| err(ResponseError::UnknownTopicOrPartition))
+                    .and_then(|i| {
+                        ctx.topics
+                            .partition(name, i)
+                            .map_err(|e| topic_error_code(&e))
+                    }),
+            };
             wanted.push(Wanted {
                 topic: ti,
                 partition_index: p.partition,

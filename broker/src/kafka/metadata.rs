@@ -45,23 +45,28 @@ fn describe_topic(ctx: &Ctx, name: &str, version: i16) -> MetadataResponseTopic 
     let mut t = MetadataResponseTopic::default().with_name(Some(topic_name(name)));
     match ctx.topics.get(name) {
         Ok(topic) => {
-            t = t.with_is_internal(name.starts_with("__")).with_partitions(
-                topic
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut mp = MetadataResponsePartition::default()
-                            .with_partition_index(p.index() as i32)
-                            .with_leader_id(p.leader().into())
-                            .with_replica_nodes(p.replicas().into_iter().map(Into::into).collect())
-                            .with_isr_nodes(p.isr().into_iter().map(Into::into).collect());
-                        if version >= 7 {
-                            mp = mp.with_leader_epoch(p.leader_epoch());
-                        }
-                        mp
-                    })
-                    .collect(),
-            );
+            t = t
+                .with_topic_id(topic.id)
+                .with_is_internal(name.starts_with("__"))
+                .with_partitions(
+                    topic
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            let mut mp = MetadataResponsePartition::default()
+                                .with_partition_index(p.index() as i32)
+                                .with_leader_id(p.leader().into())
+                                .with_replica_nodes(
+                                    p.replicas().into_iter().map(Into::into).collect(),
+                                )
+                                .with_isr_nodes(p.isr().into_iter().map(Into::into).collect());
+                            if version >= 7 {
+                                mp = mp.with_leader_epoch(p.leader_epoch());
+                            }
+                            mp
+                        })
+                        .collect(),
+                );
         }
         Err(e) => t = t.with_error_code(topic_error_code(&e)),
     }
@@ -135,6 +140,7 @@ pub fn list_offsets(
 ) -> Result<BytesMut, String> {
     const LATEST: i64 = -1;
     const EARLIEST: i64 = -2;
+    const MAX_TIMESTAMP: i64 = -3;
     let topics = req
         .topics
         .into_iter()
@@ -162,6 +168,14 @@ pub fn list_offsets(
                     match p.timestamp {
                         LATEST => r.with_offset(hw as i64),
                         EARLIEST => r.with_offset(partition.log().log_start_offset() as i64),
+                        MAX_TIMESTAMP if version >= 7 => match tokio::task::block_in_place(|| partition.log().offset_of_max_timestamp()) {
+                            Ok(Some((offset, ts))) if offset < hw => r.with_offset(offset as i64).with_timestamp(ts),
+                            Ok(_) => r,
+                            Err(e) => {
+                                tracing::error!(topic = %name, error = %e, "max-timestamp lookup failed");
+                                r.with_error_code(err(ResponseError::KafkaStorageError))
+                            }
+                        },
                         ts if ts >= 0 => match tokio::task::block_in_place(|| partition.log().offset_for_timestamp(ts, Some(hw))) {
                             Ok(Some((offset, found_ts))) => r.with_offset(offset as i64).with_timestamp(found_ts),
                             Ok(None) => r,

@@ -48,8 +48,8 @@ pub enum Reply {
 /// librdkafka needs that, but only v3+ (RecordBatch v2) is served.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 0, 9),
-    (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Fetch, 4, 13),
+    (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
@@ -242,7 +242,7 @@ mod tests {
             );
         }
         assert!(served(ApiKey::Produce, 9) && !served(ApiKey::Produce, 2));
-        assert!(!served(ApiKey::Fetch, 13));
+        assert!(served(ApiKey::Fetch, 13) && !served(ApiKey::Fetch, 14));
     }
 }
 
