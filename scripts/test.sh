@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
+# The end-to-end tests start the real `sluice` binary; build it once up front.
+cargo build --workspace --bins
 cargo test --workspace

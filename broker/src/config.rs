@@ -58,6 +58,11 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// How often `flush.ms` is checked and recovery points are checkpointed.
     pub flush_check_interval_ms: u64,
+    /// How often compacted topics are checked for cleaning (Kafka `log.cleaner.backoff.ms`).
+    pub log_cleaner_backoff_ms: u64,
+    /// Read rate cap of the cleaner, bytes/s; 0 = unlimited
+    /// (Kafka `log.cleaner.io.max.bytes.per.second`).
+    pub log_cleaner_io_max_bytes_per_second: u64,
     /// Log filter (`info`, `sluice=debug`, ...); `RUST_LOG` overrides it.
     pub log_level: String,
     /// Broker-wide defaults for topic configs, by Kafka name.
@@ -81,6 +86,8 @@ impl Default for BrokerConfig {
             fetch_max_bytes: 1 << 20,
             retention_check_interval_ms: 300_000,
             flush_check_interval_ms: 1_000,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_io_max_bytes_per_second: 0,
             log_level: "info".into(),
             topic_defaults: BTreeMap::new(),
         }
@@ -88,7 +95,7 @@ impl Default for BrokerConfig {
 }
 
 /// The effective settings of one topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TopicSettings {
     pub log: LogConfig,
     pub replica: ReplicaConfig,

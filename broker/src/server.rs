@@ -177,7 +177,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     }
 }
 
-/// Retention, `flush.ms`, and recovery-point checkpoints, on their intervals.
+/// Retention, `flush.ms`, recovery-point checkpoints and compaction, on their intervals.
 async fn background_duties(
     config: Arc<BrokerConfig>,
     topics: Arc<TopicManager>,
@@ -189,6 +189,8 @@ async fn background_duties(
     let mut flush = tokio::time::interval(Duration::from_millis(
         config.flush_check_interval_ms.max(10),
     ));
+    let mut cleaner =
+        tokio::time::interval(Duration::from_millis(config.log_cleaner_backoff_ms.max(10)));
     loop {
         tokio::select! {
             _ = retention.tick() => {
@@ -198,6 +200,11 @@ async fn background_duties(
             _ = flush.tick() => {
                 let t = topics.clone();
                 let _ = tokio::task::spawn_blocking(move || t.run_flush()).await;
+            }
+            _ = cleaner.tick() => {
+                let t = topics.clone();
+                let limit = config.log_cleaner_io_max_bytes_per_second;
+                let _ = tokio::task::spawn_blocking(move || t.run_compaction(limit)).await;
             }
             _ = stop.changed() => return,
         }

@@ -414,6 +414,21 @@ impl TopicManager {
         }
     }
 
+    /// One compaction pass over every compacted partition that is dirty enough.
+    pub fn run_compaction(&self, io_bytes_per_sec: u64) {
+        let limit = (io_bytes_per_sec > 0).then_some(io_bytes_per_sec);
+        for t in self.list() {
+            if !t.settings().log.cleanup_compact {
+                continue;
+            }
+            for p in &t.partitions {
+                if let Err(e) = p.log().compact(limit) {
+                    tracing::error!(topic = %t.name, partition = p.index(), error = %e, "compaction failed");
+                }
+            }
+        }
+    }
+
     /// Clean shutdown of every log.
     pub fn close(&self) {
         for t in self.list() {

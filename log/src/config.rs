@@ -7,7 +7,7 @@ use crate::batch::TimestampType;
 use crate::error::{LogError, Result};
 
 /// The settings one partition log runs with. Field docs give the Kafka name and default.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// `segment.bytes` (1 GiB): roll the active segment at this size.
     pub segment_bytes: u64,
@@ -33,6 +33,12 @@ pub struct LogConfig {
     pub cleanup_compact: bool,
     /// `message.timestamp.type` (CreateTime).
     pub timestamp_type: TimestampType,
+    /// `delete.retention.ms` (1 day): how long compaction keeps tombstones.
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio` (0.5): compact once this share of the cleanable log is dirty.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms` (0): records younger than this are not compacted.
+    pub min_compaction_lag_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -50,6 +56,9 @@ impl Default for LogConfig {
             cleanup_delete: true,
             cleanup_compact: false,
             timestamp_type: TimestampType::CreateTime,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
         }
     }
 }
@@ -67,6 +76,9 @@ pub const LOG_CONFIG_KEYS: &[&str] = &[
     "flush.ms",
     "cleanup.policy",
     "message.timestamp.type",
+    "delete.retention.ms",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
 ];
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
@@ -138,6 +150,21 @@ impl LogConfig {
                     }
                 }
             }
+            "delete.retention.ms" => {
+                self.delete_retention_ms = at_least(key, parse(key, value)?, 0)?
+            }
+            "min.cleanable.dirty.ratio" => {
+                let v: f64 = parse(key, value)?;
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(LogError::InvalidConfig(format!(
+                        "min.cleanable.dirty.ratio must be between 0 and 1, got {v}"
+                    )));
+                }
+                self.min_cleanable_dirty_ratio = v;
+            }
+            "min.compaction.lag.ms" => {
+                self.min_compaction_lag_ms = at_least(key, parse(key, value)?, 0)?
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -164,6 +191,9 @@ impl LogConfig {
                 TimestampType::CreateTime => "CreateTime".into(),
                 TimestampType::LogAppendTime => "LogAppendTime".into(),
             },
+            "delete.retention.ms" => self.delete_retention_ms.to_string(),
+            "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio.to_string(),
+            "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
             _ => return None,
         })
     }

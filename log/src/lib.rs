@@ -10,7 +10,8 @@
 //! - [`index`]: the two index kinds over one mmap'd entry-array mechanism.
 //! - [`segment`]: one `.log` + indexes: append, read as [`FileRegion`]s, recovery, truncation.
 //! - [`log`](crate::Log): the partition — offsets (log start, log end, high watermark), roll,
-//!   flush policy and recovery point, crash recovery, retention, truncation, clean shutdown.
+//!   flush policy and recovery point, crash recovery, retention, truncation, clean shutdown, and
+//!   compaction (`cleanup.policy=compact`, `log/cleaner.rs`).
 //! - [`checkpoint`]: the recovery-point file and clean-shutdown marker.
 //! - [`config`]: per-log settings under Kafka's topic-config names, and the [`Clock`].
 //!
@@ -45,6 +46,8 @@ pub use crate::batch::{BatchHeader, TimestampType};
 pub use crate::compression::Compression;
 pub use crate::config::{Clock, LogConfig, ManualClock, SystemClock, LOG_CONFIG_KEYS};
 pub use crate::error::{BatchError, LogError, Result};
-pub use crate::log::{AppendInfo, Log, ReadInfo};
-pub use crate::record::{decode_batch, decode_batches, BatchBuilder, Header, Record, StoredRecord};
+pub use crate::log::{AppendInfo, CleanStats, Log, ReadInfo};
+pub use crate::record::{
+    decode_batch, decode_batches, BatchBuilder, BatchTemplate, Header, Record, StoredRecord,
+};
 pub use crate::segment::FileRegion;

@@ -24,6 +24,9 @@ use crate::config::{Clock, LogConfig, SystemClock};
 use crate::error::{IoContext, LogError, Result};
 use crate::segment::{self, FileRegion, LogSegment};
 
+mod cleaner;
+pub use cleaner::{CleanStats, CLEANED_SUFFIX, CLEANER_CHECKPOINT_FILE};
+
 /// What an append did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -78,6 +81,10 @@ pub struct Log {
     high_watermark: AtomicU64,
     flush_state: Arc<FlushState>,
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Serialises segment-set maintenance: compaction, retention, truncation.
+    maintenance: Mutex<()>,
+    /// Compaction's dirty section starts here (persisted in `cleaner-offset-checkpoint`).
+    first_dirty_offset: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +122,11 @@ impl Log {
         let mut bases = Vec::new();
         for entry in fs::read_dir(&dir).ctx("list log directory", &dir)? {
             let path = entry.ctx("list log directory", &dir)?.path();
+            if path.to_str().is_some_and(|p| p.ends_with(CLEANED_SUFFIX)) {
+                // A compaction that crashed before its swap: the original segment is intact.
+                fs::remove_file(&path).ctx("remove unfinished cleaned segment", &path)?;
+                continue;
+            }
             let (Some(stem), Some(ext)) = (
                 path.file_stem().and_then(|s| s.to_str()),
                 path.extension().and_then(|s| s.to_str()),
@@ -155,7 +167,7 @@ impl Log {
             let below_recovery_point =
                 matches!((recovery_point, next_base), (Some(rp), Some(nb)) if nb <= rp);
             let trusted = clean || below_recovery_point;
-            let loaded = trusted && seg.load().is_ok();
+            let loaded = trusted && seg.load(config.index_interval_bytes).is_ok();
             if !loaded {
                 let contiguous = !config.cleanup_compact;
                 let outcome = seg.recover(config.index_interval_bytes, usize::MAX, contiguous)?;
@@ -184,7 +196,13 @@ impl Log {
         let start = first.base_offset();
         let rp = recovery_point.unwrap_or(start).min(leo);
 
+        let first_dirty = checkpoint::read_offset(&dir, CLEANER_CHECKPOINT_FILE)
+            .unwrap_or(None)
+            .unwrap_or(start)
+            .min(leo);
         let log = Log {
+            maintenance: Mutex::new(()),
+            first_dirty_offset: AtomicU64::new(first_dirty),
             flush_state: Arc::new(FlushState {
                 dir: dir.clone(),
                 recovery_point: AtomicU64::new(rp),
@@ -621,6 +639,7 @@ impl Log {
         if !config.cleanup_delete {
             return Ok(0);
         }
+        let _maintenance = lock(&self.maintenance);
         let now = self.clock.now_ms();
         let hw = self.high_watermark();
         let segments = self.segments_snapshot();
@@ -667,6 +686,7 @@ impl Log {
     /// Removes every record at or after `offset` (a follower dropping a divergent tail). A batch
     /// containing `offset` goes whole. Returns true if anything was removed.
     pub fn truncate_to(&self, offset: u64) -> Result<bool> {
+        let _maintenance = lock(&self.maintenance);
         let _st = self.lock_appender()?;
         if offset >= self.log_end_offset() {
             return Ok(false);
@@ -698,6 +718,7 @@ impl Log {
         let leo = floor.next_offset();
         self.log_end_offset.store(leo, Ordering::Release);
         self.high_watermark.fetch_min(leo, Ordering::AcqRel);
+        self.first_dirty_offset.fetch_min(leo, Ordering::AcqRel);
         self.flush_state
             .recovery_point
             .fetch_min(leo, Ordering::AcqRel);
@@ -707,6 +728,7 @@ impl Log {
 
     /// Deletes all data and restarts the log empty at `offset`.
     pub fn truncate_fully_and_start_at(&self, offset: u64) -> Result<()> {
+        let _maintenance = lock(&self.maintenance);
         let _st = self.lock_appender()?;
         self.truncate_fully_locked(offset)
     }
@@ -735,10 +757,19 @@ impl Log {
         self.log_start_offset.store(offset, Ordering::Release);
         self.log_end_offset.store(offset, Ordering::Release);
         self.high_watermark.store(offset, Ordering::Release);
+        self.first_dirty_offset.store(offset, Ordering::Release);
         self.flush_state
             .recovery_point
             .store(offset, Ordering::Release);
         checkpoint::write_offset(&self.dir, RECOVERY_POINT_FILE, offset)
+    }
+
+    // ---- compaction ------------------------------------------------------------------------
+
+    /// One compaction pass if the topic is compacted and enough of the log is dirty (see
+    /// `log/cleaner.rs`); `None` when there was nothing to do. `io_bytes_per_sec` throttles reads.
+    pub fn compact(&self, io_bytes_per_sec: Option<u64>) -> Result<Option<CleanStats>> {
+        cleaner::compact(self, io_bytes_per_sec)
     }
 
     // ---- shutdown --------------------------------------------------------------------------

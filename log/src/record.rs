@@ -155,6 +155,12 @@ impl BatchBuilder {
     }
 
     pub fn push(&mut self, record: &Record) {
+        self.push_at(record, self.count);
+    }
+
+    /// Pushes a record with an explicit offset delta (the cleaner keeps records' original offsets
+    /// when it rewrites a batch; deltas must increase).
+    pub fn push_at(&mut self, record: &Record, offset_delta: i32) {
         let base_ts = *self.base_timestamp.get_or_insert(record.timestamp);
         self.max_timestamp = self.max_timestamp.max(record.timestamp);
         let mut body = Vec::with_capacity(
@@ -163,7 +169,7 @@ impl BatchBuilder {
         );
         body.push(0); // record attributes: unused
         put_varlong(&mut body, record.timestamp.wrapping_sub(base_ts));
-        put_varint(&mut body, self.count);
+        put_varint(&mut body, offset_delta);
         put_nullable(&mut body, record.key.as_deref());
         put_nullable(&mut body, record.value.as_deref());
         put_varint(&mut body, record.headers.len() as i32);
@@ -180,9 +186,26 @@ impl BatchBuilder {
 
     /// Finishes the batch. Returns `None` when no record was pushed (Kafka has no empty batches).
     pub fn build(self) -> Option<BytesMut> {
+        let template = BatchTemplate {
+            base_offset: 0,
+            partition_leader_epoch: -1,
+            attributes: self.compression.attribute_bits(),
+            last_offset_delta: self.count - 1,
+            max_timestamp: None,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+        };
+        self.build_with(&template)
+    }
+
+    /// Finishes the batch with the header fields of `t` (the cleaner rebuilding a batch it
+    /// filtered: same base offset, last offset delta, producer fields and attributes).
+    pub fn build_with(self, t: &BatchTemplate) -> Option<BytesMut> {
         if self.count == 0 {
             return None;
         }
+        let max_timestamp = t.max_timestamp.unwrap_or(self.max_timestamp);
         let payload = match self.compression {
             Compression::None => self.records,
             c => c.compress(&self.records),
@@ -190,39 +213,71 @@ impl BatchBuilder {
         let mut buf = BytesMut::zeroed(HEADER_LEN + payload.len());
         let b = &mut buf[..];
         let put = |b: &mut [u8], pos: usize, v: &[u8]| b[pos..pos + v.len()].copy_from_slice(v);
-        put(b, batch::BASE_OFFSET_POS, &0i64.to_be_bytes());
+        put(b, batch::BASE_OFFSET_POS, &t.base_offset.to_be_bytes());
         put(
             b,
             batch::LENGTH_POS,
             &((HEADER_LEN - batch::LOG_OVERHEAD + payload.len()) as i32).to_be_bytes(),
         );
-        put(b, batch::PARTITION_LEADER_EPOCH_POS, &(-1i32).to_be_bytes());
-        b[batch::MAGIC_POS] = batch::MAGIC_V2 as u8;
         put(
             b,
-            batch::ATTRIBUTES_POS,
-            &self.compression.attribute_bits().to_be_bytes(),
+            batch::PARTITION_LEADER_EPOCH_POS,
+            &t.partition_leader_epoch.to_be_bytes(),
         );
+        b[batch::MAGIC_POS] = batch::MAGIC_V2 as u8;
+        put(b, batch::ATTRIBUTES_POS, &t.attributes.to_be_bytes());
         put(
             b,
             batch::LAST_OFFSET_DELTA_POS,
-            &(self.count - 1).to_be_bytes(),
+            &t.last_offset_delta.to_be_bytes(),
         );
         let base_ts = self.base_timestamp.unwrap_or(-1);
         put(b, batch::BASE_TIMESTAMP_POS, &base_ts.to_be_bytes());
+        put(b, batch::MAX_TIMESTAMP_POS, &max_timestamp.to_be_bytes());
+        put(b, batch::PRODUCER_ID_POS, &t.producer_id.to_be_bytes());
         put(
             b,
-            batch::MAX_TIMESTAMP_POS,
-            &self.max_timestamp.to_be_bytes(),
+            batch::PRODUCER_EPOCH_POS,
+            &t.producer_epoch.to_be_bytes(),
         );
-        put(b, batch::PRODUCER_ID_POS, &(-1i64).to_be_bytes());
-        put(b, batch::PRODUCER_EPOCH_POS, &(-1i16).to_be_bytes());
-        put(b, batch::BASE_SEQUENCE_POS, &(-1i32).to_be_bytes());
+        put(b, batch::BASE_SEQUENCE_POS, &t.base_sequence.to_be_bytes());
         put(b, batch::RECORDS_COUNT_POS, &self.count.to_be_bytes());
         b[HEADER_LEN..].copy_from_slice(&payload);
         let crc = batch::compute_crc(b);
         put(b, batch::CRC_POS, &crc.to_be_bytes());
         Some(buf)
+    }
+}
+
+/// Header fields of a batch being built; see [`BatchBuilder::build_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchTemplate {
+    pub base_offset: i64,
+    pub partition_leader_epoch: i32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    /// `None`: the largest record timestamp.
+    pub max_timestamp: Option<i64>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl BatchTemplate {
+    /// The fields of an existing batch; `max_timestamp` is kept only for LogAppendTime batches
+    /// (their records carry no timestamps of their own).
+    pub fn like(h: &BatchHeader) -> BatchTemplate {
+        BatchTemplate {
+            base_offset: h.base_offset,
+            partition_leader_epoch: h.partition_leader_epoch,
+            attributes: h.attributes,
+            last_offset_delta: h.last_offset_delta,
+            max_timestamp: (h.timestamp_type() == crate::batch::TimestampType::LogAppendTime)
+                .then_some(h.max_timestamp),
+            producer_id: h.producer_id,
+            producer_epoch: h.producer_epoch,
+            base_sequence: h.base_sequence,
+        }
     }
 }
 

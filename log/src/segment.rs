@@ -394,12 +394,17 @@ impl LogSegment {
     /// Loads a segment whose indexes are trusted (clean shutdown, or below the recovery point):
     /// checks the indexes and scans the tail after the last index entry to learn the next offset
     /// and max timestamp. An error means the segment needs [`LogSegment::recover`].
-    pub fn load(&self) -> Result<()> {
+    pub fn load(&self, index_interval: usize) -> Result<()> {
         let size = self.size();
         let (start_pos, _) = {
             let idx = read_lock(&self.offset_index);
             if !idx.is_sane(size) {
                 return Err(self.corrupt(0, BatchError::CorruptRecord("offset index is not sane")));
+            }
+            // A missing index (recreated empty) is consistent but would make every lookup scan
+            // the whole segment: rebuild it instead.
+            if idx.entries() == 0 && size > 2 * index_interval as u64 {
+                return Err(self.corrupt(0, BatchError::CorruptRecord("offset index is missing")));
             }
             let last = idx.last();
             (last.map_or(0, |e| u64::from(e.position)), last)

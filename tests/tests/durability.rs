@@ -211,3 +211,65 @@ async fn sigterm_shuts_down_cleanly_and_restart_keeps_topics_configs_and_data() 
         .exists());
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_topic_keeps_the_latest_value_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sluice.toml");
+    std::fs::write(&cfg, "log_cleaner_backoff_ms = 100\n").unwrap();
+    let b = Broker::start_with(vec!["--config".into(), cfg.display().to_string()]);
+    b.create_topic(
+        "latest",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "4096"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    )
+    .await;
+    let mut producer = b.producer().await;
+    for round in 0..40 {
+        producer
+            .produce(pb::ProduceRequest {
+                topic: "latest".into(),
+                records: (0..5)
+                    .map(|k| pb::Record {
+                        key: Some(format!("key-{k}").into()),
+                        value: Some(format!("round-{round}-{}", "x".repeat(100)).into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // The background cleaner runs every 100 ms: wait until the sealed segments are compacted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let records = loop {
+        let (records, hw) = read_partition(&b, "latest", 0).await;
+        assert_eq!(hw, 200, "compaction never moves the high watermark");
+        if records.len() < 60 || std::time::Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        records.len() < 60,
+        "only {} of 200 records should remain after compaction",
+        records.len()
+    );
+    for k in 0..5 {
+        let last = records
+            .iter()
+            .rev()
+            .find(|r| r.key.as_deref() == Some(format!("key-{k}").as_bytes()))
+            .unwrap();
+        assert!(
+            last.value.as_deref().unwrap().starts_with(b"round-39-"),
+            "key-{k} keeps its latest value"
+        );
+    }
+    assert!(records.windows(2).all(|w| w[0].offset < w[1].offset));
+}

@@ -25,7 +25,9 @@ pub fn sluice_bin() -> PathBuf {
             .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "sluice-broker", "--bin", "sluice"])
+            // The same command scripts/test.sh runs first, so this is a no-op there. (`-p
+            // sluice-broker` would resolve features differently and rebuild many dependencies.)
+            .args(["build", "-q", "--workspace", "--bins"])
             .current_dir(&root)
             .status()
             .expect("run cargo build");

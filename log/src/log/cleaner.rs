@@ -1,0 +1,261 @@
+//! Log compaction (`cleanup.policy=compact`): keep the latest record per key.
+//!
+//! One pass, Kafka's shape: the *dirty* section is everything appended since the last pass (from
+//! the `cleaner-offset-checkpoint` to the active segment); the cleanable section is every segment
+//! but the active one (and none younger than `min.compaction.lag.ms`). When the dirty share of the
+//! cleanable bytes reaches `min.cleanable.dirty.ratio`, the cleaner
+//!
+//! 1. builds an offset map, key → latest offset, over the dirty section;
+//! 2. rewrites each cleanable segment, dropping records whose key has a later offset, and
+//!    tombstones (null value) older than `delete.retention.ms`. A batch that loses nothing is copied
+//!    byte for byte; one that loses records is rebuilt with the survivors at their original offsets
+//!    (same base offset, last offset delta, codec and producer fields); one that loses everything
+//!    goes. Control and transactional batches are kept as they are.
+//! 3. swaps each rewritten segment in crash-safely: the new file is written as `.log.cleaned` and
+//!    fsynced, the old indexes are removed, the file is renamed over the `.log` (atomic), the
+//!    directory is fsynced, and indexes are rebuilt. A crash leaves either the old segment or the
+//!    new one; leftover `.cleaned` files are removed at open, and missing indexes are rebuilt.
+//!
+//! Offsets never change, so consumers see gaps where records were removed. The offset map is held
+//! in memory (no dedupe-buffer bound yet).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::Log;
+use crate::batch::BatchHeader;
+use crate::checkpoint;
+use crate::error::{IoContext, LogError, Result};
+use crate::record::{
+    decode_batch, BatchBuilder, BatchTemplate, Record, DEFAULT_DECOMPRESSED_LIMIT,
+};
+use crate::segment::{self, LogSegment};
+
+/// Where the next pass's dirty section starts.
+pub const CLEANER_CHECKPOINT_FILE: &str = "cleaner-offset-checkpoint";
+/// Suffix of a rewritten segment not yet swapped in.
+pub const CLEANED_SUFFIX: &str = ".cleaned";
+
+/// What one compaction pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanStats {
+    pub segments_rewritten: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub records_removed: u64,
+    pub tombstones_removed: u64,
+}
+
+/// Caps the cleaner's read rate.
+struct Throttle {
+    limit: Option<u64>,
+    start: Instant,
+    bytes: u64,
+}
+
+impl Throttle {
+    fn account(&mut self, n: u64) {
+        self.bytes += n;
+        if let Some(limit) = self.limit.filter(|l| *l > 0) {
+            let due = Duration::from_secs_f64(self.bytes as f64 / limit as f64);
+            if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+fn for_each_batch(
+    seg: &LogSegment,
+    mut f: impl FnMut(BatchHeader, Bytes) -> Result<()>,
+) -> Result<()> {
+    let limit = seg.size();
+    let mut pos = 0u64;
+    while let Some(h) = seg.header_at(pos, limit)? {
+        let bytes = seg.read_bytes(pos, h.total_size())?;
+        f(h, bytes)?;
+        pos += h.total_size() as u64;
+    }
+    Ok(())
+}
+
+fn corrupt(seg: &LogSegment, e: impl std::fmt::Display) -> LogError {
+    LogError::Corrupt {
+        path: seg.log_path().to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+pub(super) fn compact(log: &Log, io_bytes_per_sec: Option<u64>) -> Result<Option<CleanStats>> {
+    let config = log.config();
+    if !config.cleanup_compact {
+        return Ok(None);
+    }
+    let _maintenance = super::lock(&log.maintenance);
+    let now = log.clock.now_ms();
+    let segments = log.segments_snapshot();
+    let Some((_active, sealed)) = segments.split_last() else {
+        return Ok(None);
+    };
+    let cleanable: Vec<Arc<LogSegment>> = sealed
+        .iter()
+        .take_while(|s| {
+            config.min_compaction_lag_ms <= 0
+                || s.max_timestamp() <= now - config.min_compaction_lag_ms
+        })
+        .cloned()
+        .collect();
+    let Some(last) = cleanable.last() else {
+        return Ok(None);
+    };
+    let end = last.next_offset();
+    let first_dirty = log.first_dirty_offset.load(Ordering::Acquire);
+    let total: u64 = cleanable.iter().map(|s| s.size()).sum();
+    let dirty: u64 = cleanable
+        .iter()
+        .filter(|s| s.next_offset() > first_dirty)
+        .map(|s| s.size())
+        .sum();
+    if dirty == 0 || (dirty as f64) < config.min_cleanable_dirty_ratio * total as f64 {
+        return Ok(None);
+    }
+    let mut throttle = Throttle {
+        limit: io_bytes_per_sec,
+        start: Instant::now(),
+        bytes: 0,
+    };
+
+    // 1. key -> latest offset over the dirty section.
+    let mut latest: HashMap<Bytes, u64> = HashMap::new();
+    for seg in cleanable.iter().filter(|s| s.next_offset() > first_dirty) {
+        for_each_batch(seg, |h, bytes| {
+            throttle.account(bytes.len() as u64);
+            if h.is_control() {
+                return Ok(());
+            }
+            for r in
+                decode_batch(&bytes, DEFAULT_DECOMPRESSED_LIMIT).map_err(|e| corrupt(seg, e))?
+            {
+                if let Some(k) = r.key {
+                    if r.offset >= first_dirty {
+                        latest.insert(k, r.offset);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+
+    // 2 + 3. rewrite and swap.
+    let tombstone_horizon = now.saturating_sub(config.delete_retention_ms);
+    let mut stats = CleanStats::default();
+    for seg in &cleanable {
+        let mut out: Vec<u8> = Vec::with_capacity(seg.size() as usize);
+        let mut changed = false;
+        for_each_batch(seg, |h, bytes| {
+            throttle.account(bytes.len() as u64);
+            if h.is_control() || h.is_transactional() {
+                out.extend_from_slice(&bytes);
+                return Ok(());
+            }
+            let records =
+                decode_batch(&bytes, DEFAULT_DECOMPRESSED_LIMIT).map_err(|e| corrupt(seg, e))?;
+            let n = records.len();
+            let mut kept = Vec::with_capacity(n);
+            for r in records {
+                let superseded = r
+                    .key
+                    .as_ref()
+                    .and_then(|k| latest.get(k))
+                    .is_some_and(|&l| l > r.offset);
+                let expired_tombstone =
+                    r.key.is_some() && r.value.is_none() && r.timestamp < tombstone_horizon;
+                if superseded {
+                    stats.records_removed += 1;
+                } else if expired_tombstone {
+                    stats.tombstones_removed += 1;
+                } else {
+                    kept.push(r);
+                }
+            }
+            if kept.len() == n {
+                out.extend_from_slice(&bytes);
+                return Ok(());
+            }
+            changed = true;
+            if kept.is_empty() {
+                return Ok(());
+            }
+            let mut builder = BatchBuilder::new(h.compression().map_err(|e| corrupt(seg, e))?);
+            for r in &kept {
+                let delta = (r.offset as i64 - h.base_offset) as i32;
+                builder.push_at(
+                    &Record {
+                        timestamp: r.timestamp,
+                        key: r.key.clone(),
+                        value: r.value.clone(),
+                        headers: r.headers.clone(),
+                    },
+                    delta,
+                );
+            }
+            if let Some(b) = builder.build_with(&BatchTemplate::like(&h)) {
+                out.extend_from_slice(&b);
+            }
+            Ok(())
+        })?;
+        if changed {
+            stats.segments_rewritten += 1;
+            stats.bytes_before += seg.size();
+            stats.bytes_after += out.len() as u64;
+            swap_in(log, seg, &out, config.index_interval_bytes)?;
+        }
+    }
+    log.first_dirty_offset.fetch_max(end, Ordering::AcqRel);
+    checkpoint::write_offset(
+        &log.dir,
+        CLEANER_CHECKPOINT_FILE,
+        log.first_dirty_offset.load(Ordering::Acquire),
+    )?;
+    tracing::info!(dir = %log.dir.display(), ?stats, "compacted log");
+    Ok(Some(stats))
+}
+
+/// Replaces `old` with a segment holding `data`, crash-safely (see the module docs).
+fn swap_in(log: &Log, old: &Arc<LogSegment>, data: &[u8], index_interval: usize) -> Result<()> {
+    let base = old.base_offset();
+    let log_path = log.dir.join(segment::file_name(base, segment::LOG_EXT));
+    let cleaned = log.dir.join(format!(
+        "{}{CLEANED_SUFFIX}",
+        segment::file_name(base, segment::LOG_EXT)
+    ));
+    {
+        let mut f = fs::File::create(&cleaned).ctx("create cleaned segment", &cleaned)?;
+        f.write_all(data).ctx("write cleaned segment", &cleaned)?;
+        f.sync_all().ctx("fsync cleaned segment", &cleaned)?;
+    }
+    // Old indexes go first: from here a crash leaves a .log without indexes, which open rebuilds.
+    for ext in [segment::INDEX_EXT, segment::TIME_INDEX_EXT] {
+        let p = log.dir.join(segment::file_name(base, ext));
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).ctx("remove old index", &p),
+        }
+    }
+    fs::rename(&cleaned, &log_path).ctx("swap in cleaned segment", &log_path)?;
+    checkpoint::sync_dir(&log.dir)?;
+    let new = LogSegment::open(&log.dir, base, log.clock.now_ms())?;
+    new.recover(index_interval, usize::MAX, false)?;
+    new.seal()?;
+    new.flush()?;
+    let mut segs = log.segments.write().unwrap_or_else(|e| e.into_inner());
+    segs.insert(base, Arc::new(new));
+    Ok(())
+}

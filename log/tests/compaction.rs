@@ -1,0 +1,255 @@
+//! Log compaction: latest value per key, tombstone expiry, dirty-ratio and lag gating, offsets kept,
+//! and crash safety of the segment swap.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use sluice_log::{BatchBuilder, Clock, Compression, Log, LogConfig, ManualClock, Record};
+
+fn config() -> LogConfig {
+    let mut c = LogConfig {
+        segment_bytes: 2048,
+        index_interval_bytes: 256,
+        segment_index_bytes: 4096,
+        ..LogConfig::default()
+    };
+    c.set("cleanup.policy", "compact").unwrap();
+    c
+}
+
+/// Appends one batch of (key, value) records; `None` values are tombstones.
+fn put(log: &Log, clock: &ManualClock, kvs: &[(&str, Option<&str>)], codec: Compression) {
+    let mut b = BatchBuilder::new(codec);
+    for (k, v) in kvs {
+        b.push(&Record {
+            timestamp: clock.now_ms(),
+            key: Some(Bytes::from(k.to_string())),
+            value: v.map(|v| Bytes::from(v.to_string())),
+            headers: Vec::new(),
+        });
+    }
+    log.append_as_leader(&mut b.build().unwrap(), 0).unwrap();
+    log.set_high_watermark(log.log_end_offset());
+}
+
+/// key -> (offset, value) of every record in the log.
+fn contents(log: &Log) -> Vec<(u64, String, Option<String>)> {
+    read_all(log, log.log_start_offset(), 1 << 20)
+        .into_iter()
+        .map(|r| {
+            (
+                r.offset,
+                String::from_utf8(r.key.unwrap().to_vec()).unwrap(),
+                r.value.map(|v| String::from_utf8(v.to_vec()).unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn many_updates_per_key_shrink_to_the_latest_value_at_original_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(TS0));
+    let log = Log::open_with_clock(dir.path(), config(), clock.clone()).unwrap();
+    let mut model: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let codecs = [Compression::None, Compression::Lz4, Compression::Zstd];
+    for round in 0..60 {
+        let kvs: Vec<(String, String)> = (0..5)
+            .map(|i| (format!("k{}", (round * 5 + i) % 8), format!("v{round}-{i}")))
+            .collect();
+        let first = log.log_end_offset();
+        let refs: Vec<(&str, Option<&str>)> = kvs
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+            .collect();
+        put(&log, &clock, &refs, codecs[round % 3]);
+        for (i, (k, v)) in kvs.iter().enumerate() {
+            model.insert(k.clone(), (first + i as u64, v.clone()));
+        }
+    }
+    let before = log.size_bytes();
+    let leo = log.log_end_offset();
+    let stats = log
+        .compact(None)
+        .unwrap()
+        .expect("dirty log gets compacted");
+    assert!(
+        stats.records_removed > 0 && stats.segments_rewritten > 0,
+        "{stats:?}"
+    );
+    assert!(
+        log.size_bytes() < before,
+        "{} -> {}",
+        before,
+        log.size_bytes()
+    );
+    assert_eq!(
+        log.log_end_offset(),
+        leo,
+        "compaction never moves the log end"
+    );
+    // Every key's latest value survives at its original offset; older values of keys updated
+    // again are gone from the cleaned (non-active) segments.
+    let after = contents(&log);
+    for (k, (off, v)) in &model {
+        assert!(
+            after
+                .iter()
+                .any(|(o, kk, vv)| o == off && kk == k && vv.as_deref() == Some(v.as_str())),
+            "latest {k}={v}@{off} missing"
+        );
+    }
+    // In the cleaned (sealed) segments each key appears once: at its latest offset there. As in
+    // Kafka, a version superseded only by a record in the active segment waits for the next pass.
+    let active_base = *log.segment_base_offsets().last().unwrap();
+    let sealed: Vec<&(u64, String, Option<String>)> =
+        after.iter().filter(|(o, _, _)| *o < active_base).collect();
+    let mut seen = std::collections::HashSet::new();
+    for (o, k, _) in &sealed {
+        assert!(
+            seen.insert(k.clone()),
+            "key {k} appears twice in cleaned segments (again at {o})"
+        );
+    }
+    assert!(
+        after.windows(2).all(|w| w[0].0 < w[1].0),
+        "offsets increase"
+    );
+    // A second pass right away has nothing dirty to do.
+    assert_eq!(log.compact(None).unwrap(), None);
+    // The compacted log survives a crash-restart (recovery accepts the offset gaps) and a clean one.
+    drop(log);
+    let log = Log::open_with_clock(dir.path(), config(), clock.clone()).unwrap();
+    assert_eq!(contents(&log), after);
+    log.close().unwrap();
+    drop(log);
+    let log = Log::open_with_clock(dir.path(), config(), clock).unwrap();
+    assert_eq!(contents(&log), after);
+}
+
+#[test]
+fn tombstones_vanish_after_delete_retention_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(TS0));
+    let mut c = config();
+    c.set("delete.retention.ms", "60000").unwrap();
+    c.set("min.cleanable.dirty.ratio", "0").unwrap();
+    let log = Log::open_with_clock(dir.path(), c, clock.clone()).unwrap();
+    put(
+        &log,
+        &clock,
+        &[("a", Some("1")), ("b", Some("1"))],
+        Compression::None,
+    );
+    put(&log, &clock, &[("a", None)], Compression::None);
+    // Fill past the tombstone so it sits in a sealed (cleanable) segment.
+    for i in 0..40 {
+        put(
+            &log,
+            &clock,
+            &[("filler", Some(&format!("{i:0>60}")))],
+            Compression::None,
+        );
+    }
+    log.compact(None).unwrap();
+    let c1 = contents(&log);
+    assert!(
+        c1.iter().any(|(_, k, v)| k == "a" && v.is_none()),
+        "a fresh tombstone is kept"
+    );
+    assert!(
+        !c1.iter().any(|(_, k, v)| k == "a" && v.is_some()),
+        "the value it deletes is gone"
+    );
+    assert!(c1.iter().any(|(_, k, _)| k == "b"));
+    clock.advance(60_001);
+    // New dirty data (enough to seal a segment) triggers the next pass, which drops the tombstone.
+    for i in 0..40 {
+        put(
+            &log,
+            &clock,
+            &[("filler", Some(&format!("{i:0>61}")))],
+            Compression::None,
+        );
+    }
+    log.compact(None).unwrap().expect("compacts again");
+    let c2 = contents(&log);
+    assert!(
+        !c2.iter().any(|(_, k, _)| k == "a"),
+        "the expired tombstone is dropped: {c2:?}"
+    );
+    assert!(c2.iter().any(|(_, k, _)| k == "b"));
+}
+
+#[test]
+fn dirty_ratio_and_compaction_lag_hold_cleaning_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(TS0));
+    let mut c = config();
+    c.set("min.compaction.lag.ms", "10000").unwrap();
+    let log = Log::open_with_clock(dir.path(), c, clock.clone()).unwrap();
+    for i in 0..40 {
+        put(
+            &log,
+            &clock,
+            &[("k", Some(&format!("{i:0>60}")))],
+            Compression::None,
+        );
+    }
+    assert_eq!(
+        log.compact(None).unwrap(),
+        None,
+        "records younger than min.compaction.lag.ms stay"
+    );
+    clock.advance(10_001);
+    put(&log, &clock, &[("k", Some("last"))], Compression::None);
+    assert!(log.compact(None).unwrap().is_some());
+    // Non-compacted topics are never compacted.
+    let dir2 = tempfile::tempdir().unwrap();
+    let plain = Log::open(dir2.path(), LogConfig::default()).unwrap();
+    assert_eq!(plain.compact(None).unwrap(), None);
+}
+
+#[test]
+fn a_crash_mid_clean_leaves_a_consistent_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(TS0));
+    let log = Log::open_with_clock(dir.path(), config(), clock.clone()).unwrap();
+    for i in 0..80 {
+        put(
+            &log,
+            &clock,
+            &[(&format!("k{}", i % 4), Some(&format!("{i:0>40}")))],
+            Compression::None,
+        );
+    }
+    let before = contents(&log);
+    let bases = log.segment_base_offsets();
+    drop(log);
+    // Crash after writing the cleaned file but before the swap: the leftover is discarded.
+    let first = dir.path().join(format!("{:020}.log", bases[0]));
+    std::fs::write(
+        format!("{}.cleaned", first.display()),
+        b"half-written garbage",
+    )
+    .unwrap();
+    // Crash after removing the old indexes but before the rename: indexes are rebuilt.
+    std::fs::remove_file(dir.path().join(format!("{:020}.index", bases[1]))).unwrap();
+    std::fs::remove_file(dir.path().join(format!("{:020}.timeindex", bases[1]))).unwrap();
+    let log = Log::open_with_clock(dir.path(), config(), clock.clone()).unwrap();
+    assert!(!std::path::Path::new(&format!("{}.cleaned", first.display())).exists());
+    assert_eq!(contents(&log), before);
+    assert!(dir.path().join(format!("{:020}.index", bases[1])).exists());
+    // And a real pass still works afterwards.
+    assert!(log.compact(None).unwrap().is_some());
+    let after = contents(&log);
+    for k in 0..4 {
+        let key = format!("k{k}");
+        let last = before.iter().rev().find(|(_, kk, _)| *kk == key).unwrap();
+        assert!(after.contains(last), "latest {key} kept");
+    }
+}
