@@ -106,6 +106,32 @@ def check_confluent():
         if not check(res):
             fail("list_offsets %r -> offset %r timestamp %r" % (spec, res.offset, res.timestamp))
 
+    # max.message.bytes is enforced with MESSAGE_TOO_LARGE; LogAppendTime topics are stamped by the broker.
+    from confluent_kafka import KafkaError, TIMESTAMP_LOG_APPEND_TIME
+    small = topic + "-small"
+    admin.create_topics([NewTopic(small, 1, 1, config={"max.message.bytes": "2000", "message.timestamp.type": "LogAppendTime"})])[small].result(10)
+    errs = []
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 0})
+    p.produce(small, value=b"x" * 5000, on_delivery=lambda err, msg: errs.append(err))
+    p.flush(10)  # separate batches: the broker rejects a too-large batch whole
+    p.produce(small, value=b"fits", timestamp=1000, on_delivery=lambda err, msg: errs.append(err))
+    p.flush(10)
+    if len(errs) != 2 or errs[0] is None or errs[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or errs[1] is not None:
+        fail("expected MSG_SIZE_TOO_LARGE then success, got %r" % errs)
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "unused"})
+    c.assign([TopicPartition(small, 0, OFFSET_BEGINNING)])
+    m = None
+    deadline = time.time() + 10
+    while m is None and time.time() < deadline:
+        m = c.poll(1.0)
+    c.close()
+    if m is None or m.value() != b"fits":
+        fail("LogAppendTime topic: no record")
+    ts_type, ts = m.timestamp()
+    if ts_type != TIMESTAMP_LOG_APPEND_TIME or ts < (time.time() - 60) * 1000:
+        fail("LogAppendTime topic returned timestamp %r" % (m.timestamp(),))
+    admin.delete_topics([small])[small].result(10)
+
     fs = admin.create_partitions([__import__("confluent_kafka.admin", fromlist=["NewPartitions"]).NewPartitions(topic, 5)])
     fs[topic].result(10)
     if len(admin.list_topics(timeout=10).topics[topic].partitions) != 5:
