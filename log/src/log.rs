@@ -169,7 +169,9 @@ impl Log {
             let trusted = clean || below_recovery_point;
             let loaded = trusted && seg.load(config.index_interval_bytes).is_ok();
             if !loaded {
-                let contiguous = !config.cleanup_compact;
+                // A log compacted at any time (even if no longer) may have offset gaps.
+                let contiguous =
+                    !config.cleanup_compact && !dir.join(CLEANER_CHECKPOINT_FILE).exists();
                 let outcome = seg.recover(config.index_interval_bytes, usize::MAX, contiguous)?;
                 if outcome.truncated_bytes > 0 {
                     damaged_at = Some(seg.next_offset());

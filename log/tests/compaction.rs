@@ -215,6 +215,35 @@ fn dirty_ratio_and_compaction_lag_hold_cleaning_back() {
 }
 
 #[test]
+fn a_once_compacted_log_recovers_after_switching_to_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(TS0));
+    let log = Log::open_with_clock(dir.path(), config(), clock.clone()).unwrap();
+    for i in 0..80 {
+        put(
+            &log,
+            &clock,
+            &[(&format!("k{}", i % 3), Some(&format!("{i:0>40}")))],
+            Compression::None,
+        );
+    }
+    log.compact(None).unwrap().expect("compacted");
+    let compacted = contents(&log);
+    drop(log);
+    // Forget what was flushed so every segment is scanned, and recover under cleanup.policy=delete:
+    // the offset gaps compaction left are not damage.
+    std::fs::remove_file(dir.path().join(sluice_log::checkpoint::RECOVERY_POINT_FILE)).unwrap();
+    let plain = LogConfig {
+        segment_bytes: 2048,
+        index_interval_bytes: 256,
+        segment_index_bytes: 4096,
+        ..LogConfig::default()
+    };
+    let log = Log::open_with_clock(dir.path(), plain, clock).unwrap();
+    assert_eq!(contents(&log), compacted);
+}
+
+#[test]
 fn a_crash_mid_clean_leaves_a_consistent_log() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(TS0));

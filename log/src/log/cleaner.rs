@@ -152,6 +152,12 @@ pub(super) fn compact(log: &Log, io_bytes_per_sec: Option<u64>) -> Result<Option
         })?;
     }
 
+    // The checkpoint file also marks the log as compacted, i.e. allowed to have offset gaps; it
+    // must exist before the first swap so recovery never mistakes a gap for damage.
+    if !log.dir.join(CLEANER_CHECKPOINT_FILE).exists() {
+        checkpoint::write_offset(&log.dir, CLEANER_CHECKPOINT_FILE, first_dirty)?;
+    }
+
     // 2 + 3. rewrite and swap.
     let tombstone_horizon = now.saturating_sub(config.delete_retention_ms);
     let mut stats = CleanStats::default();
