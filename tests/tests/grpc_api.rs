@@ -475,13 +475,13 @@ async fn connections_beyond_max_connections_are_refused() {
     let cfg = dir.path().join("sluice.toml");
     std::fs::write(
         &cfg,
-        "max_connections = 2\n[topic_defaults]\n\"retention.ms\" = 123456\n",
+        "max_connections = 2\nmax_request_bytes = 10000\n[topic_defaults]\n\"retention.ms\" = 123456\n",
     )
     .unwrap();
     let b = Broker::start_with(vec!["--config".into(), cfg.display().to_string()]);
     let c1 = b.channel().await;
     let c2 = b.channel().await;
-    let mut a1 = sluice_proto::v1::admin_client::AdminClient::new(c1);
+    let mut a1 = sluice_proto::v1::admin_client::AdminClient::new(c1.clone());
     let mut a2 = sluice_proto::v1::admin_client::AdminClient::new(c2);
     a1.list_topics(pb::ListTopicsRequest {}).await.unwrap();
     a2.list_topics(pb::ListTopicsRequest {}).await.unwrap();
@@ -509,7 +509,18 @@ async fn connections_beyond_max_connections_are_refused() {
         .topic
         .unwrap();
     assert_eq!(t.configs["retention.ms"], "123456");
+    // A request over max_request_bytes: RESOURCE_EXHAUSTED, as gRPC servers answer it.
     drop(a2);
+    let mut p = sluice_proto::v1::producer_client::ProducerClient::new(c1);
+    let e = p
+        .produce(pb::ProduceRequest {
+            topic: "d".into(),
+            records: vec![record(None, &"x".repeat(50_000))],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

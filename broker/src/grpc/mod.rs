@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod consumer;
+mod oversize;
 pub mod producer;
 pub mod status;
 
@@ -138,6 +139,7 @@ pub async fn serve(
     .max_encoding_message_size(max.max(config.fetch_max_bytes) * 2);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(oversize::OversizeLayer)
         .add_service(reflection)
         .add_service(admin)
         .add_service(producer)
