@@ -63,6 +63,9 @@ pub struct BrokerConfig {
     /// Read rate cap of the cleaner, bytes/s; 0 = unlimited
     /// (Kafka `log.cleaner.io.max.bytes.per.second`).
     pub log_cleaner_io_max_bytes_per_second: u64,
+    /// How long a new consumer group waits for more members before its first rebalance completes
+    /// (Kafka `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay_ms: u64,
     /// Log filter (`info`, `sluice=debug`, ...); `RUST_LOG` overrides it.
     pub log_level: String,
     /// Broker-wide defaults for topic configs, by Kafka name.
@@ -88,6 +91,7 @@ impl Default for BrokerConfig {
             flush_check_interval_ms: 1_000,
             log_cleaner_backoff_ms: 15_000,
             log_cleaner_io_max_bytes_per_second: 0,
+            group_initial_rebalance_delay_ms: 3_000,
             log_level: "info".into(),
             topic_defaults: BTreeMap::new(),
         }

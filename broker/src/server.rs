@@ -128,7 +128,16 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     let http_server = axum::serve(http_listener, crate::http::router(topics.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let http = tokio::spawn(async move { http_server.await });
+    let groups = {
+        let t = topics.clone();
+        let delay = Duration::from_millis(config.group_initial_rebalance_delay_ms);
+        tokio::task::spawn_blocking(move || crate::groups::GroupCoordinator::open(t, delay))
+            .await
+            .map_err(|e| ServeError::Server(e.to_string()))?
+    };
+    let ticker = tokio::spawn(groups.clone().run_ticker(stop_rx.clone()));
     let kafka_ctx = Arc::new(crate::kafka::Ctx {
+        groups,
         topics: topics.clone(),
         config: config.clone(),
         advertised_host,
@@ -165,6 +174,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     };
     let _ = http.await;
     let _ = kafka.await;
+    let _ = ticker.await;
     let _ = duties.await;
     // In-flight requests have drained (serve_with_shutdown waits for them): close the logs.
     let t = topics.clone();

@@ -218,23 +218,45 @@ async fn cross_protocol_same_offsets_both_ways() {
     assert_eq!(out, "0:a:from-kafka-0\n1:b:from-kafka-1\n2:c:from-grpc-2\n");
 }
 
-#[test]
-fn confluent_kafka_and_kafka_python_clients() {
-    let (_b, port) = kafka_broker();
+fn interop(port: u16, checks: &[&str]) -> String {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/kafka_clients.py");
     let out = Command::new(python())
         .arg(script)
         .arg(format!("127.0.0.1:{port}"))
-        .args(["confluent", "kafka_python"])
+        .args(checks)
         .output()
         .unwrap_or_else(|e| panic!("cannot run python ({e}): run scripts/install-test-deps.sh"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "interop script failed:\n{stdout}\n{stderr}\n(install the clients with scripts/install-test-deps.sh)");
+    assert!(
+        out.status.success(),
+        "interop script failed:\n{stdout}\n{stderr}\n(install the clients with scripts/install-test-deps.sh)"
+    );
+    stdout
+}
+
+#[test]
+fn confluent_kafka_and_kafka_python_clients() {
+    let (_b, port) = kafka_broker();
+    let stdout = interop(port, &["confluent", "kafka_python"]);
     assert!(
         stdout.contains("confluent-kafka: ok") && stdout.contains("kafka-python: ok"),
         "{stdout}"
     );
+}
+
+#[test]
+fn consumer_groups_rebalance_commit_and_resume_after_kill9() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sluice.toml");
+    std::fs::write(&cfg, "group_initial_rebalance_delay_ms = 200\n").unwrap();
+    let mut b = Broker::start_with(vec!["--config".into(), cfg.display().to_string()]);
+    let port = b.kafka_port;
+    assert!(interop(port, &["groups"]).contains("groups: ok"));
+    // Committed offsets live in __consumer_offsets: they survive a crash.
+    b.kill9();
+    b.launch();
+    assert!(interop(port, &["groups_resume"]).contains("groups_resume: ok"));
 }
 
 /// Sends raw bytes and returns what came back before the broker closed or went quiet.
@@ -312,8 +334,8 @@ fn malformed_frames_close_the_connection_and_the_broker_keeps_serving() {
         35,
         "UNSUPPORTED_VERSION"
     );
-    // FindCoordinator (groups are not served yet): a proper COORDINATOR_NOT_AVAILABLE (15), not a
-    // dropped connection.
+    // FindCoordinator for a transactional id (key_type 1; transactions are not served yet): a
+    // proper COORDINATOR_NOT_AVAILABLE (15), not a dropped connection.
     let req = [
         &14i32.to_be_bytes()[..],
         &10i16.to_be_bytes(),
@@ -322,7 +344,7 @@ fn malformed_frames_close_the_connection_and_the_broker_keeps_serving() {
         &(-1i16).to_be_bytes(),
         &1i16.to_be_bytes(),
         b"g",
-        &[0],
+        &[1],
     ]
     .concat();
     s.write_all(&req).unwrap();

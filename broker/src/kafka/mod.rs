@@ -9,6 +9,7 @@
 mod admin;
 mod fetch;
 pub mod frame;
+mod groups;
 mod metadata;
 mod produce;
 mod unserved;
@@ -30,6 +31,7 @@ use zero_copy::Chunk;
 /// Everything a request handler needs.
 pub struct Ctx {
     pub topics: Arc<TopicManager>,
+    pub groups: Arc<crate::groups::GroupCoordinator>,
     pub config: Arc<BrokerConfig>,
     /// Host and port clients are told to connect to (Metadata, FindCoordinator).
     pub advertised_host: String,
@@ -59,6 +61,15 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 3),
+    (ApiKey::Heartbeat, 0, 3),
+    (ApiKey::LeaveGroup, 0, 3),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 4),
 ];
 
 fn served(key: ApiKey, version: i16) -> bool {
@@ -97,8 +108,17 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut stop: watch::Receiv
         let stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match connection(stream, &ctx, stop).await {
+            match connection(stream, &ctx, stop, &peer.to_string()).await {
                 Ok(()) | Err(FrameError::Closed) => {}
+                // The client went away mid-response (e.g. a consumer closing during a long poll).
+                Err(FrameError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    tracing::debug!(%peer, error = %e, "Kafka client disconnected")
+                }
                 Err(e) => tracing::warn!(%peer, error = %e, "closing Kafka connection"),
             }
         });
@@ -109,6 +129,7 @@ async fn connection(
     mut stream: TcpStream,
     ctx: &Ctx,
     mut stop: watch::Receiver<bool>,
+    peer: &str,
 ) -> Result<(), FrameError> {
     loop {
         let frame = tokio::select! {
@@ -117,7 +138,7 @@ async fn connection(
         };
         let (key, version, correlation_id) =
             (frame.api_key, frame.version, frame.header.correlation_id);
-        let reply = match handle(ctx, frame).await {
+        let reply = match handle(ctx, frame, peer).await {
             Ok(r) => r,
             Err(e) => {
                 // A request we cannot decode or answer: Kafka closes the connection too.
@@ -134,14 +155,14 @@ async fn connection(
     }
 }
 
-async fn handle(ctx: &Ctx, mut frame: Frame) -> Result<Reply, String> {
+async fn handle(ctx: &Ctx, mut frame: Frame, peer: &str) -> Result<Reply, String> {
     let version = frame.version;
     let corr = frame.header.correlation_id;
     if frame.api_key == ApiKey::ApiVersions {
         return api_versions(corr, version);
     }
     if !SUPPORTED.iter().any(|(k, _, _)| *k == frame.api_key) {
-        return match unserved::reply(frame.api_key, corr, version, &mut frame.body)? {
+        return match unserved::reply(frame.api_key, corr, version)? {
             Some(buf) => Ok(Reply::Frame(buf)),
             None => Err(format!("{:?} is not served", frame.api_key)),
         };
@@ -193,6 +214,53 @@ async fn handle(ctx: &Ctx, mut frame: Frame) -> Result<Reply, String> {
             admin::create_partitions(ctx, corr, version, frame::decode_body(body, version)?).await,
         ),
         ApiKey::DescribeCluster => reply(metadata::describe_cluster(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        ApiKey::FindCoordinator => reply(groups::find_coordinator(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        ApiKey::JoinGroup => {
+            let client_id = frame.header.client_id.as_deref().unwrap_or("").to_string();
+            let req = frame::decode_body(body, version)?;
+            reply(groups::join_group(ctx, corr, version, &client_id, peer, req).await)
+        }
+        ApiKey::SyncGroup => {
+            reply(groups::sync_group(ctx, corr, version, frame::decode_body(body, version)?).await)
+        }
+        ApiKey::Heartbeat => reply(groups::heartbeat(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        ApiKey::LeaveGroup => reply(groups::leave_group(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        ApiKey::OffsetCommit => reply(
+            groups::offset_commit(ctx, corr, version, frame::decode_body(body, version)?).await,
+        ),
+        ApiKey::OffsetFetch => reply(groups::offset_fetch(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        ApiKey::ListGroups => reply(groups::list_groups(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        ApiKey::DescribeGroups => reply(groups::describe_groups(
             ctx,
             corr,
             version,
@@ -261,6 +329,10 @@ mod fuzz {
         let topics = Arc::new(TopicManager::open(config.clone()).unwrap());
         topics.create("fuzz", 2, 1, Default::default()).unwrap();
         Ctx {
+            groups: crate::groups::GroupCoordinator::open(
+                topics.clone(),
+                std::time::Duration::from_millis(10),
+            ),
             topics,
             config,
             advertised_host: "127.0.0.1".into(),
@@ -287,8 +359,11 @@ mod fuzz {
         rt.block_on(async {
             let mut r = &bytes[..];
             if let Ok(frame) = frame::read_frame(&mut r, 1 << 20).await {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), handle(ctx, frame))
-                    .await;
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    handle(ctx, frame, "fuzz"),
+                )
+                .await;
             }
         });
     }

@@ -1,0 +1,768 @@
+//! The group coordinator: Kafka's classic consumer-group protocol and committed offsets.
+//!
+//! Each group is a small state machine (Kafka's names): `Empty` → (JoinGroup) →
+//! `PreparingRebalance` → (every member rejoined, or the rebalance timeout passed) →
+//! `CompletingRebalance` → (the leader's SyncGroup) → `Stable`. A join, a leave or an expired
+//! session sends a `Stable` group back to `PreparingRebalance`; members learn it from their
+//! heartbeats (REBALANCE_IN_PROGRESS) and rejoin. Pending JoinGroup/SyncGroup requests wait on
+//! oneshot channels that the transition completes. A ticker enforces rebalance deadlines and
+//! session timeouts.
+//!
+//! Committed offsets are kept in memory and appended, in Kafka's own `__consumer_offsets` key and
+//! value schemas, to partition `abs(hash(group)) % 50` of that compacted topic; they are replayed
+//! from it at start-up (see [`offsets_log`]). This broker coordinates every group (single node).
+
+pub mod offsets_log;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::topics::TopicManager;
+
+/// Kafka error codes the group protocol uses.
+pub mod code {
+    pub const NONE: i16 = 0;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocols: Vec<(String, Bytes)>,
+    pub assignment: Bytes,
+    last_heartbeat: Instant,
+    joined: bool,
+}
+
+/// What a JoinGroup gets back.
+#[derive(Debug, Clone, Default)]
+pub struct JoinResult {
+    pub error: i16,
+    pub generation: i32,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub leader: String,
+    pub member_id: String,
+    /// Only for the leader: every member's id, instance id and metadata for the chosen protocol.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncResult {
+    pub error: i16,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub assignment: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub timestamp: i64,
+}
+
+#[derive(Default)]
+struct Group {
+    state: Option<State>,
+    generation: i32,
+    protocol_type: String,
+    protocol: String,
+    leader: String,
+    members: BTreeMap<String, Member>,
+    pending_joins: HashMap<String, oneshot::Sender<JoinResult>>,
+    pending_syncs: HashMap<String, oneshot::Sender<SyncResult>>,
+    rebalance_deadline: Option<Instant>,
+    offsets: BTreeMap<(String, i32), Committed>,
+}
+
+impl Group {
+    fn state(&self) -> State {
+        self.state.unwrap_or(State::Empty)
+    }
+
+    /// Starts (or keeps) a rebalance: everyone must rejoin before the deadline.
+    fn prepare_rebalance(&mut self, initial_delay: Duration) {
+        if self.state() == State::PreparingRebalance {
+            return;
+        }
+        for (_, tx) in self.pending_syncs.drain() {
+            let _ = tx.send(SyncResult {
+                error: code::REBALANCE_IN_PROGRESS,
+                ..Default::default()
+            });
+        }
+        let timeout = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or_default();
+        let was_empty = self.state() == State::Empty;
+        for m in self.members.values_mut() {
+            m.joined = self.pending_joins.contains_key(&m.id);
+        }
+        self.state = Some(State::PreparingRebalance);
+        // A new group waits a little for more members (Kafka's group.initial.rebalance.delay.ms).
+        let wait = if was_empty { initial_delay } else { timeout };
+        self.rebalance_deadline = Some(Instant::now() + wait);
+    }
+
+    fn all_joined(&self) -> bool {
+        self.members.values().all(|m| m.joined)
+    }
+
+    /// Ends the join phase: new generation, leader, protocol; answers every waiting join.
+    fn complete_join(&mut self) {
+        // Members that did not rejoin in time are out.
+        let missing: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| !m.joined)
+            .map(|m| m.id.clone())
+            .collect();
+        for id in missing {
+            self.members.remove(&id);
+        }
+        self.generation += 1;
+        self.rebalance_deadline = None;
+        if self.members.is_empty() {
+            self.state = Some(State::Empty);
+            self.leader.clear();
+            self.protocol.clear();
+            return;
+        }
+        if !self.members.contains_key(&self.leader) {
+            self.leader = self.members.keys().next().cloned().unwrap_or_default();
+        }
+        // The first of the leader's protocols that every member supports.
+        let leader_protocols = self
+            .members
+            .get(&self.leader)
+            .map(|m| m.protocols.clone())
+            .unwrap_or_default();
+        self.protocol = leader_protocols
+            .iter()
+            .map(|(name, _)| name.clone())
+            .find(|name| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+            })
+            .unwrap_or_default();
+        self.state = Some(State::CompletingRebalance);
+        let members: Vec<(String, Option<String>, Bytes)> = self
+            .members
+            .values()
+            .map(|m| {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == self.protocol)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
+                (m.id.clone(), m.instance_id.clone(), meta)
+            })
+            .collect();
+        let now = Instant::now();
+        for m in self.members.values_mut() {
+            m.last_heartbeat = now;
+        }
+        for (id, tx) in self.pending_joins.drain() {
+            let _ = tx.send(JoinResult {
+                error: code::NONE,
+                generation: self.generation,
+                protocol_type: self.protocol_type.clone(),
+                protocol: self.protocol.clone(),
+                leader: self.leader.clone(),
+                members: if id == self.leader {
+                    members.clone()
+                } else {
+                    Vec::new()
+                },
+                member_id: id,
+            });
+        }
+    }
+
+    fn remove_member(&mut self, id: &str, initial_delay: Duration) {
+        if self.members.remove(id).is_none() {
+            return;
+        }
+        if let Some(tx) = self.pending_joins.remove(id) {
+            let _ = tx.send(JoinResult {
+                error: code::UNKNOWN_MEMBER_ID,
+                ..Default::default()
+            });
+        }
+        self.pending_syncs.remove(id);
+        if self.members.is_empty() {
+            self.state = Some(State::Empty);
+            self.generation += 1;
+            self.leader.clear();
+            self.rebalance_deadline = None;
+        } else {
+            self.prepare_rebalance(initial_delay);
+            if self.all_joined() && self.pending_joins.len() == self.members.len() {
+                self.complete_join();
+            }
+        }
+    }
+}
+
+/// Join parameters from a JoinGroup request.
+pub struct JoinRequest {
+    pub group: String,
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+}
+
+pub struct GroupCoordinator {
+    groups: Mutex<HashMap<String, Group>>,
+    topics: Arc<TopicManager>,
+    initial_delay: Duration,
+    next_member: std::sync::atomic::AtomicU64,
+}
+
+impl GroupCoordinator {
+    /// Creates the coordinator and replays committed offsets from `__consumer_offsets`.
+    pub fn open(topics: Arc<TopicManager>, initial_delay: Duration) -> Arc<GroupCoordinator> {
+        let mut groups: HashMap<String, Group> = HashMap::new();
+        match offsets_log::replay(&topics) {
+            Ok(committed) => {
+                for ((group, topic, partition), c) in committed {
+                    groups
+                        .entry(group)
+                        .or_default()
+                        .offsets
+                        .insert((topic, partition), c);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not replay __consumer_offsets"),
+        }
+        if !groups.is_empty() {
+            tracing::info!(groups = groups.len(), "replayed committed offsets");
+        }
+        Arc::new(GroupCoordinator {
+            groups: Mutex::new(groups),
+            topics,
+            initial_delay,
+            next_member: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Group>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub async fn join(&self, req: JoinRequest) -> JoinResult {
+        if req.group.is_empty() {
+            return JoinResult {
+                error: code::INVALID_GROUP_ID,
+                ..Default::default()
+            };
+        }
+        if req.session_timeout < Duration::from_millis(1000)
+            || req.session_timeout > Duration::from_secs(1800)
+        {
+            return JoinResult {
+                error: code::INVALID_SESSION_TIMEOUT,
+                ..Default::default()
+            };
+        }
+        let rx = {
+            let mut groups = self.lock();
+            let g = groups.entry(req.group.clone()).or_default();
+            if !g.members.is_empty() && g.protocol_type != req.protocol_type {
+                return JoinResult {
+                    error: code::INCONSISTENT_GROUP_PROTOCOL,
+                    ..Default::default()
+                };
+            }
+            // Static members keep their id across restarts.
+            let existing_static = req.instance_id.as_ref().and_then(|iid| {
+                g.members
+                    .values()
+                    .find(|m| m.instance_id.as_ref() == Some(iid))
+                    .map(|m| m.id.clone())
+            });
+            let member_id = if !req.member_id.is_empty() {
+                if !g.members.contains_key(&req.member_id) {
+                    return JoinResult {
+                        error: code::UNKNOWN_MEMBER_ID,
+                        member_id: req.member_id,
+                        ..Default::default()
+                    };
+                }
+                req.member_id.clone()
+            } else if let Some(id) = existing_static {
+                id
+            } else {
+                let n = self
+                    .next_member
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!(
+                    "{}-{}-{n}",
+                    if req.client_id.is_empty() {
+                        "member"
+                    } else {
+                        &req.client_id
+                    },
+                    crate::topics::random_uuid().simple()
+                )
+            };
+            g.protocol_type = req.protocol_type.clone();
+            let m = g
+                .members
+                .entry(member_id.clone())
+                .or_insert_with(|| Member {
+                    id: member_id.clone(),
+                    instance_id: req.instance_id.clone(),
+                    client_id: req.client_id.clone(),
+                    client_host: req.client_host.clone(),
+                    session_timeout: req.session_timeout,
+                    rebalance_timeout: req.rebalance_timeout,
+                    protocols: Vec::new(),
+                    assignment: Bytes::new(),
+                    last_heartbeat: Instant::now(),
+                    joined: false,
+                });
+            m.protocols = req.protocols;
+            m.session_timeout = req.session_timeout;
+            m.rebalance_timeout = req.rebalance_timeout;
+            m.last_heartbeat = Instant::now();
+            m.joined = true;
+            let (tx, rx) = oneshot::channel();
+            if let Some(old) = g.pending_joins.insert(member_id.clone(), tx) {
+                let _ = old.send(JoinResult {
+                    error: code::UNKNOWN_MEMBER_ID,
+                    ..Default::default()
+                });
+            }
+            if g.state() != State::PreparingRebalance {
+                g.prepare_rebalance(self.initial_delay);
+                if let Some(m) = g.members.get_mut(&member_id) {
+                    m.joined = true;
+                }
+            }
+            // Everyone is back (and this is not a brand-new group still in its initial delay).
+            if g.all_joined()
+                && g.rebalance_deadline
+                    .is_some_and(|d| d <= Instant::now() || g.generation > 0 || g.members.len() > 1)
+            {
+                g.complete_join();
+            }
+            rx
+        };
+        rx.await.unwrap_or(JoinResult {
+            error: code::REBALANCE_IN_PROGRESS,
+            ..Default::default()
+        })
+    }
+
+    pub async fn sync(
+        &self,
+        group: &str,
+        generation: i32,
+        member: &str,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncResult {
+        let rx = {
+            let mut groups = self.lock();
+            let Some(g) = groups.get_mut(group) else {
+                return SyncResult {
+                    error: code::UNKNOWN_MEMBER_ID,
+                    ..Default::default()
+                };
+            };
+            if !g.members.contains_key(member) {
+                return SyncResult {
+                    error: code::UNKNOWN_MEMBER_ID,
+                    ..Default::default()
+                };
+            }
+            if generation != g.generation {
+                return SyncResult {
+                    error: code::ILLEGAL_GENERATION,
+                    ..Default::default()
+                };
+            }
+            let ok = |g: &Group, m: &str| SyncResult {
+                error: code::NONE,
+                protocol_type: g.protocol_type.clone(),
+                protocol: g.protocol.clone(),
+                assignment: g
+                    .members
+                    .get(m)
+                    .map(|m| m.assignment.clone())
+                    .unwrap_or_default(),
+            };
+            match g.state() {
+                State::PreparingRebalance | State::Empty => {
+                    return SyncResult {
+                        error: code::REBALANCE_IN_PROGRESS,
+                        ..Default::default()
+                    };
+                }
+                State::Stable => return ok(g, member),
+                State::CompletingRebalance => {}
+            }
+            if member == g.leader {
+                for m in g.members.values_mut() {
+                    m.assignment = Bytes::new();
+                }
+                for (id, a) in assignments {
+                    if let Some(m) = g.members.get_mut(&id) {
+                        m.assignment = a;
+                    }
+                }
+                g.state = Some(State::Stable);
+                let waiting: Vec<(String, oneshot::Sender<SyncResult>)> =
+                    g.pending_syncs.drain().collect();
+                for (id, tx) in waiting {
+                    let _ = tx.send(ok(g, &id));
+                }
+                return ok(g, member);
+            }
+            let (tx, rx) = oneshot::channel();
+            g.pending_syncs.insert(member.to_string(), tx);
+            rx
+        };
+        rx.await.unwrap_or(SyncResult {
+            error: code::REBALANCE_IN_PROGRESS,
+            ..Default::default()
+        })
+    }
+
+    pub fn heartbeat(&self, group: &str, generation: i32, member: &str) -> i16 {
+        let mut groups = self.lock();
+        let Some(g) = groups.get_mut(group) else {
+            return code::UNKNOWN_MEMBER_ID;
+        };
+        let state = g.state();
+        let current = g.generation;
+        let Some(m) = g.members.get_mut(member) else {
+            return code::UNKNOWN_MEMBER_ID;
+        };
+        m.last_heartbeat = Instant::now();
+        if state == State::PreparingRebalance {
+            return code::REBALANCE_IN_PROGRESS;
+        }
+        if generation != current {
+            return code::ILLEGAL_GENERATION;
+        }
+        code::NONE
+    }
+
+    pub fn leave(&self, group: &str, member: &str) -> i16 {
+        let mut groups = self.lock();
+        match groups.get_mut(group) {
+            Some(g) if g.members.contains_key(member) => {
+                g.remove_member(member, self.initial_delay);
+                code::NONE
+            }
+            _ => code::UNKNOWN_MEMBER_ID,
+        }
+    }
+
+    /// Stores offsets. `generation < 0` is a commit outside group management (manual
+    /// assignment), accepted while the group has no members.
+    pub async fn commit(
+        &self,
+        group: &str,
+        generation: i32,
+        member: &str,
+        offsets: Vec<(String, i32, Committed)>,
+    ) -> i16 {
+        {
+            let mut groups = self.lock();
+            let g = groups.entry(group.to_string()).or_default();
+            if generation >= 0 || !g.members.is_empty() {
+                if !g.members.contains_key(member) {
+                    return code::UNKNOWN_MEMBER_ID;
+                }
+                if generation != g.generation {
+                    return code::ILLEGAL_GENERATION;
+                }
+                if g.state() == State::PreparingRebalance {
+                    return code::REBALANCE_IN_PROGRESS;
+                }
+            }
+        }
+        // Durable first, then visible.
+        if let Err(e) = offsets_log::append(&self.topics, group, &offsets).await {
+            tracing::error!(group, error = %e, "could not persist committed offsets");
+            return code::KAFKA_STORAGE_ERROR;
+        }
+        let mut groups = self.lock();
+        let g = groups.entry(group.to_string()).or_default();
+        for (topic, partition, c) in offsets {
+            g.offsets.insert((topic, partition), c);
+        }
+        code::NONE
+    }
+
+    /// Committed offsets of a group: the requested partitions, or all when `None`.
+    pub fn fetch_offsets(
+        &self,
+        group: &str,
+        wanted: Option<Vec<(String, i32)>>,
+    ) -> Vec<(String, i32, Option<Committed>)> {
+        let groups = self.lock();
+        let g = groups.get(group);
+        match wanted {
+            Some(w) => w
+                .into_iter()
+                .map(|(t, p)| {
+                    let c = g.and_then(|g| g.offsets.get(&(t.clone(), p)).cloned());
+                    (t, p, c)
+                })
+                .collect(),
+            None => g
+                .map(|g| {
+                    g.offsets
+                        .iter()
+                        .map(|((t, p), c)| (t.clone(), *p, Some(c.clone())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// (group, protocol type, state) of every known group.
+    pub fn list(&self) -> Vec<(String, String, State)> {
+        self.lock()
+            .iter()
+            .map(|(name, g)| (name.clone(), g.protocol_type.clone(), g.state()))
+            .collect()
+    }
+
+    /// State, protocol type, protocol and members of a group, if known.
+    pub fn describe(&self, group: &str) -> Option<(State, String, String, Vec<Member>)> {
+        self.lock().get(group).map(|g| {
+            (
+                g.state(),
+                g.protocol_type.clone(),
+                g.protocol.clone(),
+                g.members.values().cloned().collect(),
+            )
+        })
+    }
+
+    /// Enforces rebalance deadlines and session timeouts; run every ~100 ms.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let mut groups = self.lock();
+        for (name, g) in groups.iter_mut() {
+            if g.state() == State::PreparingRebalance
+                && g.rebalance_deadline.is_some_and(|d| d <= now)
+            {
+                g.complete_join();
+                continue;
+            }
+            if matches!(g.state(), State::Stable | State::CompletingRebalance) {
+                let expired: Vec<String> = g
+                    .members
+                    .values()
+                    .filter(|m| now.duration_since(m.last_heartbeat) > m.session_timeout)
+                    .map(|m| m.id.clone())
+                    .collect();
+                for id in expired {
+                    tracing::info!(group = %name, member = %id, "session expired");
+                    g.remove_member(&id, self.initial_delay);
+                }
+            }
+        }
+    }
+
+    /// Runs [`GroupCoordinator::tick`] until `stop`.
+    pub async fn run_ticker(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick(),
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coordinator(dir: &std::path::Path) -> Arc<GroupCoordinator> {
+        let config = Arc::new(crate::config::BrokerConfig {
+            data_dir: dir.to_path_buf(),
+            ..Default::default()
+        });
+        let topics = Arc::new(TopicManager::open(config).unwrap());
+        GroupCoordinator::open(topics, Duration::from_millis(50))
+    }
+
+    fn join(member: &str, session_ms: u64) -> JoinRequest {
+        JoinRequest {
+            group: "g".into(),
+            member_id: member.into(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "h".into(),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
+            session_timeout: Duration::from_millis(session_ms),
+            rebalance_timeout: Duration::from_millis(2000),
+        }
+    }
+
+    async fn ticking(c: Arc<GroupCoordinator>) {
+        loop {
+            c.tick();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_join_sync_heartbeat_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = coordinator(dir.path());
+        let ticker = tokio::spawn(ticking(c.clone()));
+        // One member: after the initial delay it leads generation 1 and sees itself.
+        let a = c.join(join("", 1000)).await;
+        assert_eq!((a.error, a.generation), (code::NONE, 1));
+        assert_eq!(a.leader, a.member_id);
+        assert_eq!(a.members.len(), 1);
+        let s = c
+            .sync(
+                "g",
+                1,
+                &a.member_id,
+                vec![(a.member_id.clone(), Bytes::from_static(b"all"))],
+            )
+            .await;
+        assert_eq!((s.error, &s.assignment[..]), (code::NONE, &b"all"[..]));
+        assert_eq!(c.heartbeat("g", 1, &a.member_id), code::NONE);
+        assert_eq!(c.heartbeat("g", 0, &a.member_id), code::ILLEGAL_GENERATION);
+        assert_eq!(c.heartbeat("g", 1, "nobody"), code::UNKNOWN_MEMBER_ID);
+        // A second member starts a rebalance; the first learns it from its heartbeat and rejoins.
+        let c2 = c.clone();
+        let b = tokio::spawn(async move { c2.join(join("", 1000)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            c.heartbeat("g", 1, &a.member_id),
+            code::REBALANCE_IN_PROGRESS
+        );
+        let a2 = c.join(join(&a.member_id, 1000)).await;
+        let b = b.await.unwrap();
+        assert_eq!((a2.generation, b.generation), (2, 2));
+        assert_eq!(a2.leader, a.member_id, "the leader stays");
+        assert_eq!(
+            (a2.members.len(), b.members.len()),
+            (2, 0),
+            "only the leader sees the members"
+        );
+        // Commits are checked against the generation.
+        let off = |o| {
+            vec![(
+                "t".to_string(),
+                0,
+                Committed {
+                    offset: o,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                    timestamp: 0,
+                },
+            )]
+        };
+        assert_eq!(
+            c.commit("g", 1, &a.member_id, off(5)).await,
+            code::ILLEGAL_GENERATION
+        );
+        // b stops heartbeating: its session (1 s) expires and a rebalance starts without it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.describe("g").map(|d| d.3.len()) != Some(1) && Instant::now() < deadline {
+            c.heartbeat("g", 2, &a.member_id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            c.describe("g").unwrap().3.len(),
+            1,
+            "the silent member expired"
+        );
+        ticker.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn manual_commits_persist_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = coordinator(dir.path());
+            let off = vec![(
+                "t".to_string(),
+                3,
+                Committed {
+                    offset: 42,
+                    leader_epoch: 1,
+                    metadata: "m".into(),
+                    timestamp: 7,
+                },
+            )];
+            assert_eq!(c.commit("manual", -1, "", off).await, code::NONE);
+            assert_eq!(
+                c.fetch_offsets("manual", Some(vec![("t".into(), 3), ("t".into(), 4)]))[1].2,
+                None
+            );
+        }
+        let c = coordinator(dir.path());
+        let got = c.fetch_offsets("manual", None);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0]
+                .2
+                .as_ref()
+                .map(|c| (c.offset, c.leader_epoch, c.metadata.as_str())),
+            Some((42, 1, "m"))
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! Consumer-group APIs over the Kafka protocol, backed by [`crate::groups::GroupCoordinator`]:
+//! FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
+//! ListGroups, DescribeGroups.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use kafka_protocol::messages::describe_groups_response::{
+    DescribeGroupsResponse, DescribedGroup, DescribedGroupMember,
+};
+use kafka_protocol::messages::find_coordinator_response::{Coordinator, FindCoordinatorResponse};
+use kafka_protocol::messages::join_group_response::{JoinGroupResponse, JoinGroupResponseMember};
+use kafka_protocol::messages::leave_group_response::{LeaveGroupResponse, MemberResponse};
+use kafka_protocol::messages::list_groups_response::{ListGroupsResponse, ListedGroup};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponse, OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponse, OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::{
+    DescribeGroupsRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, OffsetCommitRequest,
+    OffsetFetchRequest, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{frame::encode_response, Ctx};
+use crate::groups::{code, Committed, JoinRequest};
+
+fn s(v: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(v.into())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub fn find_coordinator(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: FindCoordinatorRequest,
+) -> Result<BytesMut, String> {
+    // key_type 0 = group; transactions (1) are not coordinated yet.
+    let error = if req.key_type == 0 {
+        code::NONE
+    } else {
+        code::COORDINATOR_NOT_AVAILABLE
+    };
+    let (node, host, port) = if error == code::NONE {
+        (
+            ctx.config.node_id,
+            ctx.advertised_host.clone(),
+            ctx.advertised_port,
+        )
+    } else {
+        (-1, String::new(), -1)
+    };
+    let mut resp = FindCoordinatorResponse::default();
+    if version >= 4 {
+        resp = resp.with_coordinators(
+            req.coordinator_keys
+                .into_iter()
+                .map(|k| {
+                    Coordinator::default()
+                        .with_key(k)
+                        .with_node_id(node.into())
+                        .with_host(s(host.clone()))
+                        .with_port(port)
+                        .with_error_code(error)
+                })
+                .collect(),
+        );
+    } else {
+        resp = resp
+            .with_error_code(error)
+            .with_node_id(node.into())
+            .with_host(s(host))
+            .with_port(port);
+    }
+    encode_response(corr, version, &resp)
+}
+
+pub async fn join_group(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    client_id: &str,
+    peer: &str,
+    req: JoinGroupRequest,
+) -> Result<BytesMut, String> {
+    let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
+    // v0 has no rebalance timeout: Kafka uses the session timeout.
+    let rebalance = if version >= 1 {
+        Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64)
+    } else {
+        session
+    };
+    let r = ctx
+        .groups
+        .join(JoinRequest {
+            group: req.group_id.0.to_string(),
+            member_id: req.member_id.to_string(),
+            instance_id: req.group_instance_id.map(|i| i.to_string()),
+            client_id: client_id.to_string(),
+            client_host: peer.to_string(),
+            protocol_type: req.protocol_type.to_string(),
+            protocols: req
+                .protocols
+                .into_iter()
+                .map(|p| (p.name.to_string(), p.metadata))
+                .collect(),
+            session_timeout: session,
+            rebalance_timeout: rebalance,
+        })
+        .await;
+    let mut resp = JoinGroupResponse::default()
+        .with_error_code(r.error)
+        .with_generation_id(if r.error == code::NONE {
+            r.generation
+        } else {
+            -1
+        })
+        .with_protocol_name(Some(s(r.protocol)))
+        .with_leader(s(r.leader))
+        .with_member_id(s(r.member_id))
+        .with_members(
+            r.members
+                .into_iter()
+                .map(|(id, iid, meta)| {
+                    JoinGroupResponseMember::default()
+                        .with_member_id(s(id))
+                        .with_group_instance_id(if version >= 5 { iid.map(s) } else { None })
+                        .with_metadata(meta)
+                })
+                .collect(),
+        );
+    if version >= 7 {
+        resp = resp.with_protocol_type(Some(s(r.protocol_type)));
+    }
+    encode_response(corr, version, &resp)
+}
+
+pub async fn sync_group(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: SyncGroupRequest,
+) -> Result<BytesMut, String> {
+    let r = ctx
+        .groups
+        .sync(
+            &req.group_id.0,
+            req.generation_id,
+            &req.member_id,
+            req.assignments
+                .into_iter()
+                .map(|a| (a.member_id.to_string(), a.assignment))
+                .collect(),
+        )
+        .await;
+    let mut resp = SyncGroupResponse::default()
+        .with_error_code(r.error)
+        .with_assignment(r.assignment);
+    if version >= 5 {
+        resp = resp
+            .with_protocol_type(Some(s(r.protocol_type)))
+            .with_protocol_name(Some(s(r.protocol)));
+    }
+    encode_response(corr, version, &resp)
+}
+
+pub fn heartbeat(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: HeartbeatRequest,
+) -> Result<BytesMut, String> {
+    let error = ctx
+        .groups
+        .heartbeat(&req.group_id.0, req.generation_id, &req.member_id);
+    encode_response(
+        corr,
+        version,
+        &HeartbeatResponse::default().with_error_code(error),
+    )
+}
+
+pub fn leave_group(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: LeaveGroupRequest,
+) -> Result<BytesMut, String> {
+    let group = req.group_id.0.to_string();
+    let resp = if version >= 3 {
+        let members = req
+            .members
+            .into_iter()
+            .map(|m| {
+                let error = ctx.groups.leave(&group, &m.member_id);
+                MemberResponse::default()
+                    .with_member_id(m.member_id)
+                    .with_group_instance_id(m.group_instance_id)
+                    .with_error_code(error)
+            })
+            .collect();
+        LeaveGroupResponse::default().with_members(members)
+    } else {
+        LeaveGroupResponse::default().with_error_code(ctx.groups.leave(&group, &req.member_id))
+    };
+    encode_response(corr, version, &resp)
+}
+
+pub async fn offset_commit(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: OffsetCommitRequest,
+) -> Result<BytesMut, String> {
+    let group = req.group_id.0.to_string();
+    let now = now_ms();
+    let offsets: Vec<(String, i32, Committed)> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    t.name.0.to_string(),
+                    p.partition_index,
+                    Committed {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p
+                            .committed_metadata
+                            .as_ref()
+                            .map(|m| m.to_string())
+                            .unwrap_or_default(),
+                        timestamp: now,
+                    },
+                )
+            })
+        })
+        .collect();
+    let error = ctx
+        .groups
+        .commit(
+            &group,
+            req.generation_id_or_member_epoch,
+            &req.member_id,
+            offsets,
+        )
+        .await;
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(error)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    encode_response(
+        corr,
+        version,
+        &OffsetCommitResponse::default().with_topics(topics),
+    )
+}
+
+pub fn offset_fetch(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: OffsetFetchRequest,
+) -> Result<BytesMut, String> {
+    let group = req.group_id.0.to_string();
+    let wanted = req.topics.map(|ts| {
+        ts.into_iter()
+            .flat_map(|t| {
+                let name = t.name.0.to_string();
+                t.partition_indexes
+                    .into_iter()
+                    .map(move |p| (name.clone(), p))
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut by_topic: std::collections::BTreeMap<String, Vec<OffsetFetchResponsePartition>> =
+        Default::default();
+    for (topic, partition, c) in ctx.groups.fetch_offsets(&group, wanted) {
+        let mut p = OffsetFetchResponsePartition::default().with_partition_index(partition);
+        p = match c {
+            Some(c) => {
+                let mut p = p
+                    .with_committed_offset(c.offset)
+                    .with_metadata(Some(s(c.metadata)));
+                if version >= 5 {
+                    p = p.with_committed_leader_epoch(c.leader_epoch);
+                }
+                p
+            }
+            None => p.with_committed_offset(-1).with_metadata(Some(s(""))),
+        };
+        by_topic.entry(topic).or_default().push(p);
+    }
+    let topics = by_topic
+        .into_iter()
+        .map(|(t, ps)| {
+            OffsetFetchResponseTopic::default()
+                .with_name(TopicName(s(t)))
+                .with_partitions(ps)
+        })
+        .collect();
+    encode_response(
+        corr,
+        version,
+        &OffsetFetchResponse::default().with_topics(topics),
+    )
+}
+
+pub fn list_groups(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    _req: ListGroupsRequest,
+) -> Result<BytesMut, String> {
+    let groups = ctx
+        .groups
+        .list()
+        .into_iter()
+        .map(|(g, ptype, state)| {
+            let mut l = ListedGroup::default()
+                .with_group_id(GroupId(s(g)))
+                .with_protocol_type(s(ptype));
+            if version >= 4 {
+                l = l.with_group_state(s(state.name()));
+            }
+            l
+        })
+        .collect();
+    encode_response(
+        corr,
+        version,
+        &ListGroupsResponse::default().with_groups(groups),
+    )
+}
+
+pub fn describe_groups(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: DescribeGroupsRequest,
+) -> Result<BytesMut, String> {
+    let groups = req
+        .groups
+        .into_iter()
+        .map(|g| {
+            let d = DescribedGroup::default().with_group_id(g.clone());
+            match ctx.groups.describe(&g.0) {
+                None => d.with_group_state(s("Dead")),
+                Some((state, ptype, protocol, members)) => d
+                    .with_group_state(s(state.name()))
+                    .with_protocol_type(s(ptype))
+                    .with_protocol_data(s(protocol.clone()))
+                    .with_members(
+                        members
+                            .into_iter()
+                            .map(|m| {
+                                let meta = m
+                                    .protocols
+                                    .iter()
+                                    .find(|(n, _)| *n == protocol)
+                                    .map(|(_, b)| b.clone())
+                                    .unwrap_or_default();
+                                DescribedGroupMember::default()
+                                    .with_member_id(s(m.id))
+                                    .with_group_instance_id(if version >= 4 {
+                                        m.instance_id.map(s)
+                                    } else {
+                                        None
+                                    })
+                                    .with_client_id(s(m.client_id))
+                                    .with_client_host(s(m.client_host))
+                                    .with_member_metadata(meta)
+                                    .with_member_assignment(m.assignment)
+                            })
+                            .collect(),
+                    ),
+            }
+        })
+        .collect();
+    encode_response(
+        corr,
+        version,
+        &DescribeGroupsResponse::default().with_groups(groups),
+    )
+}
