@@ -148,6 +148,7 @@ pub enum Client {
     Produce(ProduceArgs),
     Consume(ConsumeArgs),
     Bench(crate::bench::BenchArgs),
+    Group(GroupArgs),
 }
 
 pub fn run(client: Client) -> Result<(), String> {
@@ -161,6 +162,7 @@ pub fn run(client: Client) -> Result<(), String> {
             Client::Produce(a) => produce(a).await,
             Client::Consume(a) => consume(a).await,
             Client::Bench(a) => crate::bench::run(a).await,
+            Client::Group(a) => group(a).await,
         }
     })
 }
@@ -664,9 +666,278 @@ mod tests {
     }
 
     #[test]
+    fn datetimes_parse_as_utc_milliseconds() {
+        assert_eq!(
+            parse_datetime_ms("1700000000000").unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(parse_datetime_ms("1970-01-01T00:00:00Z").unwrap(), 0);
+        // 2023-11-14T22:13:20Z is 1_700_000_000 s after the epoch.
+        assert_eq!(
+            parse_datetime_ms("2023-11-14T22:13:20").unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            parse_datetime_ms("2024-02-29T12:00:00").unwrap(),
+            1_709_208_000_000
+        );
+        assert!(parse_datetime_ms("2024-13-01T00:00:00").is_err());
+        assert!(parse_datetime_ms("yesterday").is_err());
+    }
+
+    #[test]
     fn key_value_flags_parse() {
         assert_eq!(parse_kv("a=b=c").unwrap(), ("a".into(), "b=c".into()));
         assert!(parse_kv("nokey").is_err());
         assert!(parse_kv("=v").is_err());
     }
+}
+
+// ---- group ------------------------------------------------------------------------------------
+
+#[derive(Args)]
+pub struct GroupArgs {
+    #[command(subcommand)]
+    pub command: GroupCommand,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Subcommand)]
+pub enum GroupCommand {
+    /// List consumer groups.
+    List,
+    /// Show a group's state and members with their assigned partitions.
+    Describe { group: String },
+    /// Committed offset, log end offset and lag per partition, with totals.
+    Lag { group: String },
+    /// Move an inactive group's committed offsets for a topic (a dry run unless --execute).
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, group = "to")]
+        to_earliest: bool,
+        #[arg(long, group = "to")]
+        to_latest: bool,
+        #[arg(long, group = "to")]
+        to_offset: Option<u64>,
+        /// Milliseconds since the epoch, or UTC `YYYY-MM-DDTHH:MM:SS`.
+        #[arg(long, group = "to", value_parser = parse_datetime_ms)]
+        to_datetime: Option<i64>,
+        #[arg(long, group = "to", allow_hyphen_values = true)]
+        shift_by: Option<i64>,
+        /// Apply the new offsets (default: only show them).
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Delete an inactive group and its committed offsets.
+    Delete { group: String },
+}
+
+/// Milliseconds since the epoch, or a UTC `YYYY-MM-DDTHH:MM:SS[Z]` date-time.
+fn parse_datetime_ms(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let bad = || format!("expected milliseconds or YYYY-MM-DDTHH:MM:SS, got {s:?}");
+    let s = s.trim_end_matches('Z');
+    let (date, time) = s.split_once('T').ok_or_else(bad)?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let t: Vec<i64> = time
+        .split(':')
+        .map(|x| x.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let (&[y, m, day], &[hh, mm, ss]) = (d.as_slice(), t.as_slice()) else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return Err(bad());
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000)
+}
+
+pub async fn group(args: GroupArgs) -> Result<(), String> {
+    use sluice_proto::v1::groups_client::GroupsClient;
+    let mut c = GroupsClient::new(channel(&args.conn.broker).await?);
+    let json = args.conn.output == Output::Json;
+    match args.command {
+        GroupCommand::List => {
+            let r = c
+                .list_groups(pb::ListGroupsRequest {})
+                .await
+                .map_err(status_message)?
+                .into_inner();
+            if json {
+                let v: Vec<_> = r.groups.iter().map(|g| serde_json::json!({"group": g.group, "state": g.state, "protocol_type": g.protocol_type, "members": g.members})).collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                let rows: Vec<Vec<String>> = r
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.group.clone(),
+                            g.state.clone(),
+                            g.protocol_type.clone(),
+                            g.members.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["GROUP", "STATE", "PROTOCOL-TYPE", "MEMBERS"], &rows);
+            }
+        }
+        GroupCommand::Describe { group } => {
+            let d = c
+                .describe_group(pb::DescribeGroupRequest { group })
+                .await
+                .map_err(status_message)?
+                .into_inner();
+            let assignment = |m: &pb::GroupMember| {
+                m.assignment
+                    .iter()
+                    .map(|tp| format!("{}-{}", tp.topic, tp.partition))
+                    .collect::<Vec<_>>()
+            };
+            if json {
+                let members: Vec<_> = d.members.iter().map(|m| serde_json::json!({"member_id": m.member_id, "group_instance_id": m.group_instance_id, "client_id": m.client_id, "client_host": m.client_host, "assignment": assignment(m)})).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"group": d.group, "state": d.state, "protocol_type": d.protocol_type, "protocol": d.protocol, "members": members})
+                );
+            } else {
+                println!(
+                    "Group: {}  State: {}  Protocol: {} {}",
+                    d.group, d.state, d.protocol_type, d.protocol
+                );
+                let rows: Vec<Vec<String>> = d
+                    .members
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.member_id.clone(),
+                            m.client_id.clone(),
+                            m.client_host.clone(),
+                            assignment(m).join(","),
+                        ]
+                    })
+                    .collect();
+                print_table(&["MEMBER", "CLIENT-ID", "HOST", "ASSIGNMENT"], &rows);
+            }
+        }
+        GroupCommand::Lag { group } => {
+            let l = c
+                .group_lag(pb::GroupLagRequest { group })
+                .await
+                .map_err(status_message)?
+                .into_inner();
+            let mut per_topic: BTreeMap<String, u64> = BTreeMap::new();
+            for p in &l.partitions {
+                *per_topic.entry(p.topic.clone()).or_default() += p.lag.unwrap_or(0);
+            }
+            if json {
+                let parts: Vec<_> = l.partitions.iter().map(|p| serde_json::json!({"topic": p.topic, "partition": p.partition, "committed_offset": p.committed_offset, "log_end_offset": p.log_end_offset, "lag": p.lag, "owner": p.owner})).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"group": l.group, "state": l.state, "partitions": parts, "topic_lag": per_topic, "total_lag": l.total_lag})
+                );
+            } else {
+                let dash = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+                let rows: Vec<Vec<String>> = l
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.topic.clone(),
+                            p.partition.to_string(),
+                            dash(p.committed_offset),
+                            p.log_end_offset.to_string(),
+                            dash(p.lag),
+                            p.owner.clone().unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG", "OWNER"],
+                    &rows,
+                );
+                for (t, lag) in &per_topic {
+                    println!("Topic {t}: lag {lag}");
+                }
+                println!("Group {} ({}): total lag {}", l.group, l.state, l.total_lag);
+            }
+        }
+        GroupCommand::ResetOffsets {
+            group,
+            topic,
+            to_earliest,
+            to_latest,
+            to_offset,
+            to_datetime,
+            shift_by,
+            execute,
+        } => {
+            use sluice_proto::v1::reset_offsets_request::To;
+            let to = if to_earliest {
+                To::ToEarliest(true)
+            } else if to_latest {
+                To::ToLatest(true)
+            } else if let Some(o) = to_offset {
+                To::ToOffset(o)
+            } else if let Some(t) = to_datetime {
+                To::ToDatetimeMs(t)
+            } else if let Some(n) = shift_by {
+                To::ShiftBy(n)
+            } else {
+                return Err("say where to: --to-earliest, --to-latest, --to-offset N, --to-datetime T or --shift-by N".into());
+            };
+            let r = c
+                .reset_offsets(pb::ResetOffsetsRequest {
+                    group,
+                    topic: topic.clone(),
+                    to: Some(to),
+                    execute,
+                })
+                .await
+                .map_err(status_message)?
+                .into_inner();
+            if json {
+                let v: Vec<_> = r.offsets.iter().map(|o| serde_json::json!({"topic": topic, "partition": o.partition, "offset": o.offset})).collect();
+                println!("{}", serde_json::json!({"executed": execute, "offsets": v}));
+            } else {
+                let rows: Vec<Vec<String>> = r
+                    .offsets
+                    .iter()
+                    .map(|o| vec![topic.clone(), o.partition.to_string(), o.offset.to_string()])
+                    .collect();
+                print_table(&["TOPIC", "PARTITION", "NEW-OFFSET"], &rows);
+                if !execute {
+                    eprintln!("Dry run: nothing changed. Add --execute to apply.");
+                }
+            }
+        }
+        GroupCommand::Delete { group } => {
+            c.delete_group(pb::DeleteGroupRequest {
+                group: group.clone(),
+            })
+            .await
+            .map_err(status_message)?;
+            if json {
+                println!("{}", serde_json::json!({"deleted": group}));
+            } else {
+                println!("Deleted group {group}.");
+            }
+        }
+    }
+    Ok(())
 }

@@ -46,6 +46,8 @@ enum Command {
     Consume(cli::ConsumeArgs),
     /// Load generator: produce or consume at full speed and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Consumer groups: list, describe, lag, reset-offsets, delete.
+    Group(cli::GroupArgs),
 }
 
 #[derive(clap::Args)]
@@ -128,6 +130,7 @@ fn main() {
         Command::Produce(args) => cli::run(cli::Client::Produce(args)),
         Command::Consume(args) => cli::run(cli::Client::Consume(args)),
         Command::Bench(args) => cli::run(cli::Client::Bench(args)),
+        Command::Group(args) => cli::run(cli::Client::Group(args)),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

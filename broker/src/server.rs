@@ -119,15 +119,6 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let grpc = tokio::spawn(crate::grpc::serve(
-        grpc_listener,
-        config.clone(),
-        topics.clone(),
-        stopped(stop_rx.clone()),
-    ));
-    let http_server = axum::serve(http_listener, crate::http::router(topics.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let http = tokio::spawn(async move { http_server.await });
     let groups = {
         let t = topics.clone();
         let delay = Duration::from_millis(config.group_initial_rebalance_delay_ms);
@@ -135,6 +126,16 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
             .await
             .map_err(|e| ServeError::Server(e.to_string()))?
     };
+    let grpc = tokio::spawn(crate::grpc::serve(
+        grpc_listener,
+        config.clone(),
+        topics.clone(),
+        groups.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let http_server = axum::serve(http_listener, crate::http::router(topics.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http = tokio::spawn(async move { http_server.await });
     let ticker = tokio::spawn(groups.clone().run_ticker(stop_rx.clone()));
     let kafka_ctx = Arc::new(crate::kafka::Ctx {
         groups,

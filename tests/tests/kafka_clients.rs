@@ -257,6 +257,84 @@ fn consumer_groups_rebalance_commit_and_resume_after_kill9() {
     b.kill9();
     b.launch();
     assert!(interop(port, &["groups_resume"]).contains("groups_resume: ok"));
+
+    // The operator's view of what the clients committed: 400 records were consumed and committed,
+    // then one more was produced and read without a commit, so the lag is 1.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = b.cli(args, None);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let lag = json(&["group", "lag", "interop-group", "--output", "json"]);
+    assert_eq!(lag["total_lag"], 1, "{lag}");
+    let parts = lag["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 4);
+    let end_total: u64 = parts
+        .iter()
+        .map(|p| p["log_end_offset"].as_u64().unwrap())
+        .sum();
+    assert_eq!(end_total, 401);
+    for p in parts {
+        let (c, e, l) = (
+            p["committed_offset"].as_u64().unwrap(),
+            p["log_end_offset"].as_u64().unwrap(),
+            p["lag"].as_u64().unwrap(),
+        );
+        assert_eq!(c + l, e, "{p}");
+    }
+    let list = json(&["group", "list", "--output", "json"]);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["group"] == "interop-group" && g["state"] == "Empty"),
+        "{list}"
+    );
+    // reset-offsets: a dry run changes nothing; --execute moves the commits.
+    let plan = json(&[
+        "group",
+        "reset-offsets",
+        "interop-group",
+        "--topic",
+        "interop-groups",
+        "--to-earliest",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        plan["offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["offset"] == 0),
+        "{plan}"
+    );
+    assert_eq!(
+        json(&["group", "lag", "interop-group", "--output", "json"])["total_lag"],
+        1
+    );
+    json(&[
+        "group",
+        "reset-offsets",
+        "interop-group",
+        "--topic",
+        "interop-groups",
+        "--to-earliest",
+        "--execute",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(
+        json(&["group", "lag", "interop-group", "--output", "json"])["total_lag"],
+        401
+    );
+    json(&["group", "delete", "interop-group", "--output", "json"]);
+    let o = b.cli(&["group", "lag", "interop-group"], None);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unknown group"));
 }
 
 /// Sends raw bytes and returns what came back before the broker closed or went quiet.

@@ -14,6 +14,29 @@
 
 pub mod offsets_log;
 
+/// The (topic, partition)s in a consumer-protocol assignment (`int16 version` + Kafka's
+/// ConsumerProtocolAssignment); empty if the bytes are not one.
+pub fn decode_assignment(bytes: &Bytes) -> Vec<(String, i32)> {
+    use bytes::Buf;
+    use kafka_protocol::protocol::Decodable;
+    let mut b = bytes.clone();
+    if b.remaining() < 2 {
+        return Vec::new();
+    }
+    let version = b.get_i16().clamp(0, 3);
+    kafka_protocol::messages::ConsumerProtocolAssignment::decode(&mut b, version)
+        .map(|a| {
+            a.assigned_partitions
+                .into_iter()
+                .flat_map(|tp| {
+                    let t = tp.topic.0.to_string();
+                    tp.partitions.into_iter().map(move |p| (t.clone(), p))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -34,6 +57,8 @@ pub mod code {
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -589,6 +614,32 @@ impl GroupCoordinator {
                 g.members.values().cloned().collect(),
             )
         })
+    }
+
+    /// True when the group has no members (its offsets may be reset or deleted).
+    pub fn is_inactive(&self, group: &str) -> bool {
+        self.lock().get(group).is_none_or(|g| g.members.is_empty())
+    }
+
+    /// Deletes an inactive group and its committed offsets (tombstoned in `__consumer_offsets`).
+    pub async fn delete_group(&self, group: &str) -> i16 {
+        let keys: Vec<(String, i32)> = {
+            let groups = self.lock();
+            match groups.get(group) {
+                None => return code::GROUP_ID_NOT_FOUND,
+                Some(g) if !g.members.is_empty() => return code::NON_EMPTY_GROUP,
+                Some(g) => g.offsets.keys().cloned().collect(),
+            }
+        };
+        if let Err(e) = offsets_log::append_tombstones(&self.topics, group, &keys).await {
+            tracing::error!(group, error = %e, "could not delete committed offsets");
+            return code::KAFKA_STORAGE_ERROR;
+        }
+        let mut groups = self.lock();
+        if groups.get(group).is_some_and(|g| g.members.is_empty()) {
+            groups.remove(group);
+        }
+        code::NONE
     }
 
     /// Enforces rebalance deadlines and session timeouts; run every ~100 ms.

@@ -164,6 +164,42 @@ pub async fn append(
         .map_err(|e| e.to_string())
 }
 
+/// Appends tombstones (null values) for these keys: compaction then removes the commits.
+pub async fn append_tombstones(
+    topics: &TopicManager,
+    group: &str,
+    keys: &[(String, i32)],
+) -> Result<(), String> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let topic = tokio::task::block_in_place(|| ensure_topic(topics)).map_err(|e| e.to_string())?;
+    let partition = topic
+        .partition(partition_for(group))
+        .map_err(|e| e.to_string())?
+        .clone();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut b = BatchBuilder::new(Compression::None);
+    for (t, p) in keys {
+        b.push(&Record {
+            timestamp: now,
+            key: Some(encode_key(group, t, *p)),
+            value: None,
+            headers: Vec::new(),
+        });
+    }
+    let Some(mut batch) = b.build() else {
+        return Ok(());
+    };
+    partition
+        .append(&mut batch, Acks::Leader)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Every committed offset in `__consumer_offsets`, latest per key, tombstones applied.
 pub fn replay(topics: &TopicManager) -> Result<BTreeMap<(String, String, i32), Committed>, String> {
     let mut out = BTreeMap::new();

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod consumer;
+pub mod groups;
 mod oversize;
 pub mod producer;
 pub mod status;
@@ -116,6 +117,7 @@ pub async fn serve(
     listener: TcpListener,
     config: Arc<BrokerConfig>,
     topics: Arc<TopicManager>,
+    groups: Arc<crate::groups::GroupCoordinator>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let max = config.max_request_bytes;
@@ -130,6 +132,7 @@ pub async fn serve(
         topics: topics.clone(),
     })
     .max_decoding_message_size(max);
+    let topics_for_groups = topics.clone();
     let consumer = ConsumerServer::new(consumer::ConsumerService {
         topics,
         default_max_bytes: config.fetch_max_bytes,
@@ -144,6 +147,13 @@ pub async fn serve(
         .add_service(admin)
         .add_service(producer)
         .add_service(consumer)
+        .add_service(
+            sluice_proto::v1::groups_server::GroupsServer::new(groups::GroupsService {
+                groups,
+                topics: topics_for_groups,
+            })
+            .max_decoding_message_size(max),
+        )
         .serve_with_incoming_shutdown(limited_incoming(listener, config.max_connections), shutdown)
         .await?;
     Ok(())
