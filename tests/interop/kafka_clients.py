@@ -253,8 +253,40 @@ def check_groups_resume():
     print("groups_resume: ok")
 
 
+def check_group_admin():
+    """Admin APIs over a group's committed offsets: list, delete some (OffsetDelete), delete all."""
+    from confluent_kafka import Consumer, TopicPartition, ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    topic, group = "admin-groups", "admin-group"
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(10)
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group, "enable.auto.commit": False})
+    c.commit(offsets=[TopicPartition(topic, 0, 5), TopicPartition(topic, 1, 7)], asynchronous=False)
+    c.close()
+    req = ConsumerGroupTopicPartitions(group)
+    res = admin.list_consumer_group_offsets([req])[group].result(10)
+    got = sorted((tp.partition, tp.offset) for tp in res.topic_partitions)
+    if got != [(0, 5), (1, 7)]:
+        fail("list_consumer_group_offsets: %r" % got)
+    # OffsetDelete through kafka-python's admin (confluent-kafka's Python API has no such call).
+    from kafka.admin import KafkaAdminClient
+    from kafka import TopicPartition as KTopicPartition
+    kadmin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    kadmin.delete_group_offsets(group, [KTopicPartition(topic, 0)])
+    kadmin.close()
+    res = admin.list_consumer_group_offsets([req])[group].result(10)
+    got = sorted((tp.partition, tp.offset) for tp in res.topic_partitions if tp.offset >= 0)
+    if got != [(1, 7)]:
+        fail("after delete_consumer_group_offsets: %r" % got)
+    admin.delete_consumer_groups([group])[group].result(10)
+    listed = admin.list_consumer_groups().result(10)
+    if any(g.group_id == group for g in listed.valid):
+        fail("deleted group still listed")
+    print("group_admin: ok")
+
+
 GROUP = "interop-group"
 TOPIC = "interop-groups"
 for check in sys.argv[2:]:
     {"confluent": check_confluent, "kafka_python": check_kafka_python, "groups": check_groups,
-     "groups_resume": check_groups_resume}[check]()
+     "groups_resume": check_groups_resume, "group_admin": check_group_admin}[check]()

@@ -333,6 +333,31 @@ fn consumer_groups_rebalance_commit_and_resume_after_kill9() {
         401
     );
     json(&["group", "delete", "interop-group", "--output", "json"]);
+    // confluent-kafka's admin API: list, delete some, delete all committed offsets of a group.
+    assert!(interop(port, &["group_admin"]).contains("group_admin: ok"));
+    // kcat's balanced consumer (-G) joins a group, reads, and commits what it read.
+    let out = run_kcat(
+        &[
+            "-b",
+            &format!("127.0.0.1:{port}"),
+            "-G",
+            "kcat-group",
+            "-X",
+            "auto.offset.reset=earliest",
+            "-c",
+            "401",
+            "-f",
+            "%s\n",
+            "interop-groups",
+        ],
+        None,
+    );
+    assert_eq!(out.lines().count(), 401);
+    let lag = json(&["group", "lag", "kcat-group", "--output", "json"]);
+    assert_eq!(
+        lag["total_lag"], 0,
+        "kcat committed what it consumed: {lag}"
+    );
     let o = b.cli(&["group", "lag", "interop-group"], None);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unknown group"));
 }

@@ -59,6 +59,7 @@ pub mod code {
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const NON_EMPTY_GROUP: i16 = 68;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -640,6 +641,53 @@ impl GroupCoordinator {
             groups.remove(group);
         }
         code::NONE
+    }
+
+    /// Deletes committed offsets (Kafka's OffsetDelete). A partition a current member is assigned
+    /// keeps its offset (GROUP_SUBSCRIBED_TO_TOPIC). Returns an error code per partition.
+    pub async fn delete_offsets(
+        &self,
+        group: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Vec<i16>, i16> {
+        let (codes, doomed) = {
+            let groups = self.lock();
+            let Some(g) = groups.get(group) else {
+                return Err(code::GROUP_ID_NOT_FOUND);
+            };
+            let assigned: std::collections::HashSet<(String, i32)> = g
+                .members
+                .values()
+                .flat_map(|m| decode_assignment(&m.assignment))
+                .collect();
+            let codes: Vec<i16> = partitions
+                .iter()
+                .map(|tp| {
+                    if assigned.contains(tp) {
+                        code::GROUP_SUBSCRIBED_TO_TOPIC
+                    } else {
+                        code::NONE
+                    }
+                })
+                .collect();
+            let doomed: Vec<(String, i32)> = partitions
+                .into_iter()
+                .zip(&codes)
+                .filter(|(tp, c)| **c == code::NONE && g.offsets.contains_key(tp))
+                .map(|(tp, _)| tp)
+                .collect();
+            (codes, doomed)
+        };
+        if let Err(e) = offsets_log::append_tombstones(&self.topics, group, &doomed).await {
+            tracing::error!(group, error = %e, "could not delete committed offsets");
+            return Err(code::KAFKA_STORAGE_ERROR);
+        }
+        if let Some(g) = self.lock().get_mut(group) {
+            for tp in &doomed {
+                g.offsets.remove(tp);
+            }
+        }
+        Ok(codes)
     }
 
     /// Enforces rebalance deadlines and session timeouts; run every ~100 ms.

@@ -356,6 +356,77 @@ pub fn list_groups(
     )
 }
 
+pub async fn delete_groups(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: kafka_protocol::messages::DeleteGroupsRequest,
+) -> Result<BytesMut, String> {
+    use kafka_protocol::messages::delete_groups_response::{
+        DeletableGroupResult, DeleteGroupsResponse,
+    };
+    let mut results = Vec::with_capacity(req.groups_names.len());
+    for g in req.groups_names {
+        let error = ctx.groups.delete_group(&g.0).await;
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(g)
+                .with_error_code(error),
+        );
+    }
+    encode_response(
+        corr,
+        version,
+        &DeleteGroupsResponse::default().with_results(results),
+    )
+}
+
+pub async fn offset_delete(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: kafka_protocol::messages::OffsetDeleteRequest,
+) -> Result<BytesMut, String> {
+    use kafka_protocol::messages::offset_delete_response::{
+        OffsetDeleteResponse, OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+    };
+    let wanted: Vec<(String, i32)> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.0.to_string(), p.partition_index))
+        })
+        .collect();
+    let resp = match ctx.groups.delete_offsets(&req.group_id.0, wanted).await {
+        Err(error) => OffsetDeleteResponse::default().with_error_code(error),
+        Ok(codes) => {
+            let mut codes = codes.into_iter();
+            OffsetDeleteResponse::default().with_topics(
+                req.topics
+                    .into_iter()
+                    .map(|t| {
+                        let partitions = t
+                            .partitions
+                            .iter()
+                            .map(|p| {
+                                OffsetDeleteResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(codes.next().unwrap_or(0))
+                            })
+                            .collect();
+                        OffsetDeleteResponseTopic::default()
+                            .with_name(t.name)
+                            .with_partitions(partitions)
+                    })
+                    .collect(),
+            )
+        }
+    };
+    encode_response(corr, version, &resp)
+}
+
 pub fn describe_groups(
     ctx: &Ctx,
     corr: i32,

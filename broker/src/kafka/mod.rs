@@ -70,6 +70,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 4),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 fn served(key: ApiKey, version: i16) -> bool {
@@ -266,6 +268,12 @@ async fn handle(ctx: &Ctx, mut frame: Frame, peer: &str) -> Result<Reply, String
             version,
             frame::decode_body(body, version)?,
         )),
+        ApiKey::DeleteGroups => reply(
+            groups::delete_groups(ctx, corr, version, frame::decode_body(body, version)?).await,
+        ),
+        ApiKey::OffsetDelete => reply(
+            groups::offset_delete(ctx, corr, version, frame::decode_body(body, version)?).await,
+        ),
         other => Err(format!("{other:?} is not served")),
     }
 }
