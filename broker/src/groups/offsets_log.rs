@@ -134,34 +134,11 @@ pub async fn append(
     group: &str,
     offsets: &[(String, i32, Committed)],
 ) -> Result<(), String> {
-    if offsets.is_empty() {
-        return Ok(());
-    }
-    let topic = tokio::task::block_in_place(|| ensure_topic(topics)).map_err(|e| e.to_string())?;
-    let partition = topic
-        .partition(partition_for(group))
-        .map_err(|e| e.to_string())?
-        .clone();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let mut b = BatchBuilder::new(Compression::None);
-    for (t, p, c) in offsets {
-        b.push(&Record {
-            timestamp: now,
-            key: Some(encode_key(group, t, *p)),
-            value: Some(encode_value(c)),
-            headers: Vec::new(),
-        });
-    }
-    let Some(mut batch) = b.build() else {
-        return Ok(());
-    };
-    partition
-        .append(&mut batch, Acks::Leader)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let records = offsets
+        .iter()
+        .map(|(t, p, c)| (encode_key(group, t, *p), Some(encode_value(c))))
+        .collect();
+    append_records(topics, group, records).await
 }
 
 /// Appends tombstones (null values) for these keys: compaction then removes the commits.
@@ -170,7 +147,19 @@ pub async fn append_tombstones(
     group: &str,
     keys: &[(String, i32)],
 ) -> Result<(), String> {
-    if keys.is_empty() {
+    let records = keys
+        .iter()
+        .map(|(t, p)| (encode_key(group, t, *p), None))
+        .collect();
+    append_records(topics, group, records).await
+}
+
+async fn append_records(
+    topics: &TopicManager,
+    group: &str,
+    records: Vec<(Bytes, Option<Bytes>)>,
+) -> Result<(), String> {
+    if records.is_empty() {
         return Ok(());
     }
     let topic = tokio::task::block_in_place(|| ensure_topic(topics)).map_err(|e| e.to_string())?;
@@ -182,11 +171,11 @@ pub async fn append_tombstones(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let mut b = BatchBuilder::new(Compression::None);
-    for (t, p) in keys {
+    for (key, value) in records {
         b.push(&Record {
             timestamp: now,
-            key: Some(encode_key(group, t, *p)),
-            value: None,
+            key: Some(key),
+            value,
             headers: Vec::new(),
         });
     }
