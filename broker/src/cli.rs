@@ -139,6 +139,23 @@ pub struct ConsumeArgs {
     /// %t topic, \n, \t. A newline follows each record.
     #[arg(long, default_value = "%s")]
     pub format: String,
+    /// Consume as a member of this consumer group: the broker assigns partitions, reading starts
+    /// at the group's committed offsets (else --from-beginning or the end), and offsets are
+    /// committed once records are printed. Runs until --max-messages, SIGINT or SIGTERM.
+    #[arg(long, conflicts_with_all = ["partition", "offset", "follow"])]
+    pub group: Option<String>,
+    /// With --group: the session timeout; the group reassigns our partitions this long after we
+    /// stop heartbeating.
+    #[arg(long, default_value_t = 45_000, requires = "group",
+          value_parser = clap::value_parser!(u32).range(1_000..=1_800_000))]
+    pub session_timeout_ms: u32,
+    /// With --group: commit printed offsets at most this often (and always on rebalance and exit).
+    #[arg(long, default_value_t = 1_000, requires = "group",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub commit_interval_ms: u64,
+    /// With --group: static membership (Kafka's group.instance.id).
+    #[arg(long, requires = "group")]
+    pub group_instance_id: Option<String>,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -468,7 +485,7 @@ async fn produce(args: ProduceArgs) -> Result<(), String> {
 
 // ---- consume ----------------------------------------------------------------------------------
 
-fn render(format: &str, topic: &str, partition: u32, r: &pb::ConsumedRecord) -> Vec<u8> {
+pub(crate) fn render(format: &str, topic: &str, partition: u32, r: &pb::ConsumedRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(format.len() + r.value.as_ref().map_or(0, |v| v.len()));
     let mut chars = format.chars().peekable();
     let mut buf = [0u8; 4];
@@ -518,7 +535,7 @@ fn render(format: &str, topic: &str, partition: u32, r: &pb::ConsumedRecord) -> 
     out
 }
 
-fn render_json(topic: &str, partition: u32, r: &pb::ConsumedRecord) -> Vec<u8> {
+pub(crate) fn render_json(topic: &str, partition: u32, r: &pb::ConsumedRecord) -> Vec<u8> {
     let text = |b: &Option<bytes::Bytes>| {
         b.as_deref()
             .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -539,6 +556,9 @@ fn render_json(topic: &str, partition: u32, r: &pb::ConsumedRecord) -> Vec<u8> {
 }
 
 async fn consume(args: ConsumeArgs) -> Result<(), String> {
+    if let Some(group) = args.group.clone() {
+        return crate::group_consume::consume(args, group).await;
+    }
     let mut admin = admin(&args.conn.broker).await?;
     let d = admin
         .describe_topic(pb::DescribeTopicRequest {

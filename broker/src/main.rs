@@ -11,6 +11,7 @@ mod bench;
 mod bench_kafka;
 mod cli;
 mod config;
+mod group_consume;
 mod groups;
 mod grpc;
 mod http;

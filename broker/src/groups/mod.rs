@@ -12,30 +12,10 @@
 //! value schemas, to partition `abs(hash(group)) % 50` of that compacted topic; they are replayed
 //! from it at start-up (see [`offsets_log`]). This broker coordinates every group (single node).
 
+pub mod consumer_protocol;
 pub mod offsets_log;
 
-/// The (topic, partition)s in a consumer-protocol assignment (`int16 version` + Kafka's
-/// ConsumerProtocolAssignment); empty if the bytes are not one.
-pub fn decode_assignment(bytes: &Bytes) -> Vec<(String, i32)> {
-    use bytes::Buf;
-    use kafka_protocol::protocol::Decodable;
-    let mut b = bytes.clone();
-    if b.remaining() < 2 {
-        return Vec::new();
-    }
-    let version = b.get_i16().clamp(0, 3);
-    kafka_protocol::messages::ConsumerProtocolAssignment::decode(&mut b, version)
-        .map(|a| {
-            a.assigned_partitions
-                .into_iter()
-                .flat_map(|tp| {
-                    let t = tp.topic.0.to_string();
-                    tp.partitions.into_iter().map(move |p| (t.clone(), p))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
+pub use consumer_protocol::decode_assignment;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -549,11 +529,14 @@ impl GroupCoordinator {
                 if !g.members.contains_key(member) {
                     return code::UNKNOWN_MEMBER_ID;
                 }
+                // Kafka's rule: while a rebalance is being prepared the current generation may
+                // still commit (consumers commit what they processed before rejoining); once the
+                // join phase is over, the old generation's assignment no longer holds.
+                if g.state() == State::CompletingRebalance {
+                    return code::REBALANCE_IN_PROGRESS;
+                }
                 if generation != g.generation {
                     return code::ILLEGAL_GENERATION;
-                }
-                if g.state() == State::PreparingRebalance {
-                    return code::REBALANCE_IN_PROGRESS;
                 }
             }
         }
@@ -792,17 +775,8 @@ mod tests {
             c.heartbeat("g", 1, &a.member_id),
             code::REBALANCE_IN_PROGRESS
         );
-        let a2 = c.join(join(&a.member_id, 1000)).await;
-        let b = b.await.unwrap();
-        assert_eq!((a2.generation, b.generation), (2, 2));
-        assert_eq!(a2.leader, a.member_id, "the leader stays");
-        assert_eq!(
-            (a2.members.len(), b.members.len()),
-            (2, 0),
-            "only the leader sees the members"
-        );
-        // Commits are checked against the generation.
-        let off = |o| {
+        // While the rebalance is being prepared, the current generation may still commit.
+        let committed = |o| {
             vec![(
                 "t".to_string(),
                 0,
@@ -815,8 +789,27 @@ mod tests {
             )]
         };
         assert_eq!(
-            c.commit("g", 1, &a.member_id, off(5)).await,
-            code::ILLEGAL_GENERATION
+            c.commit("g", 1, &a.member_id, committed(3)).await,
+            code::NONE
+        );
+        let a2 = c.join(join(&a.member_id, 1000)).await;
+        let b = b.await.unwrap();
+        assert_eq!((a2.generation, b.generation), (2, 2));
+        assert_eq!(a2.leader, a.member_id, "the leader stays");
+        assert_eq!(
+            (a2.members.len(), b.members.len()),
+            (2, 0),
+            "only the leader sees the members"
+        );
+        // Commits are checked against the generation.
+        assert_eq!(
+            c.commit("g", 1, &a.member_id, committed(5)).await,
+            code::REBALANCE_IN_PROGRESS,
+            "the join phase is over: generation 1's assignment no longer holds"
+        );
+        assert_eq!(
+            c.fetch_offsets("g", None)[0].2.as_ref().map(|c| c.offset),
+            Some(3)
         );
         // b stops heartbeating: its session (1 s) expires and a rebalance starts without it.
         let deadline = Instant::now() + Duration::from_secs(5);

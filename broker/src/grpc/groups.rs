@@ -1,5 +1,7 @@
-//! `sluice.v1.Groups`: operators' view of consumer groups — list, describe, lag, reset offsets,
-//! delete. The groups themselves are formed by Kafka clients through the Kafka listener.
+//! `sluice.v1.Groups`: consumer groups over gRPC — membership with server-side (range)
+//! assignment and offset commits for gRPC consumers, and the operators' view: list, describe,
+//! lag, reset offsets, delete. Kafka clients form groups through the Kafka listener; both land in
+//! the same [`GroupCoordinator`], so a group is the same group from either side.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,7 +9,8 @@ use std::sync::Arc;
 use sluice_proto::v1::{self as pb, groups_server::Groups};
 use tonic::{Request, Response, Status};
 
-use crate::groups::{code, decode_assignment, Committed, GroupCoordinator};
+use crate::groups::consumer_protocol::{encode_subscription, range_assign, RANGE};
+use crate::groups::{code, decode_assignment, Committed, GroupCoordinator, JoinRequest};
 use crate::topics::TopicManager;
 
 pub struct GroupsService {
@@ -35,8 +38,211 @@ impl GroupsService {
     }
 }
 
+/// The status for a group-protocol error code on a member's request.
+fn member_status(code: i16, what: &str) -> Status {
+    match code {
+        code::REBALANCE_IN_PROGRESS => Status::aborted(format!(
+            "{what}: the group is rebalancing; rejoin with the same member id"
+        )),
+        code::ILLEGAL_GENERATION => Status::aborted(format!(
+            "{what}: the group has moved to a newer generation; rejoin"
+        )),
+        code::UNKNOWN_MEMBER_ID => Status::aborted(format!(
+            "{what}: unknown member (its session may have expired); rejoin"
+        )),
+        code::INVALID_GROUP_ID => Status::invalid_argument(format!("{what}: empty group id")),
+        code::INVALID_SESSION_TIMEOUT => {
+            Status::invalid_argument(format!("{what}: session_timeout_ms must be 1000..=1800000"))
+        }
+        code::INCONSISTENT_GROUP_PROTOCOL => Status::failed_precondition(format!(
+            "{what}: the group's members use a protocol that does not include \"range\""
+        )),
+        code::KAFKA_STORAGE_ERROR => {
+            Status::unavailable(format!("{what}: could not write __consumer_offsets"))
+        }
+        other => Status::internal(format!("{what}: Kafka error {other}")),
+    }
+}
+
+/// How many join/sync rounds one JoinGroup call rides through before giving up; each round ends
+/// in a rebalance that another member started, so this only trips under constant churn.
+const MAX_JOIN_ROUNDS: usize = 10;
+
 #[tonic::async_trait]
 impl Groups for GroupsService {
+    async fn join_group(
+        &self,
+        req: Request<pb::JoinGroupRequest>,
+    ) -> Result<Response<pb::JoinGroupResponse>, Status> {
+        let host = req
+            .remote_addr()
+            .map_or_else(String::new, |a| format!("/{}", a.ip()));
+        let r = req.into_inner();
+        if r.topics.is_empty() {
+            return Err(Status::invalid_argument("subscribe to at least one topic"));
+        }
+        let ms = |v: u32, default: u64| {
+            std::time::Duration::from_millis(if v == 0 { default } else { u64::from(v) })
+        };
+        let subscription = encode_subscription(&r.topics.iter().cloned().collect());
+        let mut member_id = r.member_id;
+        for _ in 0..MAX_JOIN_ROUNDS {
+            let joined = self
+                .groups
+                .join(JoinRequest {
+                    group: r.group.clone(),
+                    member_id: member_id.clone(),
+                    instance_id: r.group_instance_id.clone(),
+                    client_id: r.client_id.clone(),
+                    client_host: host.clone(),
+                    protocol_type: "consumer".into(),
+                    protocols: vec![(RANGE.into(), subscription.clone())],
+                    session_timeout: ms(r.session_timeout_ms, 45_000),
+                    rebalance_timeout: ms(r.rebalance_timeout_ms, 60_000),
+                })
+                .await;
+            match joined.error {
+                code::NONE => {}
+                // Forgotten (expired) members start over with a new id, as Kafka clients do.
+                code::UNKNOWN_MEMBER_ID if !member_id.is_empty() => {
+                    member_id.clear();
+                    continue;
+                }
+                code::REBALANCE_IN_PROGRESS => continue,
+                other => return Err(member_status(other, "join")),
+            }
+            member_id = joined.member_id.clone();
+            // The leader assigns for everyone; the others wait in SyncGroup for it.
+            let assignments = if joined.leader == joined.member_id {
+                let topics = &self.topics;
+                let members: Vec<(String, bytes::Bytes)> = joined
+                    .members
+                    .iter()
+                    .map(|(id, _, meta)| (id.clone(), meta.clone()))
+                    .collect();
+                range_assign(&members, |t| {
+                    topics.get(t).ok().map(|t| t.partitions.len() as u32)
+                })
+            } else {
+                Vec::new()
+            };
+            let synced = self
+                .groups
+                .sync(&r.group, joined.generation, &member_id, assignments)
+                .await;
+            match synced.error {
+                code::NONE => {
+                    return Ok(Response::new(pb::JoinGroupResponse {
+                        member_id,
+                        generation: joined.generation,
+                        leader_id: joined.leader,
+                        assignment: decode_assignment(&synced.assignment)
+                            .into_iter()
+                            .map(|(topic, p)| pb::TopicPartition {
+                                topic,
+                                partition: p.max(0) as u32,
+                            })
+                            .collect(),
+                    }))
+                }
+                code::UNKNOWN_MEMBER_ID => member_id.clear(),
+                // A rebalance started between join and sync: go round again.
+                _ => {}
+            }
+        }
+        Err(Status::unavailable(format!(
+            "group {:?} kept rebalancing; try again",
+            r.group
+        )))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        let status = match self.groups.heartbeat(&r.group, r.generation, &r.member_id) {
+            code::NONE => pb::MemberStatus::Ok,
+            code::REBALANCE_IN_PROGRESS => pb::MemberStatus::Rebalance,
+            _ => pb::MemberStatus::Fenced,
+        };
+        Ok(Response::new(pb::HeartbeatResponse {
+            status: status as i32,
+        }))
+    }
+
+    async fn leave_group(
+        &self,
+        req: Request<pb::LeaveGroupRequest>,
+    ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
+        let r = req.into_inner();
+        match self.groups.leave(&r.group, &r.member_id) {
+            code::NONE => Ok(Response::new(pb::LeaveGroupResponse {})),
+            _ => Err(Status::not_found(format!(
+                "group {:?} has no member {:?}",
+                r.group, r.member_id
+            ))),
+        }
+    }
+
+    async fn commit_offsets(
+        &self,
+        req: Request<pb::CommitOffsetsRequest>,
+    ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
+        let r = req.into_inner();
+        if r.group.is_empty() {
+            return Err(Status::invalid_argument("empty group id"));
+        }
+        let mut offsets = Vec::with_capacity(r.offsets.len());
+        for o in r.offsets {
+            let offset = i64::try_from(o.offset)
+                .map_err(|_| Status::invalid_argument("offset out of range"))?;
+            offsets.push((
+                o.topic,
+                o.partition as i32,
+                Committed {
+                    offset,
+                    leader_epoch: -1,
+                    metadata: o.metadata,
+                    timestamp: now_ms(),
+                },
+            ));
+        }
+        match self
+            .groups
+            .commit(&r.group, r.generation, &r.member_id, offsets)
+            .await
+        {
+            code::NONE => Ok(Response::new(pb::CommitOffsetsResponse {})),
+            other => Err(member_status(other, "commit")),
+        }
+    }
+
+    async fn fetch_offsets(
+        &self,
+        req: Request<pb::FetchOffsetsRequest>,
+    ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
+        let r = req.into_inner();
+        let wanted = (!r.partitions.is_empty()).then(|| {
+            r.partitions
+                .into_iter()
+                .map(|tp| (tp.topic, tp.partition as i32))
+                .collect()
+        });
+        let offsets = self
+            .groups
+            .fetch_offsets(&r.group, wanted)
+            .into_iter()
+            .map(|(topic, p, c)| pb::CommittedOffset {
+                topic,
+                partition: p.max(0) as u32,
+                offset: c.as_ref().and_then(|c| u64::try_from(c.offset).ok()),
+                metadata: c.map(|c| c.metadata).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::FetchOffsetsResponse { offsets }))
+    }
+
     async fn list_groups(
         &self,
         _req: Request<pb::ListGroupsRequest>,

@@ -1,0 +1,357 @@
+//! `sluice consume TOPIC --group G`: a consumer-group member over gRPC.
+//!
+//! The broker assigns partitions (JoinGroup blocks through the rebalance and returns ours). We
+//! start each partition at the group's committed offset, or at the earliest/latest offset when
+//! there is none, fetch with long polls, and print. Offsets are committed only after the records
+//! they cover are written to stdout and flushed, so a crash at any point re-delivers rather than
+//! skips (at least once). A heartbeat every third of the session timeout keeps us in the group;
+//! when it says the group is rebalancing, we commit what we printed, stop fetching and rejoin.
+//! SIGINT/SIGTERM or `--max-messages` commit, leave the group (so the others take our partitions
+//! at once, not after the session timeout) and exit 0.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::consumer_client::ConsumerClient;
+use sluice_proto::v1::groups_client::GroupsClient;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+use crate::cli::{status_message, ConsumeArgs, Output};
+
+type Tp = (String, u32);
+
+/// What one membership (one generation) ended with.
+enum Ended {
+    /// Rejoin: the group is rebalancing or we were fenced.
+    Rejoin,
+    /// Stop: a signal or --max-messages.
+    Done,
+}
+
+struct Member {
+    groups: GroupsClient<Channel>,
+    consumer: ConsumerClient<Channel>,
+    group: String,
+    member_id: String,
+    generation: i32,
+    /// Next offset to commit per partition (what has been printed), and whether it moved since
+    /// the last commit.
+    printed: BTreeMap<Tp, (u64, bool)>,
+}
+
+impl Member {
+    async fn commit(&mut self) -> Result<(), tonic::Status> {
+        let offsets: Vec<pb::OffsetToCommit> = self
+            .printed
+            .iter()
+            .filter(|(_, (_, dirty))| *dirty)
+            .map(|((topic, partition), (offset, _))| pb::OffsetToCommit {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                metadata: String::new(),
+            })
+            .collect();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.groups
+            .commit_offsets(pb::CommitOffsetsRequest {
+                group: self.group.clone(),
+                member_id: self.member_id.clone(),
+                generation: self.generation,
+                offsets,
+            })
+            .await?;
+        for (_, dirty) in self.printed.values_mut() {
+            *dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Where to start a partition: the committed offset, else earliest or latest.
+    async fn start_offsets(
+        &mut self,
+        assignment: &[Tp],
+        from_beginning: bool,
+    ) -> Result<BTreeMap<Tp, u64>, String> {
+        let committed: BTreeMap<Tp, u64> = self
+            .groups
+            .fetch_offsets(pb::FetchOffsetsRequest {
+                group: self.group.clone(),
+                partitions: assignment
+                    .iter()
+                    .map(|(topic, partition)| pb::TopicPartition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                    })
+                    .collect(),
+            })
+            .await
+            .map_err(status_message)?
+            .into_inner()
+            .offsets
+            .into_iter()
+            .filter_map(|o| o.offset.map(|off| ((o.topic, o.partition), off)))
+            .collect();
+        let mut out = BTreeMap::new();
+        for tp in assignment {
+            let start = match committed.get(tp) {
+                Some(o) => *o,
+                None => self.reset_offset(tp, from_beginning).await?,
+            };
+            out.insert(tp.clone(), start);
+        }
+        Ok(out)
+    }
+
+    /// Kafka's auto.offset.reset: earliest with --from-beginning, else latest.
+    async fn reset_offset(&mut self, tp: &Tp, earliest: bool) -> Result<u64, String> {
+        let spec = if earliest {
+            pb::OffsetSpec::Earliest
+        } else {
+            pb::OffsetSpec::Latest
+        };
+        let r = self
+            .consumer
+            .list_offsets(pb::ListOffsetsRequest {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                spec: spec as i32,
+                timestamp_ms: 0,
+            })
+            .await
+            .map_err(status_message)?
+            .into_inner();
+        Ok(r.offset.unwrap_or(0))
+    }
+}
+
+/// A partition's fetch loop: long polls from `offset` until `stop`, sending each non-empty
+/// response. An offset that fell below the log start (retention) restarts at the earliest.
+async fn fetch_partition(
+    mut client: ConsumerClient<Channel>,
+    tp: Tp,
+    mut offset: u64,
+    tx: mpsc::Sender<Result<(Tp, pb::FetchResponse), String>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let req = pb::FetchRequest {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            offset,
+            max_bytes: 0,
+            max_wait_ms: 500,
+            min_bytes: 1,
+        };
+        let r = tokio::select! {
+            r = client.fetch(req) => r,
+            _ = stop.changed() => return,
+        };
+        match r {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                if resp.records.is_empty() {
+                    offset = resp.next_offset.max(offset);
+                    continue;
+                }
+                offset = resp.next_offset.max(offset);
+                if tx.send(Ok((tp.clone(), resp))).await.is_err() {
+                    return;
+                }
+            }
+            Err(s) if s.code() == tonic::Code::OutOfRange => {
+                let earliest = client
+                    .list_offsets(pb::ListOffsetsRequest {
+                        topic: tp.0.clone(),
+                        partition: tp.1,
+                        spec: pb::OffsetSpec::Earliest as i32,
+                        timestamp_ms: 0,
+                    })
+                    .await
+                    .map(|r| r.into_inner().offset.unwrap_or(0));
+                match earliest {
+                    Ok(o) if o > offset => offset = o,
+                    _ => {
+                        let _ = tx.send(Err(status_message(s))).await;
+                        return;
+                    }
+                }
+            }
+            Err(s) => {
+                let _ = tx.send(Err(status_message(s))).await;
+                return;
+            }
+        }
+    }
+}
+
+pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
+    let channel = crate::cli::channel(&args.conn.broker).await?;
+    let mut m = Member {
+        groups: GroupsClient::new(channel.clone()),
+        consumer: crate::cli::consumer(&args.conn.broker).await?,
+        group,
+        member_id: String::new(),
+        generation: -1,
+        printed: BTreeMap::new(),
+    };
+    let session = Duration::from_millis(args.session_timeout_ms.into());
+    let commit_every = Duration::from_millis(args.commit_interval_ms);
+    let max = args.max_messages.unwrap_or(u64::MAX);
+    let mut count = 0u64;
+    let signal = crate::server::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let joined = tokio::select! {
+            r = m.groups.join_group(pb::JoinGroupRequest {
+                group: m.group.clone(),
+                topics: vec![args.topic.clone()],
+                member_id: m.member_id.clone(),
+                group_instance_id: args.group_instance_id.clone(),
+                client_id: "sluice-cli".into(),
+                session_timeout_ms: args.session_timeout_ms,
+                rebalance_timeout_ms: 0,
+            }) => r.map_err(status_message)?.into_inner(),
+            _ = &mut signal => return Ok(()),
+        };
+        m.member_id = joined.member_id;
+        m.generation = joined.generation;
+        let assignment: Vec<Tp> = joined
+            .assignment
+            .into_iter()
+            .map(|tp| (tp.topic, tp.partition))
+            .collect();
+        eprintln!(
+            "joined group {} generation {} as {}: {}",
+            m.group,
+            m.generation,
+            m.member_id,
+            if assignment.is_empty() {
+                "no partitions".to_string()
+            } else {
+                assignment
+                    .iter()
+                    .map(|(t, p)| format!("{t}/{p}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        );
+        m.printed.clear();
+        let starts = m.start_offsets(&assignment, args.from_beginning).await?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (tx, mut rx) = mpsc::channel(16);
+        for (tp, start) in starts {
+            tokio::spawn(fetch_partition(
+                m.consumer.clone(),
+                tp,
+                start,
+                tx.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        drop(tx);
+        let mut heartbeat = tokio::time::interval(session / 3);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut commit_tick = tokio::time::interval(commit_every);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle = false;
+        let ended = loop {
+            tokio::select! {
+                item = rx.recv(), if !idle => {
+                    let Some(item) = item else {
+                        // No partitions (more members than partitions): just heartbeat until the
+                        // next rebalance.
+                        idle = true;
+                        continue;
+                    };
+                    let (tp, resp) = item?;
+                    let printed = print_records(&args, &tp, &resp, max - count)?;
+                    count += printed.0;
+                    if let Some(next) = printed.1 {
+                        m.printed.insert(tp, (next, true));
+                    }
+                    if count >= max {
+                        break Ended::Done;
+                    }
+                }
+                _ = commit_tick.tick() => {
+                    if let Err(s) = m.commit().await {
+                        if s.code() == tonic::Code::Aborted {
+                            break Ended::Rejoin;
+                        }
+                        return Err(status_message(s));
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let status = m.groups.heartbeat(pb::HeartbeatRequest {
+                        group: m.group.clone(),
+                        member_id: m.member_id.clone(),
+                        generation: m.generation,
+                    }).await.map_err(status_message)?.into_inner().status();
+                    match status {
+                        pb::MemberStatus::Ok => {}
+                        pb::MemberStatus::Rebalance => break Ended::Rejoin,
+                        pb::MemberStatus::Fenced => {
+                            // Our partitions may already be someone else's: no commit.
+                            m.printed.clear();
+                            break Ended::Rejoin;
+                        }
+                    }
+                }
+                _ = &mut signal => break Ended::Done,
+            }
+        };
+        let _ = stop_tx.send(true);
+        // As in Kafka, a group that is preparing a rebalance still takes the current
+        // generation's commits, so what we printed is not read twice. A refusal (we were fenced)
+        // only means those records come again to the partition's next owner.
+        if let Err(s) = m.commit().await {
+            eprintln!("commit before {}: {}", m.group, status_message(s));
+        }
+        if let Ended::Done = ended {
+            let _ = m
+                .groups
+                .leave_group(pb::LeaveGroupRequest {
+                    group: m.group.clone(),
+                    member_id: m.member_id.clone(),
+                })
+                .await;
+            return Ok(());
+        }
+    }
+}
+
+/// Prints up to `limit` records of a response and flushes; returns how many were printed and the
+/// next offset to commit for the partition.
+fn print_records(
+    args: &ConsumeArgs,
+    tp: &Tp,
+    resp: &pb::FetchResponse,
+    limit: u64,
+) -> Result<(u64, Option<u64>), String> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut n = 0u64;
+    let mut next = None;
+    for r in resp
+        .records
+        .iter()
+        .take(limit.min(usize::MAX as u64) as usize)
+    {
+        let line = match args.conn.output {
+            Output::Json => crate::cli::render_json(&tp.0, tp.1, r),
+            Output::Table => crate::cli::render(&args.format, &tp.0, tp.1, r),
+        };
+        out.write_all(&line)
+            .map_err(|e| format!("writing stdout: {e}"))?;
+        n += 1;
+        next = Some(r.offset + 1);
+    }
+    out.flush().map_err(|e| format!("writing stdout: {e}"))?;
+    Ok((n, next))
+}

@@ -1,0 +1,355 @@
+//! gRPC consumer groups end to end: real `sluice consume --group` processes (gRPC members with
+//! server-side assignment) against a real broker.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{sluice_bin, Broker};
+
+/// A `sluice consume --group` process whose stdout lines are collected as they arrive.
+struct GroupConsumer {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl GroupConsumer {
+    fn start(b: &Broker, topic: &str, group: &str, extra: &[&str]) -> GroupConsumer {
+        let mut child = Command::new(sluice_bin())
+            .args(["consume", topic, "--group", group, "--from-beginning"])
+            .args([
+                "--session-timeout-ms",
+                "2000",
+                "--commit-interval-ms",
+                "200",
+            ])
+            .args(["--format", "%p %o %s"])
+            .args(extra)
+            .env("SLUICE_BROKER", b.addr())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sluice consume --group");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        GroupConsumer { child, lines }
+    }
+
+    /// (partition, offset, value) of every record printed so far.
+    fn records(&self) -> Vec<(u32, u64, String)> {
+        Self::parse(&self.lines.lock().unwrap())
+    }
+
+    fn parse(lines: &[String]) -> Vec<(u32, u64, String)> {
+        lines
+            .iter()
+            .map(|l| {
+                let mut f = l.splitn(3, ' ');
+                let p = f.next().unwrap().parse().unwrap();
+                let o = f.next().unwrap().parse().unwrap();
+                (p, o, f.next().unwrap_or_default().to_string())
+            })
+            .collect()
+    }
+
+    fn sigterm(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("consumer did not exit after SIGTERM");
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json(b: &Broker, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let o = b.cli(&all, None);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("json output")
+}
+
+/// member id → assigned partitions of topic `t`.
+fn assignment(b: &Broker, group: &str) -> (String, BTreeMap<String, BTreeSet<u64>>) {
+    let d = json(b, &["group", "describe", group]);
+    let members = d["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let parts = m["assignment"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|tp| {
+                    let tp = tp.as_str().unwrap(); // "topic-partition"
+                    tp.rsplit_once('-').unwrap().1.parse().unwrap()
+                })
+                .collect();
+            (m["member_id"].as_str().unwrap().to_string(), parts)
+        })
+        .collect();
+    (d["state"].as_str().unwrap().to_string(), members)
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn produce(b: &Broker, topic: &str, from: u32, to: u32) {
+    let input: String = (from..to).map(|i| format!("k{i}:v{i}\n")).collect();
+    let o = b.cli(&["produce", topic, "--key-separator", ":"], Some(&input));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Checks every partition's lag row: lag = log end offset − committed offset. Returns
+/// partition → (committed, log end).
+fn lag_rows(b: &Broker, group: &str) -> BTreeMap<u64, (Option<u64>, u64)> {
+    let lag = json(b, &["group", "lag", group]);
+    let mut total = 0;
+    let rows = lag["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let committed = r["committed_offset"].as_u64();
+            let end = r["log_end_offset"].as_u64().unwrap();
+            let lag = committed.map(|c| end - c);
+            assert_eq!(r["lag"].as_u64(), lag, "{r}");
+            total += lag.unwrap_or(0);
+            (r["partition"].as_u64().unwrap(), (committed, end))
+        })
+        .collect();
+    assert_eq!(lag["total_lag"].as_u64(), Some(total));
+    rows
+}
+
+#[test]
+fn grpc_group_members_split_rebalance_on_silent_death_commit_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sluice.toml");
+    std::fs::write(&cfg, "group_initial_rebalance_delay_ms = 300\n").unwrap();
+    let mut b = Broker::start_with(vec!["--config".into(), cfg.display().to_string()]);
+    let topic = "orders";
+    let out = b.cli(&["topic", "create", topic, "--partitions", "6"], None);
+    assert!(out.status.success());
+    produce(&b, topic, 0, 600);
+
+    // Three members split six partitions two each.
+    let mut consumers: Vec<GroupConsumer> = (0..3)
+        .map(|_| GroupConsumer::start(&b, topic, "g", &[]))
+        .collect();
+    let members = wait_for("a 2/2/2 split", Duration::from_secs(30), || {
+        let (state, m) = assignment(&b, "g");
+        (state == "Stable" && m.len() == 3 && m.values().all(|p| p.len() == 2)).then_some(m)
+    });
+    let all: BTreeSet<u64> = members.values().flatten().copied().collect();
+    assert_eq!(all, (0..6).collect(), "every partition has one owner");
+    wait_for(
+        "the first 600 to be committed",
+        Duration::from_secs(30),
+        || {
+            let rows = lag_rows(&b, "g");
+            (rows.len() == 6 && rows.values().all(|(c, e)| *c == Some(*e))).then_some(())
+        },
+    );
+
+    // Kill one member outright (no LeaveGroup) while more records arrive.
+    let victim = consumers.remove(1);
+    let victim_partitions: BTreeSet<u32> = victim.records().iter().map(|r| r.0).collect();
+    let victim_lines = victim.lines.clone();
+    drop(victim); // SIGKILL
+    std::thread::sleep(Duration::from_millis(100)); // its stdout reader drains the pipe
+    let victim_records = GroupConsumer::parse(&victim_lines.lock().unwrap());
+    produce(&b, topic, 600, 900);
+    let (_, right_after) = assignment(&b, "g");
+    assert_eq!(
+        right_after.len(),
+        3,
+        "a silent member stays until its session expires"
+    );
+    let killed_at = Instant::now();
+    let after = wait_for(
+        "the survivors to take over",
+        Duration::from_secs(30),
+        || {
+            let (state, m) = assignment(&b, "g");
+            (state == "Stable" && m.len() == 2 && m.values().all(|p| p.len() == 3)).then_some(m)
+        },
+    );
+    assert!(
+        killed_at.elapsed() >= Duration::from_millis(1000),
+        "partitions moved before the 2 s session timeout could have passed"
+    );
+    let owned: BTreeSet<u64> = after.values().flatten().copied().collect();
+    assert_eq!(owned, (0..6).collect());
+    assert!(!victim_partitions.is_empty());
+    wait_for("all 900 committed", Duration::from_secs(30), || {
+        let rows = lag_rows(&b, "g");
+        let total: u64 = rows.values().map(|(_, e)| e).sum();
+        (total == 900 && rows.values().all(|(c, e)| *c == Some(*e))).then_some(())
+    });
+
+    // At least once, nothing skipped: every partition's offsets 0..end were printed by someone.
+    let mut seen: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+    let mut values = BTreeSet::new();
+    for (p, o, v) in consumers
+        .iter()
+        .flat_map(|c| c.records())
+        .chain(victim_records)
+    {
+        seen.entry(p).or_default().insert(o);
+        values.insert(v);
+    }
+    assert_eq!(values.len(), 900, "every produced record was consumed");
+    let ends = lag_rows(&b, "g");
+    for (p, (_, end)) in &ends {
+        let offsets = &seen[&(*p as u32)];
+        assert_eq!(offsets.len() as u64, *end, "partition {p}: a gap");
+        assert_eq!(offsets.last().copied(), end.checked_sub(1));
+    }
+
+    // SIGTERM: members commit, leave and exit 0; the group is empty.
+    for c in &mut consumers {
+        assert_eq!(c.sigterm(), Some(0));
+    }
+    let (state, m) = assignment(&b, "g");
+    assert_eq!((state.as_str(), m.len()), ("Empty", 0));
+
+    // Lag is log end minus committed; 60 new records show up as lag 60.
+    produce(&b, topic, 900, 960);
+    let before = lag_rows(&b, "g");
+    assert_eq!(
+        before.values().map(|(c, e)| e - c.unwrap()).sum::<u64>(),
+        60
+    );
+
+    // Committed offsets survive a broker restart.
+    assert_eq!(b.terminate(), Some(0));
+    b.launch();
+    assert_eq!(lag_rows(&b, "g"), before);
+
+    // A new member resumes from the commits: exactly the 60 new records.
+    let mut resumed = GroupConsumer::start(&b, topic, "g", &["--max-messages", "60"]);
+    let code = wait_for(
+        "the resumed member to finish",
+        Duration::from_secs(30),
+        || resumed.child.try_wait().ok().flatten(),
+    );
+    assert_eq!(code.code(), Some(0));
+    std::thread::sleep(Duration::from_millis(100));
+    let got: BTreeSet<String> = resumed.records().into_iter().map(|r| r.2).collect();
+    assert_eq!(got, (900..960).map(|i| format!("v{i}")).collect());
+    assert!(lag_rows(&b, "g").values().all(|(c, e)| *c == Some(*e)));
+}
+
+#[test]
+fn grpc_group_errors_are_statuses() {
+    let b = Broker::start();
+    // Out-of-range session timeouts are refused by the CLI before any request.
+    let o = b.cli(
+        &["consume", "t", "--group", "g", "--session-timeout-ms", "10"],
+        None,
+    );
+    assert!(!o.status.success());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut groups = sluice_proto::v1::groups_client::GroupsClient::new(b.channel().await);
+        let join =
+            |group: &str, topics: Vec<String>, session: u32| sluice_proto::v1::JoinGroupRequest {
+                group: group.into(),
+                topics,
+                session_timeout_ms: session,
+                ..Default::default()
+            };
+        let e = groups.join_group(join("g", vec![], 0)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        let e = groups
+            .join_group(join("", vec!["t".into()], 0))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        let e = groups
+            .join_group(join("g", vec!["t".into()], 10))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        // A commit from a member the group does not know: ABORTED (rejoin), nothing stored.
+        groups
+            .join_group(join("g2", vec!["t".into()], 5000))
+            .await
+            .expect("join");
+        let e = groups
+            .commit_offsets(sluice_proto::v1::CommitOffsetsRequest {
+                group: "g2".into(),
+                member_id: "stranger".into(),
+                generation: 1,
+                offsets: vec![sluice_proto::v1::OffsetToCommit {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: 5,
+                    metadata: String::new(),
+                }],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Aborted, "{e}");
+        let fetched = groups
+            .fetch_offsets(sluice_proto::v1::FetchOffsetsRequest {
+                group: "g2".into(),
+                partitions: vec![sluice_proto::v1::TopicPartition {
+                    topic: "t".into(),
+                    partition: 0,
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(fetched.offsets[0].offset, None);
+        let hb = groups
+            .heartbeat(sluice_proto::v1::HeartbeatRequest {
+                group: "g2".into(),
+                member_id: "stranger".into(),
+                generation: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(hb.status(), sluice_proto::v1::MemberStatus::Fenced);
+    });
+}
