@@ -66,6 +66,11 @@ pub struct BrokerConfig {
     /// How long a new consumer group waits for more members before its first rebalance completes
     /// (Kafka `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
+    /// How long an empty consumer group keeps its committed offsets, counted from when it
+    /// emptied and from the commit (Kafka `offsets.retention.minutes`).
+    pub offsets_retention_minutes: u64,
+    /// How often expired offsets are looked for (Kafka `offsets.retention.check.interval.ms`).
+    pub offsets_retention_check_interval_ms: u64,
     /// Log filter (`info`, `sluice=debug`, ...); `RUST_LOG` overrides it.
     pub log_level: String,
     /// Broker-wide defaults for topic configs, by Kafka name.
@@ -92,6 +97,8 @@ impl Default for BrokerConfig {
             log_cleaner_backoff_ms: 15_000,
             log_cleaner_io_max_bytes_per_second: 0,
             group_initial_rebalance_delay_ms: 3_000,
+            offsets_retention_minutes: 10_080,
+            offsets_retention_check_interval_ms: 600_000,
             log_level: "info".into(),
             topic_defaults: BTreeMap::new(),
         }

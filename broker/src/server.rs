@@ -121,8 +121,16 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
 
     let groups = {
         let t = topics.clone();
-        let delay = Duration::from_millis(config.group_initial_rebalance_delay_ms);
-        tokio::task::spawn_blocking(move || crate::groups::GroupCoordinator::open(t, delay))
+        let settings = crate::groups::GroupSettings {
+            initial_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
+            offsets_retention: Duration::from_secs(
+                config.offsets_retention_minutes.saturating_mul(60),
+            ),
+            retention_check_interval: Duration::from_millis(
+                config.offsets_retention_check_interval_ms,
+            ),
+        };
+        tokio::task::spawn_blocking(move || crate::groups::GroupCoordinator::open(t, settings))
             .await
             .map_err(|e| ServeError::Server(e.to_string()))?
     };

@@ -116,11 +116,99 @@ struct Group {
     pending_syncs: HashMap<String, oneshot::Sender<SyncResult>>,
     rebalance_deadline: Option<Instant>,
     offsets: BTreeMap<(String, i32), Committed>,
+    /// When the group entered its state (ms since the epoch; 0 if unknown): an empty group's
+    /// offsets expire `offsets_retention_minutes` after it.
+    state_since_ms: i64,
+    /// The membership changed in a way worth storing (a completed rebalance, or empty again).
+    needs_store: bool,
 }
 
 impl Group {
     fn state(&self) -> State {
         self.state.unwrap_or(State::Empty)
+    }
+
+    fn set_state(&mut self, state: State) {
+        self.state = Some(state);
+        self.state_since_ms = now_ms();
+        // Kafka stores a group when a rebalance completes and when it empties.
+        if matches!(state, State::Stable | State::Empty) {
+            self.needs_store = true;
+        }
+    }
+
+    /// What `__consumer_offsets` keeps of the membership.
+    fn snapshot(&self) -> offsets_log::GroupSnapshot {
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        offsets_log::GroupSnapshot {
+            protocol_type: self.protocol_type.clone(),
+            generation: self.generation,
+            protocol: non_empty(&self.protocol),
+            leader: non_empty(&self.leader),
+            state_timestamp: self.state_since_ms,
+            members: self
+                .members
+                .values()
+                .map(|m| offsets_log::MemberSnapshot {
+                    id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    rebalance_timeout_ms: m.rebalance_timeout.as_millis() as i32,
+                    session_timeout_ms: m.session_timeout.as_millis() as i32,
+                    subscription: m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == self.protocol)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default(),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A group as stored: members are back as they were, with a full session to heartbeat in
+    /// (Kafka loads such groups as Stable), or Empty.
+    fn restore(snapshot: offsets_log::GroupSnapshot) -> Group {
+        let protocol = snapshot.protocol.unwrap_or_default();
+        let now = Instant::now();
+        let members: BTreeMap<String, Member> = snapshot
+            .members
+            .into_iter()
+            .map(|m| {
+                let ms = |v: i32| Duration::from_millis(v.max(0) as u64);
+                (
+                    m.id.clone(),
+                    Member {
+                        id: m.id,
+                        instance_id: m.instance_id,
+                        client_id: m.client_id,
+                        client_host: m.client_host,
+                        session_timeout: ms(m.session_timeout_ms),
+                        rebalance_timeout: ms(m.rebalance_timeout_ms),
+                        protocols: vec![(protocol.clone(), m.subscription)],
+                        assignment: m.assignment,
+                        last_heartbeat: now,
+                        joined: false,
+                    },
+                )
+            })
+            .collect();
+        Group {
+            state: Some(if members.is_empty() {
+                State::Empty
+            } else {
+                State::Stable
+            }),
+            generation: snapshot.generation,
+            protocol_type: snapshot.protocol_type,
+            protocol,
+            leader: snapshot.leader.unwrap_or_default(),
+            members,
+            state_since_ms: snapshot.state_timestamp.max(0),
+            ..Default::default()
+        }
     }
 
     /// Starts (or keeps) a rebalance: everyone must rejoin before the deadline.
@@ -144,7 +232,7 @@ impl Group {
         for m in self.members.values_mut() {
             m.joined = self.pending_joins.contains_key(&m.id);
         }
-        self.state = Some(State::PreparingRebalance);
+        self.set_state(State::PreparingRebalance);
         // A new group waits a little for more members (Kafka's group.initial.rebalance.delay.ms).
         let wait = if was_empty { initial_delay } else { timeout };
         self.rebalance_deadline = Some(Instant::now() + wait);
@@ -169,7 +257,7 @@ impl Group {
         self.generation += 1;
         self.rebalance_deadline = None;
         if self.members.is_empty() {
-            self.state = Some(State::Empty);
+            self.set_state(State::Empty);
             self.leader.clear();
             self.protocol.clear();
             return;
@@ -192,7 +280,7 @@ impl Group {
                     .all(|m| m.protocols.iter().any(|(n, _)| n == name))
             })
             .unwrap_or_default();
-        self.state = Some(State::CompletingRebalance);
+        self.set_state(State::CompletingRebalance);
         let members: Vec<(String, Option<String>, Bytes)> = self
             .members
             .values()
@@ -239,7 +327,7 @@ impl Group {
         }
         self.pending_syncs.remove(id);
         if self.members.is_empty() {
-            self.state = Some(State::Empty);
+            self.set_state(State::Empty);
             self.generation += 1;
             self.leader.clear();
             self.rebalance_deadline = None;
@@ -265,20 +353,51 @@ pub struct JoinRequest {
     pub rebalance_timeout: Duration,
 }
 
+/// The coordinator's settings (broker config).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSettings {
+    /// `group_initial_rebalance_delay_ms`.
+    pub initial_delay: Duration,
+    /// `offsets_retention_minutes`: how long an empty group keeps its committed offsets.
+    pub offsets_retention: Duration,
+    /// `offsets_retention_check_interval_ms`.
+    pub retention_check_interval: Duration,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        GroupSettings {
+            initial_delay: Duration::from_millis(3_000),
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
+            retention_check_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
     topics: Arc<TopicManager>,
-    initial_delay: Duration,
+    settings: GroupSettings,
     next_member: std::sync::atomic::AtomicU64,
 }
 
 impl GroupCoordinator {
-    /// Creates the coordinator and replays committed offsets from `__consumer_offsets`.
-    pub fn open(topics: Arc<TopicManager>, initial_delay: Duration) -> Arc<GroupCoordinator> {
+    /// Creates the coordinator and rebuilds groups (membership and committed offsets) from
+    /// `__consumer_offsets`.
+    pub fn open(topics: Arc<TopicManager>, settings: GroupSettings) -> Arc<GroupCoordinator> {
         let mut groups: HashMap<String, Group> = HashMap::new();
         match offsets_log::replay(&topics) {
-            Ok(committed) => {
-                for ((group, topic, partition), c) in committed {
+            Ok(replayed) => {
+                for (name, snapshot) in replayed.groups {
+                    groups.insert(name, Group::restore(snapshot));
+                }
+                for ((group, topic, partition), c) in replayed.offsets {
                     groups
                         .entry(group)
                         .or_default()
@@ -289,12 +408,12 @@ impl GroupCoordinator {
             Err(e) => tracing::error!(error = %e, "could not replay __consumer_offsets"),
         }
         if !groups.is_empty() {
-            tracing::info!(groups = groups.len(), "replayed committed offsets");
+            tracing::info!(groups = groups.len(), "rebuilt consumer groups");
         }
         Arc::new(GroupCoordinator {
             groups: Mutex::new(groups),
             topics,
-            initial_delay,
+            settings,
             next_member: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -388,7 +507,7 @@ impl GroupCoordinator {
                 });
             }
             if g.state() != State::PreparingRebalance {
-                g.prepare_rebalance(self.initial_delay);
+                g.prepare_rebalance(self.settings.initial_delay);
                 if let Some(m) = g.members.get_mut(&member_id) {
                     m.joined = true;
                 }
@@ -464,7 +583,7 @@ impl GroupCoordinator {
                         m.assignment = a;
                     }
                 }
-                g.state = Some(State::Stable);
+                g.set_state(State::Stable);
                 let waiting: Vec<(String, oneshot::Sender<SyncResult>)> =
                     g.pending_syncs.drain().collect();
                 for (id, tx) in waiting {
@@ -506,7 +625,7 @@ impl GroupCoordinator {
         let mut groups = self.lock();
         match groups.get_mut(group) {
             Some(g) if g.members.contains_key(member) => {
-                g.remove_member(member, self.initial_delay);
+                g.remove_member(member, self.settings.initial_delay);
                 code::NONE
             }
             _ => code::UNKNOWN_MEMBER_ID,
@@ -615,7 +734,12 @@ impl GroupCoordinator {
                 Some(g) => g.offsets.keys().cloned().collect(),
             }
         };
-        if let Err(e) = offsets_log::append_tombstones(&self.topics, group, &keys).await {
+        let mut records: Vec<_> = keys
+            .iter()
+            .map(|(t, p)| offsets_log::offset_record(group, t, *p, None))
+            .collect();
+        records.push(offsets_log::group_record(group, None));
+        if let Err(e) = offsets_log::append_records(&self.topics, group, records).await {
             tracing::error!(group, error = %e, "could not delete committed offsets");
             return code::KAFKA_STORAGE_ERROR;
         }
@@ -661,7 +785,11 @@ impl GroupCoordinator {
                 .collect();
             (codes, doomed)
         };
-        if let Err(e) = offsets_log::append_tombstones(&self.topics, group, &doomed).await {
+        let records = doomed
+            .iter()
+            .map(|(t, p)| offsets_log::offset_record(group, t, *p, None))
+            .collect();
+        if let Err(e) = offsets_log::append_records(&self.topics, group, records).await {
             tracing::error!(group, error = %e, "could not delete committed offsets");
             return Err(code::KAFKA_STORAGE_ERROR);
         }
@@ -684,30 +812,121 @@ impl GroupCoordinator {
                 g.complete_join();
                 continue;
             }
-            if matches!(g.state(), State::Stable | State::CompletingRebalance) {
-                let expired: Vec<String> = g
-                    .members
-                    .values()
-                    .filter(|m| now.duration_since(m.last_heartbeat) > m.session_timeout)
-                    .map(|m| m.id.clone())
-                    .collect();
-                for id in expired {
-                    tracing::info!(group = %name, member = %id, "session expired");
-                    g.remove_member(&id, self.initial_delay);
+            // As in Kafka, a member waiting in JoinGroup or SyncGroup is alive; any other member
+            // that has not been heard from within its session is gone, whatever the state (so a
+            // member that died mid-rebalance, or one restored from __consumer_offsets that never
+            // comes back, holds a rebalance up for its session timeout, not the rebalance timeout).
+            let expired: Vec<String> = g
+                .members
+                .values()
+                .filter(|m| {
+                    !g.pending_joins.contains_key(&m.id)
+                        && !g.pending_syncs.contains_key(&m.id)
+                        && now.duration_since(m.last_heartbeat) > m.session_timeout
+                })
+                .map(|m| m.id.clone())
+                .collect();
+            for id in expired {
+                tracing::info!(group = %name, member = %id, "session expired");
+                g.remove_member(&id, self.settings.initial_delay);
+            }
+        }
+    }
+
+    /// Writes the membership of groups whose rebalance completed or that emptied.
+    pub async fn store_groups(&self) {
+        let pending: Vec<(String, offsets_log::GroupSnapshot)> = self
+            .lock()
+            .iter_mut()
+            .filter(|(_, g)| g.needs_store)
+            .map(|(name, g)| {
+                g.needs_store = false;
+                (name.clone(), g.snapshot())
+            })
+            .collect();
+        for (name, snapshot) in pending {
+            let record = offsets_log::group_record(&name, Some(&snapshot));
+            if let Err(e) = offsets_log::append_records(&self.topics, &name, vec![record]).await {
+                tracing::error!(group = %name, error = %e, "could not store group metadata");
+                if let Some(g) = self.lock().get_mut(&name) {
+                    g.needs_store = true;
                 }
             }
         }
     }
 
-    /// Runs [`GroupCoordinator::tick`] until `stop`.
+    /// Kafka's offsets.retention.minutes: an empty group's committed offsets expire once the
+    /// retention has passed since the group emptied and since the commit. A group left with no
+    /// members and no offsets is deleted. Returns how many offsets expired.
+    pub async fn expire_offsets(&self, now_ms: i64) -> usize {
+        let retention = self.settings.offsets_retention.as_millis() as i64;
+        // (group, its expired partitions, whether that was all it had)
+        type Expired = (String, Vec<(String, i32)>, bool);
+        let doomed: Vec<Expired> = self
+            .lock()
+            .iter()
+            .filter(|(_, g)| g.state() == State::Empty)
+            .filter_map(|(name, g)| {
+                let expired: Vec<(String, i32)> = g
+                    .offsets
+                    .iter()
+                    .filter(|(_, c)| c.timestamp.max(g.state_since_ms) + retention <= now_ms)
+                    .map(|(tp, _)| tp.clone())
+                    .collect();
+                let drop_group = expired.len() == g.offsets.len();
+                (!expired.is_empty()).then(|| (name.clone(), expired, drop_group))
+            })
+            .collect();
+        let mut count = 0;
+        for (name, expired, drop_group) in doomed {
+            let mut records: Vec<_> = expired
+                .iter()
+                .map(|(t, p)| offsets_log::offset_record(&name, t, *p, None))
+                .collect();
+            if drop_group {
+                records.push(offsets_log::group_record(&name, None));
+            }
+            if let Err(e) = offsets_log::append_records(&self.topics, &name, records).await {
+                tracing::error!(group = %name, error = %e, "could not expire offsets");
+                continue;
+            }
+            let mut groups = self.lock();
+            if let Some(g) = groups.get_mut(&name) {
+                for tp in &expired {
+                    g.offsets.remove(tp);
+                }
+                count += expired.len();
+                if g.offsets.is_empty() && g.members.is_empty() {
+                    groups.remove(&name);
+                }
+            }
+            tracing::info!(group = %name, offsets = expired.len(), "expired committed offsets");
+        }
+        count
+    }
+
+    /// Runs [`GroupCoordinator::tick`], stores changed groups and expires offsets until `stop`;
+    /// then stores what changed last.
     pub async fn run_ticker(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut retention = tokio::time::interval(
+            self.settings
+                .retention_check_interval
+                .max(Duration::from_millis(10)),
+        );
         loop {
             tokio::select! {
-                _ = tick.tick() => self.tick(),
-                _ = stop.changed() => return,
+                _ = tick.tick() => {
+                    self.tick();
+                    self.store_groups().await;
+                }
+                _ = retention.tick() => {
+                    self.expire_offsets(now_ms()).await;
+                }
+                _ = stop.changed() => break,
             }
         }
+        self.store_groups().await;
     }
 }
 
@@ -721,7 +940,13 @@ mod tests {
             ..Default::default()
         });
         let topics = Arc::new(TopicManager::open(config).unwrap());
-        GroupCoordinator::open(topics, Duration::from_millis(50))
+        GroupCoordinator::open(
+            topics,
+            GroupSettings {
+                initial_delay: Duration::from_millis(50),
+                ..Default::default()
+            },
+        )
     }
 
     fn join(member: &str, session_ms: u64) -> JoinRequest {
@@ -823,6 +1048,121 @@ mod tests {
             "the silent member expired"
         );
         ticker.abort();
+    }
+
+    fn offset(o: i64, timestamp: i64) -> Vec<(String, i32, Committed)> {
+        vec![(
+            "t".to_string(),
+            0,
+            Committed {
+                offset: o,
+                leader_epoch: -1,
+                metadata: String::new(),
+                timestamp,
+            },
+        )]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn membership_is_stored_and_rebuilt_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (member, assignment) = {
+            let c = coordinator(dir.path());
+            let ticker = tokio::spawn(ticking(c.clone()));
+            let a = c.join(join("", 5000)).await;
+            let s = c
+                .sync(
+                    "g",
+                    a.generation,
+                    &a.member_id,
+                    vec![(a.member_id.clone(), Bytes::from_static(b"t:0,1"))],
+                )
+                .await;
+            assert_eq!(s.error, code::NONE);
+            assert_eq!(
+                c.commit("g", 1, &a.member_id, offset(7, 1)).await,
+                code::NONE
+            );
+            c.store_groups().await;
+            ticker.abort();
+            (a.member_id, s.assignment)
+        };
+        // Reopened: the member is still there with its assignment, in the same generation, so
+        // its heartbeats go on without a rebalance (what Kafka clients expect after a failover).
+        let c = coordinator(dir.path());
+        let (state, ptype, protocol, members) = c.describe("g").unwrap();
+        assert_eq!(
+            (state, ptype.as_str(), protocol.as_str()),
+            (State::Stable, "consumer", "range")
+        );
+        assert_eq!(members.len(), 1);
+        assert_eq!(
+            (&members[0].id, &members[0].assignment),
+            (&member, &assignment)
+        );
+        assert_eq!(members[0].session_timeout, Duration::from_millis(5000));
+        assert_eq!(c.heartbeat("g", 1, &member), code::NONE);
+        assert_eq!(c.fetch_offsets("g", None)[0].2.as_ref().unwrap().offset, 7);
+        // It leaves; the empty group is stored too and comes back empty, offsets kept.
+        assert_eq!(c.leave("g", &member), code::NONE);
+        c.store_groups().await;
+        drop(c);
+        let c = coordinator(dir.path());
+        let (state, _, _, members) = c.describe("g").unwrap();
+        assert_eq!((state, members.len()), (State::Empty, 0));
+        assert_eq!(c.fetch_offsets("g", None).len(), 1);
+        // Deleting the group tombstones its membership as well as its offsets.
+        assert_eq!(c.delete_group("g").await, code::NONE);
+        drop(c);
+        assert!(coordinator(dir.path()).describe("g").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_groups_offsets_expire_after_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let config = Arc::new(crate::config::BrokerConfig {
+                data_dir: dir.path().to_path_buf(),
+                ..Default::default()
+            });
+            let topics = Arc::new(TopicManager::open(config).unwrap());
+            GroupCoordinator::open(
+                topics,
+                GroupSettings {
+                    initial_delay: Duration::from_millis(10),
+                    offsets_retention: Duration::from_secs(60),
+                    ..Default::default()
+                },
+            )
+        };
+        let c = open();
+        let t0 = now_ms();
+        assert_eq!(c.commit("idle", -1, "", offset(5, t0)).await, code::NONE);
+        // A group with a member keeps its offsets however old they are.
+        let ticker = tokio::spawn(ticking(c.clone()));
+        let mut j = join("", 30_000);
+        j.group = "busy".into();
+        let a = c.join(j).await;
+        c.sync("busy", a.generation, &a.member_id, Vec::new()).await;
+        assert_eq!(
+            c.commit("busy", a.generation, &a.member_id, offset(9, t0))
+                .await,
+            code::NONE
+        );
+        assert_eq!(c.expire_offsets(t0 + 30_000).await, 0, "not yet");
+        assert_eq!(c.expire_offsets(t0 + 61_000).await, 1);
+        assert!(c.fetch_offsets("idle", None).is_empty());
+        assert!(
+            c.describe("idle").is_none(),
+            "an empty group without offsets is gone"
+        );
+        assert_eq!(c.fetch_offsets("busy", None).len(), 1);
+        ticker.abort();
+        drop(c);
+        // The expiry was written to __consumer_offsets.
+        let c = open();
+        assert!(c.fetch_offsets("idle", None).is_empty());
+        assert_eq!(c.fetch_offsets("busy", None).len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,19 @@
-//! Committed offsets in `__consumer_offsets`, in Kafka's own schemas so Kafka tools can read them:
+//! Group state in `__consumer_offsets`, in Kafka's own schemas so Kafka tools can read it:
 //!
-//! - key, `OffsetCommitKey` v1: `int16 version=1, string group, string topic, int32 partition`
-//! - value, `OffsetCommitValue` v3: `int16 version=3, int64 offset, int32 leader_epoch,
-//!   string metadata, int64 commit_timestamp` (v1 values are also read back)
+//! - committed offsets: key `OffsetCommitKey` v1 (`int16 version=1, string group, string topic,
+//!   int32 partition`), value `OffsetCommitValue` v3 (`int16 version=3, int64 offset, int32
+//!   leader_epoch, string metadata, int64 commit_timestamp`; v0/v1 values are read back too);
+//! - group membership: key `GroupMetadataKey` v2 (`int16 version=2, string group`), value
+//!   `GroupMetadataValue` v3 (`int16 version=3, string protocol_type, int32 generation, nullable
+//!   string protocol, nullable string leader, int64 current_state_timestamp, int32 count` of
+//!   members: `string member_id, nullable string group_instance_id, string client_id, string
+//!   client_host, int32 rebalance_timeout, int32 session_timeout, bytes subscription, bytes
+//!   assignment`; v0–v2 are read back too).
 //!
-//! Strings are `int16 length + UTF-8`, big-endian like the rest of the protocol. A group's records
-//! go to partition `abs(javaHashCode(group)) % 50`, as in Kafka; the topic is compacted, so the
-//! latest commit per (group, topic, partition) is what survives.
+//! Strings are `int16 length + UTF-8` (−1 for null), bytes `int32 length`, big-endian like the
+//! rest of the protocol. A group's records go to partition `abs(javaHashCode(group)) % 50`, as in
+//! Kafka; the topic is compacted, so the latest record per key is what survives, and a null value
+//! (tombstone) deletes the key.
 
 use std::collections::BTreeMap;
 
@@ -35,15 +42,171 @@ fn put_string(b: &mut BytesMut, s: &str) {
     b.put_slice(&s.as_bytes()[..s.len().min(i16::MAX as usize)]);
 }
 
+fn put_nullable_string(b: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => put_string(b, s),
+        None => b.put_i16(-1),
+    }
+}
+
+fn put_bytes(b: &mut BytesMut, v: &[u8]) {
+    b.put_i32(v.len() as i32);
+    b.put_slice(v);
+}
+
 fn get_string(b: &mut Bytes) -> Option<String> {
+    get_nullable_string(b)?
+}
+
+/// `Some(None)` for a null string, `None` for malformed bytes.
+fn get_nullable_string(b: &mut Bytes) -> Option<Option<String>> {
     if b.remaining() < 2 {
         return None;
     }
     let n = b.get_i16();
+    if n == -1 {
+        return Some(None);
+    }
     if n < 0 || b.remaining() < n as usize {
         return None;
     }
-    String::from_utf8(b.split_to(n as usize).to_vec()).ok()
+    String::from_utf8(b.split_to(n as usize).to_vec())
+        .ok()
+        .map(Some)
+}
+
+fn get_bytes(b: &mut Bytes) -> Option<Bytes> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = b.get_i32();
+    if n < 0 {
+        return Some(Bytes::new());
+    }
+    (b.remaining() >= n as usize).then(|| b.split_to(n as usize))
+}
+
+fn get_i32(b: &mut Bytes) -> Option<i32> {
+    (b.remaining() >= 4).then(|| b.get_i32())
+}
+
+/// A group's membership as it is stored (Kafka's GroupMetadataValue).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupSnapshot {
+    pub protocol_type: String,
+    pub generation: i32,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    /// When the group entered its current state (ms since the epoch), -1 if unknown.
+    pub state_timestamp: i64,
+    pub members: Vec<MemberSnapshot>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberSnapshot {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub session_timeout_ms: i32,
+    /// The member's metadata for the group's protocol.
+    pub subscription: Bytes,
+    pub assignment: Bytes,
+}
+
+pub fn encode_group_key(group: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i16(2);
+    put_string(&mut b, group);
+    b.freeze()
+}
+
+pub fn encode_group_value(g: &GroupSnapshot) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i16(3);
+    put_string(&mut b, &g.protocol_type);
+    b.put_i32(g.generation);
+    put_nullable_string(&mut b, g.protocol.as_deref());
+    put_nullable_string(&mut b, g.leader.as_deref());
+    b.put_i64(g.state_timestamp);
+    b.put_i32(g.members.len() as i32);
+    for m in &g.members {
+        put_string(&mut b, &m.id);
+        put_nullable_string(&mut b, m.instance_id.as_deref());
+        put_string(&mut b, &m.client_id);
+        put_string(&mut b, &m.client_host);
+        b.put_i32(m.rebalance_timeout_ms);
+        b.put_i32(m.session_timeout_ms);
+        put_bytes(&mut b, &m.subscription);
+        put_bytes(&mut b, &m.assignment);
+    }
+    b.freeze()
+}
+
+/// Versions 0–3 (version 4 is a flexible encoding Kafka writes only with newer metadata
+/// versions; it is not read here).
+pub fn decode_group_value(mut b: Bytes) -> Option<GroupSnapshot> {
+    if b.remaining() < 2 {
+        return None;
+    }
+    let version = b.get_i16();
+    if !(0..=3).contains(&version) {
+        return None;
+    }
+    let protocol_type = get_string(&mut b)?;
+    let generation = get_i32(&mut b)?;
+    let protocol = get_nullable_string(&mut b)?;
+    let leader = get_nullable_string(&mut b)?;
+    let state_timestamp = if version >= 2 {
+        (b.remaining() >= 8).then(|| b.get_i64())?
+    } else {
+        -1
+    };
+    let count = get_i32(&mut b)?;
+    let mut members = Vec::new();
+    for _ in 0..count.max(0) {
+        let id = get_string(&mut b)?;
+        let instance_id = if version >= 3 {
+            get_nullable_string(&mut b)?
+        } else {
+            None
+        };
+        let client_id = get_string(&mut b)?;
+        let client_host = get_string(&mut b)?;
+        let first = get_i32(&mut b)?;
+        // v0 has only the session timeout, which then also bounds rebalances.
+        let (rebalance_timeout_ms, session_timeout_ms) = if version >= 1 {
+            (first, get_i32(&mut b)?)
+        } else {
+            (first, first)
+        };
+        members.push(MemberSnapshot {
+            id,
+            instance_id,
+            client_id,
+            client_host,
+            rebalance_timeout_ms,
+            session_timeout_ms,
+            subscription: get_bytes(&mut b)?,
+            assignment: get_bytes(&mut b)?,
+        });
+    }
+    Some(GroupSnapshot {
+        protocol_type,
+        generation,
+        protocol,
+        leader,
+        state_timestamp,
+        members,
+    })
+}
+
+/// A `__consumer_offsets` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Offset(String, String, i32),
+    Group(String),
 }
 
 pub fn encode_key(group: &str, topic: &str, partition: i32) -> Bytes {
@@ -65,9 +228,9 @@ pub fn encode_value(c: &Committed) -> Bytes {
     b.freeze()
 }
 
-/// `(group, topic, partition)` of an offset-commit key; `None` for other record kinds (group
-/// metadata keys are version 2).
-pub fn decode_key(mut b: Bytes) -> Option<(String, String, i32)> {
+/// An offset-commit key (versions 0 and 1) or a group-metadata key (version 2); `None` for
+/// anything else.
+pub fn decode_key(mut b: Bytes) -> Option<Key> {
     if b.remaining() < 2 {
         return None;
     }
@@ -75,8 +238,9 @@ pub fn decode_key(mut b: Bytes) -> Option<(String, String, i32)> {
         0 | 1 => {
             let group = get_string(&mut b)?;
             let topic = get_string(&mut b)?;
-            (b.remaining() >= 4).then(|| (group, topic, b.get_i32()))
+            (b.remaining() >= 4).then(|| Key::Offset(group, topic, b.get_i32()))
         }
+        2 => Some(Key::Group(get_string(&mut b)?)),
         _ => None,
     }
 }
@@ -128,6 +292,21 @@ fn ensure_topic(topics: &TopicManager) -> Result<std::sync::Arc<crate::topics::T
     }
 }
 
+/// The record storing (or, with `None`, deleting) a committed offset.
+pub fn offset_record(
+    group: &str,
+    topic: &str,
+    partition: i32,
+    c: Option<&Committed>,
+) -> (Bytes, Option<Bytes>) {
+    (encode_key(group, topic, partition), c.map(encode_value))
+}
+
+/// The record storing (or, with `None`, deleting) a group's membership.
+pub fn group_record(group: &str, g: Option<&GroupSnapshot>) -> (Bytes, Option<Bytes>) {
+    (encode_group_key(group), g.map(encode_group_value))
+}
+
 /// Appends one record per committed offset to the group's partition, as one batch.
 pub async fn append(
     topics: &TopicManager,
@@ -136,25 +315,13 @@ pub async fn append(
 ) -> Result<(), String> {
     let records = offsets
         .iter()
-        .map(|(t, p, c)| (encode_key(group, t, *p), Some(encode_value(c))))
+        .map(|(t, p, c)| offset_record(group, t, *p, Some(c)))
         .collect();
     append_records(topics, group, records).await
 }
 
-/// Appends tombstones (null values) for these keys: compaction then removes the commits.
-pub async fn append_tombstones(
-    topics: &TopicManager,
-    group: &str,
-    keys: &[(String, i32)],
-) -> Result<(), String> {
-    let records = keys
-        .iter()
-        .map(|(t, p)| (encode_key(group, t, *p), None))
-        .collect();
-    append_records(topics, group, records).await
-}
-
-async fn append_records(
+/// Appends these key/value records, as one batch, to the group's partition.
+pub async fn append_records(
     topics: &TopicManager,
     group: &str,
     records: Vec<(Bytes, Option<Bytes>)>,
@@ -189,9 +356,16 @@ async fn append_records(
         .map_err(|e| e.to_string())
 }
 
-/// Every committed offset in `__consumer_offsets`, latest per key, tombstones applied.
-pub fn replay(topics: &TopicManager) -> Result<BTreeMap<(String, String, i32), Committed>, String> {
-    let mut out = BTreeMap::new();
+/// What `__consumer_offsets` holds: the latest record per key, tombstones applied.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub offsets: BTreeMap<(String, String, i32), Committed>,
+    pub groups: BTreeMap<String, GroupSnapshot>,
+}
+
+/// Reads `__consumer_offsets` from the start of every partition.
+pub fn replay(topics: &TopicManager) -> Result<Replayed, String> {
+    let mut out = Replayed::default();
     let Ok(topic) = topics.get(TOPIC) else {
         return Ok(out);
     };
@@ -206,16 +380,24 @@ pub fn replay(topics: &TopicManager) -> Result<BTreeMap<(String, String, i32), C
                 break;
             }
             for r in sluice_log::decode_batches(&data, 64 << 20).map_err(|e| e.to_string())? {
-                let Some(key) = r.key.and_then(decode_key) else {
-                    continue;
-                };
-                match r.value.and_then(decode_value) {
-                    Some(c) => {
-                        out.insert(key, c);
-                    }
-                    None => {
-                        out.remove(&key);
-                    }
+                match r.key.and_then(decode_key) {
+                    Some(Key::Offset(g, t, p)) => match r.value.and_then(decode_value) {
+                        Some(c) => {
+                            out.offsets.insert((g, t, p), c);
+                        }
+                        None => {
+                            out.offsets.remove(&(g, t, p));
+                        }
+                    },
+                    Some(Key::Group(g)) => match r.value.and_then(decode_group_value) {
+                        Some(snapshot) => {
+                            out.groups.insert(g, snapshot);
+                        }
+                        None => {
+                            out.groups.remove(&g);
+                        }
+                    },
+                    None => {}
                 }
             }
             offset = info.next_offset;
@@ -235,7 +417,10 @@ mod tests {
             &k[..],
             &[0, 1, 0, 1, b'g', 0, 6, b'o', b'r', b'd', b'e', b'r', b's', 0, 0, 0, 7]
         );
-        assert_eq!(decode_key(k), Some(("g".into(), "orders".into(), 7)));
+        assert_eq!(
+            decode_key(k),
+            Some(Key::Offset("g".into(), "orders".into(), 7))
+        );
         let c = Committed {
             offset: 42,
             leader_epoch: 3,
@@ -245,10 +430,52 @@ mod tests {
         assert_eq!(decode_value(encode_value(&c)), Some(c));
         assert_eq!(
             decode_key(Bytes::from_static(&[0, 2, 0, 1, b'g'])),
-            None,
+            Some(Key::Group("g".into())),
             "group metadata key"
         );
+        assert_eq!(decode_key(Bytes::from_static(&[0, 9, 0, 1, b'g'])), None);
         assert_eq!(decode_value(Bytes::from_static(&[0, 3, 1])), None);
+    }
+
+    #[test]
+    fn group_metadata_round_trips_in_kafkas_layout() {
+        let g = GroupSnapshot {
+            protocol_type: "consumer".into(),
+            generation: 4,
+            protocol: Some("range".into()),
+            leader: Some("m1".into()),
+            state_timestamp: 1_700_000_000_000,
+            members: vec![MemberSnapshot {
+                id: "m1".into(),
+                instance_id: None,
+                client_id: "c".into(),
+                client_host: "/h".into(),
+                rebalance_timeout_ms: 60_000,
+                session_timeout_ms: 10_000,
+                subscription: Bytes::from_static(b"sub"),
+                assignment: Bytes::from_static(b"as"),
+            }],
+        };
+        let v = encode_group_value(&g);
+        let mut expected = vec![0, 3, 0, 8];
+        expected.extend(b"consumer");
+        expected.extend([0, 0, 0, 4, 0, 5]);
+        expected.extend(b"range");
+        expected.extend([0, 2, b'm', b'1']);
+        expected.extend(1_700_000_000_000i64.to_be_bytes());
+        expected.extend([
+            0, 0, 0, 1, 0, 2, b'm', b'1', 0xff, 0xff, 0, 1, b'c', 0, 2, b'/', b'h',
+        ]);
+        expected.extend(60_000i32.to_be_bytes());
+        expected.extend(10_000i32.to_be_bytes());
+        expected.extend([0, 0, 0, 3, b's', b'u', b'b', 0, 0, 0, 2, b'a', b's']);
+        assert_eq!(&v[..], &expected[..]);
+        assert_eq!(decode_group_value(v.clone()), Some(g));
+        // Truncated values are refused, not misread.
+        for cut in 0..v.len() {
+            assert_eq!(decode_group_value(v.slice(..cut)), None, "cut at {cut}");
+        }
+        assert_eq!(&encode_group_key("g")[..], &[0, 2, 0, 1, b'g']);
     }
 
     #[test]

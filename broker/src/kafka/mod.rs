@@ -339,7 +339,10 @@ mod fuzz {
         Ctx {
             groups: crate::groups::GroupCoordinator::open(
                 topics.clone(),
-                std::time::Duration::from_millis(10),
+                crate::groups::GroupSettings {
+                    initial_delay: std::time::Duration::from_millis(10),
+                    ..Default::default()
+                },
             ),
             topics,
             config,
