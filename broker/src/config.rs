@@ -63,6 +63,9 @@ pub struct BrokerConfig {
     /// Read rate cap of the cleaner, bytes/s; 0 = unlimited
     /// (Kafka `log.cleaner.io.max.bytes.per.second`).
     pub log_cleaner_io_max_bytes_per_second: u64,
+    /// Memory for the cleaner's key → offset map (Kafka `log.cleaner.dedupe.buffer.size`); a
+    /// log with more distinct keys than fit is cleaned over several passes.
+    pub log_cleaner_dedupe_buffer_size: usize,
     /// How long a new consumer group waits for more members before its first rebalance completes
     /// (Kafka `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
@@ -96,6 +99,7 @@ impl Default for BrokerConfig {
             flush_check_interval_ms: 1_000,
             log_cleaner_backoff_ms: 15_000,
             log_cleaner_io_max_bytes_per_second: 0,
+            log_cleaner_dedupe_buffer_size: 128 << 20,
             group_initial_rebalance_delay_ms: 3_000,
             offsets_retention_minutes: 10_080,
             offsets_retention_check_interval_ms: 600_000,

@@ -222,8 +222,7 @@ async fn background_duties(
             }
             _ = cleaner.tick() => {
                 let t = topics.clone();
-                let limit = config.log_cleaner_io_max_bytes_per_second;
-                let _ = tokio::task::spawn_blocking(move || t.run_compaction(limit)).await;
+                let _ = tokio::task::spawn_blocking(move || t.run_compaction()).await;
             }
             _ = stop.changed() => return,
         }

@@ -415,14 +415,18 @@ impl TopicManager {
     }
 
     /// One compaction pass over every compacted partition that is dirty enough.
-    pub fn run_compaction(&self, io_bytes_per_sec: u64) {
-        let limit = (io_bytes_per_sec > 0).then_some(io_bytes_per_sec);
+    pub fn run_compaction(&self) {
+        let options = sluice_log::CleanerOptions {
+            io_bytes_per_sec: Some(self.config.log_cleaner_io_max_bytes_per_second)
+                .filter(|r| *r > 0),
+            dedupe_buffer_bytes: self.config.log_cleaner_dedupe_buffer_size,
+        };
         for t in self.list() {
             if !t.settings().log.cleanup_compact {
                 continue;
             }
             for p in &t.partitions {
-                if let Err(e) = p.log().compact(limit) {
+                if let Err(e) = p.log().compact(&options) {
                     tracing::error!(topic = %t.name, partition = p.index(), error = %e, "compaction failed");
                 }
             }

@@ -46,7 +46,7 @@ pub use crate::batch::{BatchHeader, TimestampType};
 pub use crate::compression::Compression;
 pub use crate::config::{Clock, LogConfig, ManualClock, SystemClock, LOG_CONFIG_KEYS};
 pub use crate::error::{BatchError, LogError, Result};
-pub use crate::log::{AppendInfo, CleanStats, Log, ReadInfo};
+pub use crate::log::{AppendInfo, CleanStats, CleanerOptions, Log, ReadInfo, MAP_ENTRY_OVERHEAD};
 pub use crate::record::{
     decode_batch, decode_batches, BatchBuilder, BatchTemplate, Header, Record, StoredRecord,
 };

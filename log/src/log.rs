@@ -25,7 +25,9 @@ use crate::error::{IoContext, LogError, Result};
 use crate::segment::{self, FileRegion, LogSegment};
 
 mod cleaner;
-pub use cleaner::{CleanStats, CLEANED_SUFFIX, CLEANER_CHECKPOINT_FILE};
+pub use cleaner::{
+    CleanStats, CleanerOptions, CLEANED_SUFFIX, CLEANER_CHECKPOINT_FILE, MAP_ENTRY_OVERHEAD,
+};
 
 /// What an append did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -769,9 +771,9 @@ impl Log {
     // ---- compaction ------------------------------------------------------------------------
 
     /// One compaction pass if the topic is compacted and enough of the log is dirty (see
-    /// `log/cleaner.rs`); `None` when there was nothing to do. `io_bytes_per_sec` throttles reads.
-    pub fn compact(&self, io_bytes_per_sec: Option<u64>) -> Result<Option<CleanStats>> {
-        cleaner::compact(self, io_bytes_per_sec)
+    /// `log/cleaner.rs`); `None` when there was nothing to do.
+    pub fn compact(&self, options: &CleanerOptions) -> Result<Option<CleanStats>> {
+        cleaner::compact(self, options)
     }
 
     // ---- shutdown --------------------------------------------------------------------------

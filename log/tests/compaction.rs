@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
-use sluice_log::{BatchBuilder, Clock, Compression, Log, LogConfig, ManualClock, Record};
+use sluice_log::{
+    BatchBuilder, CleanerOptions, Clock, Compression, Log, LogConfig, ManualClock, Record,
+};
 
 fn config() -> LogConfig {
     let mut c = LogConfig {
@@ -74,7 +76,7 @@ fn many_updates_per_key_shrink_to_the_latest_value_at_original_offsets() {
     let before = log.size_bytes();
     let leo = log.log_end_offset();
     let stats = log
-        .compact(None)
+        .compact(&CleanerOptions::default())
         .unwrap()
         .expect("dirty log gets compacted");
     assert!(
@@ -120,7 +122,7 @@ fn many_updates_per_key_shrink_to_the_latest_value_at_original_offsets() {
         "offsets increase"
     );
     // A second pass right away has nothing dirty to do.
-    assert_eq!(log.compact(None).unwrap(), None);
+    assert_eq!(log.compact(&CleanerOptions::default()).unwrap(), None);
     // The compacted log survives a crash-restart (recovery accepts the offset gaps) and a clean one.
     drop(log);
     let log = Log::open_with_clock(dir.path(), config(), clock.clone()).unwrap();
@@ -155,7 +157,7 @@ fn tombstones_vanish_after_delete_retention_ms() {
             Compression::None,
         );
     }
-    log.compact(None).unwrap();
+    log.compact(&CleanerOptions::default()).unwrap();
     let c1 = contents(&log);
     assert!(
         c1.iter().any(|(_, k, v)| k == "a" && v.is_none()),
@@ -176,7 +178,9 @@ fn tombstones_vanish_after_delete_retention_ms() {
             Compression::None,
         );
     }
-    log.compact(None).unwrap().expect("compacts again");
+    log.compact(&CleanerOptions::default())
+        .unwrap()
+        .expect("compacts again");
     let c2 = contents(&log);
     assert!(
         !c2.iter().any(|(_, k, _)| k == "a"),
@@ -201,17 +205,17 @@ fn dirty_ratio_and_compaction_lag_hold_cleaning_back() {
         );
     }
     assert_eq!(
-        log.compact(None).unwrap(),
+        log.compact(&CleanerOptions::default()).unwrap(),
         None,
         "records younger than min.compaction.lag.ms stay"
     );
     clock.advance(10_001);
     put(&log, &clock, &[("k", Some("last"))], Compression::None);
-    assert!(log.compact(None).unwrap().is_some());
+    assert!(log.compact(&CleanerOptions::default()).unwrap().is_some());
     // Non-compacted topics are never compacted.
     let dir2 = tempfile::tempdir().unwrap();
     let plain = Log::open(dir2.path(), LogConfig::default()).unwrap();
-    assert_eq!(plain.compact(None).unwrap(), None);
+    assert_eq!(plain.compact(&CleanerOptions::default()).unwrap(), None);
 }
 
 #[test]
@@ -227,7 +231,9 @@ fn a_once_compacted_log_recovers_after_switching_to_delete() {
             Compression::None,
         );
     }
-    log.compact(None).unwrap().expect("compacted");
+    log.compact(&CleanerOptions::default())
+        .unwrap()
+        .expect("compacted");
     let compacted = contents(&log);
     drop(log);
     // Forget what was flushed so every segment is scanned, and recover under cleanup.policy=delete:
@@ -274,11 +280,66 @@ fn a_crash_mid_clean_leaves_a_consistent_log() {
     assert_eq!(contents(&log), before);
     assert!(dir.path().join(format!("{:020}.index", bases[1])).exists());
     // And a real pass still works afterwards.
-    assert!(log.compact(None).unwrap().is_some());
+    assert!(log.compact(&CleanerOptions::default()).unwrap().is_some());
     let after = contents(&log);
     for k in 0..4 {
         let key = format!("k{k}");
         let last = before.iter().rev().find(|(_, kk, _)| *kk == key).unwrap();
         assert!(after.contains(last), "latest {key} kept");
     }
+}
+
+#[test]
+fn a_small_offset_map_cleans_in_several_passes_to_the_same_result() {
+    let clock = Arc::new(ManualClock::new(TS0));
+    let mut c = config();
+    // Keep cleaning while anything is dirty, so the passes run to the end.
+    c.set("min.cleanable.dirty.ratio", "0").unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let logs: Vec<Log> = dirs
+        .iter()
+        .map(|d| Log::open_with_clock(d.path(), c.clone(), clock.clone()).unwrap())
+        .collect();
+    // 150 keys, each written three times, ten records per batch.
+    for round in 0..3 {
+        for chunk in 0..15 {
+            let kvs: Vec<(String, String)> = (0..10)
+                .map(|i| {
+                    let k = chunk * 10 + i;
+                    (format!("key-{k:03}"), format!("v{round}-{k}"))
+                })
+                .collect();
+            let refs: Vec<(&str, Option<&str>)> = kvs
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+                .collect();
+            for log in &logs {
+                put(log, &clock, &refs, Compression::None);
+            }
+        }
+    }
+    let unbounded = &logs[0];
+    unbounded
+        .compact(&CleanerOptions::default())
+        .unwrap()
+        .expect("compacts");
+    // Room for 25 keys: far fewer than the 150 distinct ones.
+    let small = CleanerOptions {
+        io_bytes_per_sec: None,
+        dedupe_buffer_bytes: 25 * ("key-000".len() + sluice_log::MAP_ENTRY_OVERHEAD),
+    };
+    let bounded = &logs[1];
+    let mut passes = Vec::new();
+    while let Some(stats) = bounded.compact(&small).unwrap() {
+        passes.push(stats.cleaned_up_to);
+        assert!(passes.len() < 100, "no progress: {passes:?}");
+    }
+    assert!(passes.len() > 3, "the map bound split the work: {passes:?}");
+    assert!(
+        passes.windows(2).all(|w| w[0] < w[1]),
+        "each pass starts where the last one stopped: {passes:?}"
+    );
+    assert_eq!(contents(bounded), contents(unbounded));
+    // And a fresh unbounded pass finds nothing more to do on the bounded result.
+    assert_eq!(bounded.compact(&CleanerOptions::default()).unwrap(), None);
 }

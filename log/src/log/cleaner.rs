@@ -5,8 +5,13 @@
 //! but the active one (and none younger than `min.compaction.lag.ms`). When the dirty share of the
 //! cleanable bytes reaches `min.cleanable.dirty.ratio`, the cleaner
 //!
-//! 1. builds an offset map, key → latest offset, over the dirty section;
-//! 2. rewrites each cleanable segment, dropping records whose key has a later offset, and
+//! 1. builds an offset map, key → latest offset, over the dirty section. The map is bounded by
+//!    `CleanerOptions::dedupe_buffer_bytes` (Kafka's `log.cleaner.dedupe.buffer.size`): when it
+//!    is full the pass stops mapping at that batch, cleans only up to there, and the next pass
+//!    starts from that offset, so a log with more distinct keys than fit is cleaned in several
+//!    passes instead of in unbounded memory;
+//! 2. rewrites each cleanable segment below the mapped end, dropping records whose key has a later
+//!    offset, and
 //!    tombstones (null value) older than `delete.retention.ms`. A batch that loses nothing is copied
 //!    byte for byte; one that loses records is rebuilt with the survivors at their original offsets
 //!    (same base offset, last offset delta, codec and producer fields); one that loses everything
@@ -16,12 +21,13 @@
 //!    directory is fsynced, and indexes are rebuilt. A crash leaves either the old segment or the
 //!    new one; leftover `.cleaned` files are removed at open, and missing indexes are rebuilt.
 //!
-//! Offsets never change, so consumers see gaps where records were removed. The offset map is held
-//! in memory (no dedupe-buffer bound yet).
+//! Offsets never change, so consumers see gaps where records were removed. A segment is rewritten
+//! straight to its `.cleaned` file, batch by batch, so memory stays at one batch plus the map.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::io::{BufWriter, Write};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +48,28 @@ pub const CLEANER_CHECKPOINT_FILE: &str = "cleaner-offset-checkpoint";
 /// Suffix of a rewritten segment not yet swapped in.
 pub const CLEANED_SUFFIX: &str = ".cleaned";
 
+/// How a pass may use the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct CleanerOptions {
+    /// Read rate cap in bytes/s; `None` for unthrottled.
+    pub io_bytes_per_sec: Option<u64>,
+    /// Memory for the offset map: key bytes plus [`MAP_ENTRY_OVERHEAD`] per distinct key.
+    pub dedupe_buffer_bytes: usize,
+}
+
+impl Default for CleanerOptions {
+    fn default() -> Self {
+        CleanerOptions {
+            io_bytes_per_sec: None,
+            dedupe_buffer_bytes: 128 << 20,
+        }
+    }
+}
+
+/// What a map entry costs besides its key: the offset, the `Bytes` handle and the hash table's
+/// slot and control bytes, rounded up.
+pub const MAP_ENTRY_OVERHEAD: usize = 64;
+
 /// What one compaction pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CleanStats {
@@ -50,6 +78,9 @@ pub struct CleanStats {
     pub bytes_after: u64,
     pub records_removed: u64,
     pub tombstones_removed: u64,
+    /// The dirty section ended here this pass (the next pass starts from it); short of the
+    /// cleanable end when the offset map filled up.
+    pub cleaned_up_to: u64,
 }
 
 /// Caps the cleaner's read rate.
@@ -92,7 +123,7 @@ fn corrupt(seg: &LogSegment, e: impl std::fmt::Display) -> LogError {
     }
 }
 
-pub(super) fn compact(log: &Log, io_bytes_per_sec: Option<u64>) -> Result<Option<CleanStats>> {
+pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<CleanStats>> {
     let config = log.config();
     if !config.cleanup_compact {
         return Ok(None);
@@ -126,31 +157,53 @@ pub(super) fn compact(log: &Log, io_bytes_per_sec: Option<u64>) -> Result<Option
         return Ok(None);
     }
     let mut throttle = Throttle {
-        limit: io_bytes_per_sec,
+        limit: options.io_bytes_per_sec,
         start: Instant::now(),
         bytes: 0,
     };
 
-    // 1. key -> latest offset over the dirty section.
+    // 1. key -> latest offset over the dirty section, until the map's budget is spent. Whole
+    //    batches only: `map_end` is the offset after the last batch mapped.
     let mut latest: HashMap<Bytes, u64> = HashMap::new();
-    for seg in cleanable.iter().filter(|s| s.next_offset() > first_dirty) {
-        for_each_batch(seg, |h, bytes| {
+    let mut map_bytes = 0usize;
+    let mut map_end = first_dirty;
+    'segments: for seg in cleanable.iter().filter(|s| s.next_offset() > first_dirty) {
+        let limit = seg.size();
+        let mut pos = 0u64;
+        while let Some(h) = seg.header_at(pos, limit)? {
+            let bytes = seg.read_bytes(pos, h.total_size())?;
+            pos += h.total_size() as u64;
             throttle.account(bytes.len() as u64);
-            if h.is_control() {
-                return Ok(());
+            let next = (h.last_offset() + 1).max(0) as u64;
+            if next <= first_dirty {
+                continue;
             }
-            for r in
-                decode_batch(&bytes, DEFAULT_DECOMPRESSED_LIMIT).map_err(|e| corrupt(seg, e))?
-            {
-                if let Some(k) = r.key {
-                    if r.offset >= first_dirty {
-                        latest.insert(k, r.offset);
+            if !h.is_control() {
+                let records = decode_batch(&bytes, DEFAULT_DECOMPRESSED_LIMIT)
+                    .map_err(|e| corrupt(seg, e))?;
+                let new_keys: usize = records
+                    .iter()
+                    .filter_map(|r| r.key.as_ref())
+                    .filter(|k| !latest.contains_key(*k))
+                    .map(|k| k.len() + MAP_ENTRY_OVERHEAD)
+                    .sum();
+                // Always map at least one batch, so every pass makes progress.
+                if map_end > first_dirty && map_bytes + new_keys > options.dedupe_buffer_bytes {
+                    break 'segments;
+                }
+                map_bytes += new_keys;
+                for r in records {
+                    if let Some(k) = r.key {
+                        if r.offset >= first_dirty {
+                            latest.insert(k, r.offset);
+                        }
                     }
                 }
             }
-            Ok(())
-        })?;
+            map_end = next.max(map_end);
+        }
     }
+    let map_end = map_end.min(end);
 
     // The checkpoint file also marks the log as compacted, i.e. allowed to have offset gaps; it
     // must exist before the first swap so recovery never mistakes a gap for damage.
@@ -158,17 +211,33 @@ pub(super) fn compact(log: &Log, io_bytes_per_sec: Option<u64>) -> Result<Option
         checkpoint::write_offset(&log.dir, CLEANER_CHECKPOINT_FILE, first_dirty)?;
     }
 
-    // 2 + 3. rewrite and swap.
+    // 2 + 3. rewrite and swap every segment that starts below the mapped end. Batches at or
+    //    above it are copied untouched: the map knows nothing of their keys, so neither their
+    //    superseded records nor their tombstones (whose older values may sit below) can go yet.
     let tombstone_horizon = now.saturating_sub(config.delete_retention_ms);
-    let mut stats = CleanStats::default();
-    for seg in &cleanable {
-        let mut out: Vec<u8> = Vec::with_capacity(seg.size() as usize);
+    let mut stats = CleanStats {
+        cleaned_up_to: map_end,
+        ..CleanStats::default()
+    };
+    for seg in cleanable.iter().filter(|s| s.base_offset() < map_end) {
+        let base = seg.base_offset();
+        let cleaned_path = log.dir.join(format!(
+            "{}{CLEANED_SUFFIX}",
+            segment::file_name(base, segment::LOG_EXT)
+        ));
+        let file = fs::File::create(&cleaned_path).ctx("create cleaned segment", &cleaned_path)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut written = 0u64;
         let mut changed = false;
+        let mut emit = |data: &[u8]| -> Result<()> {
+            written += data.len() as u64;
+            out.write_all(data)
+                .ctx("write cleaned segment", &cleaned_path)
+        };
         for_each_batch(seg, |h, bytes| {
             throttle.account(bytes.len() as u64);
-            if h.is_control() || h.is_transactional() {
-                out.extend_from_slice(&bytes);
-                return Ok(());
+            if h.is_control() || h.is_transactional() || h.base_offset as u64 >= map_end {
+                return emit(&bytes);
             }
             let records =
                 decode_batch(&bytes, DEFAULT_DECOMPRESSED_LIMIT).map_err(|e| corrupt(seg, e))?;
@@ -191,8 +260,7 @@ pub(super) fn compact(log: &Log, io_bytes_per_sec: Option<u64>) -> Result<Option
                 }
             }
             if kept.len() == n {
-                out.extend_from_slice(&bytes);
-                return Ok(());
+                return emit(&bytes);
             }
             changed = true;
             if kept.is_empty() {
@@ -211,19 +279,29 @@ pub(super) fn compact(log: &Log, io_bytes_per_sec: Option<u64>) -> Result<Option
                     delta,
                 );
             }
-            if let Some(b) = builder.build_with(&BatchTemplate::like(&h)) {
-                out.extend_from_slice(&b);
+            match builder.build_with(&BatchTemplate::like(&h)) {
+                Some(b) => emit(&b),
+                None => Ok(()),
             }
-            Ok(())
         })?;
+        let file = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .ctx("write cleaned segment", &cleaned_path)?;
         if changed {
+            file.sync_all()
+                .ctx("fsync cleaned segment", &cleaned_path)?;
+            drop(file);
             stats.segments_rewritten += 1;
             stats.bytes_before += seg.size();
-            stats.bytes_after += out.len() as u64;
-            swap_in(log, seg, &out, config.index_interval_bytes)?;
+            stats.bytes_after += written;
+            swap_in(log, seg, &cleaned_path, config.index_interval_bytes)?;
+        } else {
+            drop(file);
+            fs::remove_file(&cleaned_path).ctx("remove unneeded cleaned segment", &cleaned_path)?;
         }
     }
-    log.first_dirty_offset.fetch_max(end, Ordering::AcqRel);
+    log.first_dirty_offset.fetch_max(map_end, Ordering::AcqRel);
     checkpoint::write_offset(
         &log.dir,
         CLEANER_CHECKPOINT_FILE,
@@ -233,19 +311,10 @@ pub(super) fn compact(log: &Log, io_bytes_per_sec: Option<u64>) -> Result<Option
     Ok(Some(stats))
 }
 
-/// Replaces `old` with a segment holding `data`, crash-safely (see the module docs).
-fn swap_in(log: &Log, old: &Arc<LogSegment>, data: &[u8], index_interval: usize) -> Result<()> {
+/// Replaces `old` with the fsynced segment file at `cleaned`, crash-safely (see the module docs).
+fn swap_in(log: &Log, old: &Arc<LogSegment>, cleaned: &Path, index_interval: usize) -> Result<()> {
     let base = old.base_offset();
     let log_path = log.dir.join(segment::file_name(base, segment::LOG_EXT));
-    let cleaned = log.dir.join(format!(
-        "{}{CLEANED_SUFFIX}",
-        segment::file_name(base, segment::LOG_EXT)
-    ));
-    {
-        let mut f = fs::File::create(&cleaned).ctx("create cleaned segment", &cleaned)?;
-        f.write_all(data).ctx("write cleaned segment", &cleaned)?;
-        f.sync_all().ctx("fsync cleaned segment", &cleaned)?;
-    }
     // Old indexes go first: from here a crash leaves a .log without indexes, which open rebuilds.
     for ext in [segment::INDEX_EXT, segment::TIME_INDEX_EXT] {
         let p = log.dir.join(segment::file_name(base, ext));
@@ -255,7 +324,7 @@ fn swap_in(log: &Log, old: &Arc<LogSegment>, data: &[u8], index_interval: usize)
             Err(e) => return Err(e).ctx("remove old index", &p),
         }
     }
-    fs::rename(&cleaned, &log_path).ctx("swap in cleaned segment", &log_path)?;
+    fs::rename(cleaned, &log_path).ctx("swap in cleaned segment", &log_path)?;
     checkpoint::sync_dir(&log.dir)?;
     let new = LogSegment::open(&log.dir, base, log.clock.now_ms())?;
     new.recover(index_interval, usize::MAX, false)?;
