@@ -285,8 +285,46 @@ def check_group_admin():
     print("group_admin: ok")
 
 
+def check_mixed_group():
+    """A confluent-kafka member (range assignor) joins a group a `sluice consume --group` member
+    (gRPC) already holds: it gets half of the 6 partitions, reads what is produced to them from the
+    group's committed offsets, commits, and leaves."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "mixed", "client.id": "rdkafka-member",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "partition.assignment.strategy": "range",
+                  "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+    c.subscribe(["mixed"])
+    got = {}
+    deadline = time.time() + 40
+    while time.time() < deadline and len(c.assignment()) != 3:
+        c.poll(0.2)
+    mine = sorted(tp.partition for tp in c.assignment())
+    if len(mine) != 3:
+        fail("mixed group: the Kafka member was assigned %r" % mine)
+    # New records on every partition; this member must read those on its own partitions.
+    p = Producer({"bootstrap.servers": BOOTSTRAP})
+    for i in range(120):
+        p.produce("mixed", value=b"new-%d" % i, partition=i % 6)
+    p.flush(10)
+    ends = {q: c.get_watermark_offsets(TopicPartition("mixed", q), timeout=5)[1] for q in mine}
+    while time.time() < deadline:
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            got.setdefault(m.partition(), set()).add(m.offset())
+        if all(q in got and max(got[q]) + 1 == ends[q] for q in mine):
+            break
+    read = {q: len(got.get(q, ())) for q in mine}
+    if not all(q in got and max(got[q]) + 1 == ends[q] for q in mine) or set(got) - set(mine):
+        fail("mixed group: partitions %r, read %r, ends %r" % (mine, read, ends))
+    c.commit(offsets=[TopicPartition("mixed", q, ends[q]) for q in mine], asynchronous=False)
+    c.close()
+    print("mixed_group: ok partitions=%s records=%d" % (",".join(map(str, mine)), sum(read.values())))
+
+
 GROUP = "interop-group"
 TOPIC = "interop-groups"
 for check in sys.argv[2:]:
     {"confluent": check_confluent, "kafka_python": check_kafka_python, "groups": check_groups,
-     "groups_resume": check_groups_resume, "group_admin": check_group_admin}[check]()
+     "groups_resume": check_groups_resume, "group_admin": check_group_admin,
+     "mixed_group": check_mixed_group}[check]()

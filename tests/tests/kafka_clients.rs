@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::Broker;
 use sluice_proto::v1 as pb;
@@ -525,4 +525,89 @@ fn bench_over_the_kafka_protocol() {
         None,
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3000);
+}
+
+/// One group, two protocols: a gRPC member (`sluice consume --group`, server-side range
+/// assignment) and a confluent-kafka member (range assignor) split a 6-partition topic 3/3.
+#[test]
+fn a_grpc_member_and_a_kafka_client_share_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sluice.toml");
+    std::fs::write(&cfg, "group_initial_rebalance_delay_ms = 200\n").unwrap();
+    let b = Broker::start_with(vec!["--config".into(), cfg.display().to_string()]);
+    assert!(b
+        .cli(&["topic", "create", "mixed", "--partitions", "6"], None)
+        .status
+        .success());
+    let input: String = (0..600).map(|i| format!("k{i}:v{i}\n")).collect();
+    assert!(b
+        .cli(&["produce", "mixed", "--key-separator", ":"], Some(&input))
+        .status
+        .success());
+    let describe = || -> serde_json::Value {
+        let o = b.cli(&["group", "describe", "mixed", "--output", "json"], None);
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _grpc_member = KillOnDrop(
+        Command::new(common::sluice_bin())
+            .args(["consume", "mixed", "--group", "mixed", "--from-beginning"])
+            .args([
+                "--session-timeout-ms",
+                "6000",
+                "--commit-interval-ms",
+                "200",
+            ])
+            .env("SLUICE_BROKER", b.addr())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let owns_all = |d: &serde_json::Value| {
+        d["state"] == "Stable"
+            && d["members"].as_array().map(Vec::len) == Some(1)
+            && d["members"][0]["assignment"].as_array().map(Vec::len) == Some(6)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !owns_all(&describe()) {
+        assert!(
+            Instant::now() < deadline,
+            "the gRPC member never got the partitions"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = interop(b.kafka_port, &["mixed_group"]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("mixed_group: ok"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let partitions: Vec<u32> = line
+        .split("partitions=")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap()
+        .split(',')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(partitions.len(), 3, "{line}");
+    assert!(!line.ends_with("records=0"), "{line}");
+    // The Kafka client left: the gRPC member takes everything back and commits to the end.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = b.cli(&["group", "lag", "mixed", "--output", "json"], None);
+        let lag: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let rows = lag["partitions"].as_array().cloned().unwrap_or_default();
+        if owns_all(&describe()) && rows.len() == 6 && rows.iter().all(|r| r["lag"] == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag never reached 0: {lag}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
