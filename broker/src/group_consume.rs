@@ -8,6 +8,10 @@
 //! when it says the group is rebalancing, we commit what we printed, stop fetching and rejoin.
 //! SIGINT/SIGTERM or `--max-messages` commit, leave the group (so the others take our partitions
 //! at once, not after the session timeout) and exit 0.
+//!
+//! Like a Kafka client, it rides out a broker restart: calls that fail because the broker is
+//! unreachable are retried (the channel reconnects), and since the broker stores the group's
+//! membership, the member carries on in the same generation when the broker is back.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -22,6 +26,16 @@ use tonic::transport::Channel;
 use crate::cli::{status_message, ConsumeArgs, Output};
 
 type Tp = (String, u32);
+
+/// The broker is unreachable or went away mid-call: worth retrying, not worth exiting over.
+fn transient(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
+const RETRY: Duration = Duration::from_millis(250);
 
 /// What one membership (one generation) ended with.
 enum Ended {
@@ -182,6 +196,12 @@ async fn fetch_partition(
                     }
                 }
             }
+            Err(s) if transient(&s) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = stop.changed() => return,
+                }
+            }
             Err(s) => {
                 let _ = tx.send(Err(status_message(s))).await;
                 return;
@@ -216,7 +236,15 @@ pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
                 client_id: "sluice-cli".into(),
                 session_timeout_ms: args.session_timeout_ms,
                 rebalance_timeout_ms: 0,
-            }) => r.map_err(status_message)?.into_inner(),
+            }) => match r {
+                Ok(r) => r.into_inner(),
+                Err(s) if transient(&s) => {
+                    eprintln!("join {}: {} (retrying)", m.group, status_message(s));
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+                Err(s) => return Err(status_message(s)),
+            },
             _ = &mut signal => return Ok(()),
         };
         m.member_id = joined.member_id;
@@ -242,7 +270,15 @@ pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
             }
         );
         m.printed.clear();
-        let starts = m.start_offsets(&assignment, args.from_beginning).await?;
+        let starts = match m.start_offsets(&assignment, args.from_beginning).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Most likely the broker went away right after the join: rejoin when it is back.
+                eprintln!("committed offsets of {}: {e} (rejoining)", m.group);
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (tx, mut rx) = mpsc::channel(16);
         for (tp, start) in starts {
@@ -280,19 +316,24 @@ pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
                     }
                 }
                 _ = commit_tick.tick() => {
-                    if let Err(s) = m.commit().await {
-                        if s.code() == tonic::Code::Aborted {
-                            break Ended::Rejoin;
-                        }
-                        return Err(status_message(s));
+                    // A failed commit keeps its offsets pending for the next tick.
+                    match m.commit().await {
+                        Ok(()) => {}
+                        Err(s) if s.code() == tonic::Code::Aborted => break Ended::Rejoin,
+                        Err(s) if transient(&s) => {}
+                        Err(s) => return Err(status_message(s)),
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let status = m.groups.heartbeat(pb::HeartbeatRequest {
+                    let status = match m.groups.heartbeat(pb::HeartbeatRequest {
                         group: m.group.clone(),
                         member_id: m.member_id.clone(),
                         generation: m.generation,
-                    }).await.map_err(status_message)?.into_inner().status();
+                    }).await {
+                        Ok(r) => r.into_inner().status(),
+                        Err(s) if transient(&s) => continue,
+                        Err(s) => return Err(status_message(s)),
+                    };
                     match status {
                         pb::MemberStatus::Ok => {}
                         pb::MemberStatus::Rebalance => break Ended::Rejoin,
