@@ -1001,20 +1001,8 @@ mod tests {
             code::REBALANCE_IN_PROGRESS
         );
         // While the rebalance is being prepared, the current generation may still commit.
-        let committed = |o| {
-            vec![(
-                "t".to_string(),
-                0,
-                Committed {
-                    offset: o,
-                    leader_epoch: -1,
-                    metadata: String::new(),
-                    timestamp: 0,
-                },
-            )]
-        };
         assert_eq!(
-            c.commit("g", 1, &a.member_id, committed(3)).await,
+            c.commit("g", 1, &a.member_id, offset(3, 0)).await,
             code::NONE
         );
         let a2 = c.join(join(&a.member_id, 1000)).await;
@@ -1028,7 +1016,7 @@ mod tests {
         );
         // Commits are checked against the generation.
         assert_eq!(
-            c.commit("g", 1, &a.member_id, committed(5)).await,
+            c.commit("g", 1, &a.member_id, offset(5, 0)).await,
             code::REBALANCE_IN_PROGRESS,
             "the join phase is over: generation 1's assignment no longer holds"
         );
