@@ -69,8 +69,20 @@ impl Broker {
             extra_args,
             child: None,
         };
-        b.launch();
-        b
+        // A port picked free can be taken by someone else (a parallel test's client socket)
+        // before the broker binds it: pick new ones and try again.
+        for _ in 0..5 {
+            match b.try_launch() {
+                Ok(()) => return b,
+                Err(log) if log.contains("in use") => {
+                    b.grpc_port = free_port();
+                    b.kafka_port = free_port();
+                    b.http_port = free_port();
+                }
+                Err(log) => panic!("broker did not start:\n{log}"),
+            }
+        }
+        panic!("broker did not start: its ports kept being taken");
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -83,6 +95,13 @@ impl Broker {
 
     /// Starts the process and waits for its "ready" log line.
     pub fn launch(&mut self) {
+        if let Err(log) = self.try_launch() {
+            panic!("broker did not become ready:\n{log}");
+        }
+    }
+
+    /// Starts the process; on failure returns its log.
+    fn try_launch(&mut self) -> Result<(), String> {
         let mut child = Command::new(sluice_bin())
             .arg("serve")
             .arg("--data-dir")
@@ -101,11 +120,16 @@ impl Broker {
             .expect("spawn sluice serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
+        let early_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = early_log.clone();
         std::thread::spawn(move || {
             let mut ready_sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("SLUICE_TEST_LOGS").is_some() {
                     eprintln!("[broker] {line}");
+                }
+                if !ready_sent {
+                    log.lock().unwrap().push(line.clone());
                 }
                 if !ready_sent && line.contains("sluice broker ready") {
                     let _ = tx.send(());
@@ -115,9 +139,13 @@ impl Broker {
         });
         if rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let _ = child.kill();
-            panic!("broker did not become ready (run with SLUICE_TEST_LOGS=1 to see its log)");
+            let _ = child.wait();
+            // Let the reader take the last lines of a process that exited.
+            std::thread::sleep(Duration::from_millis(100));
+            return Err(early_log.lock().unwrap().join("\n"));
         }
         self.child = Some(child);
+        Ok(())
     }
 
     /// SIGKILL: no shutdown code runs.
