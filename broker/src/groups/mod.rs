@@ -137,6 +137,23 @@ impl Group {
         }
     }
 
+    /// A member's metadata for the group's protocol.
+    fn metadata_of(&self, m: &Member) -> Bytes {
+        m.protocols
+            .iter()
+            .find(|(n, _)| *n == self.protocol)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default()
+    }
+
+    /// What the leader's JoinGroup response lists: every member's id, instance id and metadata.
+    fn members_metadata(&self) -> Vec<(String, Option<String>, Bytes)> {
+        self.members
+            .values()
+            .map(|m| (m.id.clone(), m.instance_id.clone(), self.metadata_of(m)))
+            .collect()
+    }
+
     /// What `__consumer_offsets` keeps of the membership.
     fn snapshot(&self) -> offsets_log::GroupSnapshot {
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -156,12 +173,7 @@ impl Group {
                     client_host: m.client_host.clone(),
                     rebalance_timeout_ms: m.rebalance_timeout.as_millis() as i32,
                     session_timeout_ms: m.session_timeout.as_millis() as i32,
-                    subscription: m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == self.protocol)
-                        .map(|(_, b)| b.clone())
-                        .unwrap_or_default(),
+                    subscription: self.metadata_of(m),
                     assignment: m.assignment.clone(),
                 })
                 .collect(),
@@ -281,19 +293,7 @@ impl Group {
             })
             .unwrap_or_default();
         self.set_state(State::CompletingRebalance);
-        let members: Vec<(String, Option<String>, Bytes)> = self
-            .members
-            .values()
-            .map(|m| {
-                let meta = m
-                    .protocols
-                    .iter()
-                    .find(|(n, _)| *n == self.protocol)
-                    .map(|(_, b)| b.clone())
-                    .unwrap_or_default();
-                (m.id.clone(), m.instance_id.clone(), meta)
-            })
-            .collect();
+        let members = self.members_metadata();
         let now = Instant::now();
         for m in self.members.values_mut() {
             m.last_heartbeat = now;
@@ -418,6 +418,19 @@ impl GroupCoordinator {
         })
     }
 
+    /// `<client id>-<uuid>-<n>`, as Kafka names members.
+    fn new_member_id(&self, client_id: &str) -> String {
+        let n = self
+            .next_member
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = if client_id.is_empty() {
+            "member"
+        } else {
+            client_id
+        };
+        format!("{prefix}-{}-{n}", crate::topics::random_uuid().simple())
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Group>> {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -446,13 +459,48 @@ impl GroupCoordinator {
                     ..Default::default()
                 };
             }
-            // Static members keep their id across restarts.
             let existing_static = req.instance_id.as_ref().and_then(|iid| {
                 g.members
                     .values()
                     .find(|m| m.instance_id.as_ref() == Some(iid))
                     .map(|m| m.id.clone())
             });
+            // Kafka's static membership: a known instance coming back (a restarted consumer, new
+            // member id) into a Stable group takes its old place under a new id, keeping its
+            // assignment, without a rebalance. The old id is fenced.
+            if let (true, Some(old_id), State::Stable) =
+                (req.member_id.is_empty(), &existing_static, g.state())
+            {
+                let new_id = self.new_member_id(&req.client_id);
+                if let Some(mut m) = g.members.remove(old_id) {
+                    m.id = new_id.clone();
+                    m.client_id = req.client_id.clone();
+                    m.client_host = req.client_host.clone();
+                    m.session_timeout = req.session_timeout;
+                    m.rebalance_timeout = req.rebalance_timeout;
+                    m.protocols = req.protocols;
+                    m.last_heartbeat = Instant::now();
+                    g.members.insert(new_id.clone(), m);
+                }
+                if g.leader == *old_id {
+                    g.leader = new_id.clone();
+                }
+                g.needs_store = true;
+                let members = if g.leader == new_id {
+                    g.members_metadata()
+                } else {
+                    Vec::new()
+                };
+                return JoinResult {
+                    error: code::NONE,
+                    generation: g.generation,
+                    protocol_type: g.protocol_type.clone(),
+                    protocol: g.protocol.clone(),
+                    leader: g.leader.clone(),
+                    member_id: new_id,
+                    members,
+                };
+            }
             let member_id = if !req.member_id.is_empty() {
                 if !g.members.contains_key(&req.member_id) {
                     return JoinResult {
@@ -463,20 +511,10 @@ impl GroupCoordinator {
                 }
                 req.member_id.clone()
             } else if let Some(id) = existing_static {
+                // Mid-rebalance: the instance simply rejoins in its old place.
                 id
             } else {
-                let n = self
-                    .next_member
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                format!(
-                    "{}-{}-{n}",
-                    if req.client_id.is_empty() {
-                        "member"
-                    } else {
-                        &req.client_id
-                    },
-                    crate::topics::random_uuid().simple()
-                )
+                self.new_member_id(&req.client_id)
             };
             g.protocol_type = req.protocol_type.clone();
             let m = g
@@ -1103,6 +1141,62 @@ mod tests {
         assert_eq!(c.delete_group("g").await, code::NONE);
         drop(c);
         assert!(coordinator(dir.path()).describe("g").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_static_member_takes_its_place_without_a_rebalance() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = coordinator(dir.path());
+        let ticker = tokio::spawn(ticking(c.clone()));
+        let static_join = |member: &str, instance: &str| {
+            let mut j = join(member, 5000);
+            j.instance_id = Some(instance.into());
+            j
+        };
+        let c2 = c.clone();
+        let a = tokio::spawn(async move { c2.join(static_join("", "i-a")).await });
+        let b = c.join(static_join("", "i-b")).await;
+        let a = a.await.unwrap();
+        let (leader, follower) = if a.leader == a.member_id {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let assignments = vec![
+            (leader.member_id.clone(), Bytes::from_static(b"L")),
+            (follower.member_id.clone(), Bytes::from_static(b"F")),
+        ];
+        let c2 = c.clone();
+        let fid = follower.member_id.clone();
+        let gen = follower.generation;
+        let f_sync = tokio::spawn(async move { c2.sync("g", gen, &fid, Vec::new()).await });
+        c.sync("g", leader.generation, &leader.member_id, assignments)
+            .await;
+        assert_eq!(&f_sync.await.unwrap().assignment[..], b"F");
+        let generation = follower.generation;
+        // The follower's process restarts: it joins with no member id and its instance id.
+        let instance = c
+            .describe("g")
+            .unwrap()
+            .3
+            .into_iter()
+            .find(|m| m.id == follower.member_id)
+            .and_then(|m| m.instance_id)
+            .unwrap();
+        let back = c.join(static_join("", &instance)).await;
+        assert_eq!(back.error, code::NONE);
+        assert_ne!(back.member_id, follower.member_id, "a new member id");
+        assert_eq!(back.generation, generation, "no rebalance");
+        assert_eq!(c.describe("g").unwrap().0, State::Stable);
+        let s = c.sync("g", generation, &back.member_id, Vec::new()).await;
+        assert_eq!((s.error, &s.assignment[..]), (code::NONE, &b"F"[..]));
+        // The old incarnation is fenced; the leader never noticed.
+        assert_eq!(
+            c.heartbeat("g", generation, &follower.member_id),
+            code::UNKNOWN_MEMBER_ID
+        );
+        assert_eq!(c.heartbeat("g", generation, &leader.member_id), code::NONE);
+        ticker.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
