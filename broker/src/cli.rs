@@ -485,7 +485,7 @@ async fn produce(args: ProduceArgs) -> Result<(), String> {
 
 // ---- consume ----------------------------------------------------------------------------------
 
-pub(crate) fn render(format: &str, topic: &str, partition: u32, r: &pb::ConsumedRecord) -> Vec<u8> {
+fn render(format: &str, topic: &str, partition: u32, r: &pb::ConsumedRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(format.len() + r.value.as_ref().map_or(0, |v| v.len()));
     let mut chars = format.chars().peekable();
     let mut buf = [0u8; 4];
@@ -535,7 +535,7 @@ pub(crate) fn render(format: &str, topic: &str, partition: u32, r: &pb::Consumed
     out
 }
 
-pub(crate) fn render_json(topic: &str, partition: u32, r: &pb::ConsumedRecord) -> Vec<u8> {
+fn render_json(topic: &str, partition: u32, r: &pb::ConsumedRecord) -> Vec<u8> {
     let text = |b: &Option<bytes::Bytes>| {
         b.as_deref()
             .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -632,34 +632,55 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
     }
     drop(tx);
     let mut printed = 0u64;
-    let stdout = std::io::stdout();
     let max = args.max_messages.unwrap_or(u64::MAX);
     while let Some(item) = rx.recv().await {
         let (p, resp) = item?;
-        let mut out = stdout.lock();
-        for r in &resp.records {
-            if printed >= max {
-                break;
-            }
-            let line = match args.conn.output {
-                Output::Json => render_json(&args.topic, p, r),
-                Output::Table => render(&args.format, &args.topic, p, r),
-            };
-            if let Err(e) = out.write_all(&line) {
-                // A closed pipe (`| head`) ends the command quietly.
-                if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    return Ok(());
-                }
-                return Err(format!("writing stdout: {e}"));
-            }
-            printed += 1;
+        match print_records(&args, p, &resp.records, max - printed)? {
+            Some((n, _)) => printed += n,
+            None => return Ok(()),
         }
-        let _ = out.flush();
         if printed >= max {
             break;
         }
     }
     Ok(())
+}
+
+/// Prints up to `limit` of a partition's records in the chosen format and flushes. Returns how
+/// many were printed and the offset after the last one, or `None` when stdout was closed (`| head`),
+/// which ends a consume quietly.
+pub(crate) fn print_records(
+    args: &ConsumeArgs,
+    partition: u32,
+    records: &[pb::ConsumedRecord],
+    limit: u64,
+) -> Result<Option<(u64, Option<u64>)>, String> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut n = 0u64;
+    let mut next = None;
+    for r in records
+        .iter()
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+    {
+        let line = match args.conn.output {
+            Output::Json => render_json(&args.topic, partition, r),
+            Output::Table => render(&args.format, &args.topic, partition, r),
+        };
+        match out.write_all(&line) {
+            Ok(()) => {
+                n += 1;
+                next = Some(r.offset + 1);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(None),
+            Err(e) => return Err(format!("writing stdout: {e}")),
+        }
+    }
+    match out.flush() {
+        Ok(()) => Ok(Some((n, next))),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(None),
+        Err(e) => Err(format!("writing stdout: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@
 //! membership, the member carries on in the same generation when the broker is back.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::Duration;
 
 use sluice_proto::v1 as pb;
@@ -23,7 +22,7 @@ use sluice_proto::v1::groups_client::GroupsClient;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-use crate::cli::{status_message, ConsumeArgs, Output};
+use crate::cli::{status_message, ConsumeArgs};
 
 type Tp = (String, u32);
 
@@ -306,9 +305,15 @@ pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
                         continue;
                     };
                     let (tp, resp) = item?;
-                    let printed = print_records(&args, &tp, &resp, max - count)?;
-                    count += printed.0;
-                    if let Some(next) = printed.1 {
+                    // Flushed before it counts as printed: only then may it be committed.
+                    let Some((n, next)) =
+                        crate::cli::print_records(&args, tp.1, &resp.records, max - count)?
+                    else {
+                        // stdout closed: stop as on a signal.
+                        break Ended::Done;
+                    };
+                    count += n;
+                    if let Some(next) = next {
                         m.printed.insert(tp, (next, true));
                     }
                     if count >= max {
@@ -365,34 +370,4 @@ pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
             return Ok(());
         }
     }
-}
-
-/// Prints up to `limit` records of a response and flushes; returns how many were printed and the
-/// next offset to commit for the partition.
-fn print_records(
-    args: &ConsumeArgs,
-    tp: &Tp,
-    resp: &pb::FetchResponse,
-    limit: u64,
-) -> Result<(u64, Option<u64>), String> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut n = 0u64;
-    let mut next = None;
-    for r in resp
-        .records
-        .iter()
-        .take(limit.min(usize::MAX as u64) as usize)
-    {
-        let line = match args.conn.output {
-            Output::Json => crate::cli::render_json(&tp.0, tp.1, r),
-            Output::Table => crate::cli::render(&args.format, &tp.0, tp.1, r),
-        };
-        out.write_all(&line)
-            .map_err(|e| format!("writing stdout: {e}"))?;
-        n += 1;
-        next = Some(r.offset + 1);
-    }
-    out.flush().map_err(|e| format!("writing stdout: {e}"))?;
-    Ok((n, next))
 }
