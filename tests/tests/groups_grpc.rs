@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use common::{sluice_bin, Broker};
 
-/// A `sluice consume --group` process whose stdout lines are collected as they arrive.
+/// A `sluice consume --group` process whose stdout lines (records) and stderr "joined group"
+/// lines (one per generation it joined) are collected as they arrive.
 struct GroupConsumer {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    joins: Arc<Mutex<Vec<String>>>,
 }
 
 impl GroupConsumer {
@@ -32,9 +34,20 @@ impl GroupConsumer {
             .env("SLUICE_BROKER", b.addr())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn sluice consume --group");
+        let stderr = child.stderr.take().expect("stderr");
+        let joins = Arc::new(Mutex::new(Vec::new()));
+        let sink = joins.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[consumer] {line}");
+                if line.starts_with("joined group") {
+                    sink.lock().unwrap().push(line);
+                }
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -43,7 +56,11 @@ impl GroupConsumer {
                 sink.lock().unwrap().push(line);
             }
         });
-        GroupConsumer { child, lines }
+        GroupConsumer {
+            child,
+            lines,
+            joins,
+        }
     }
 
     /// (partition, offset, value) of every record printed so far.
@@ -61,6 +78,10 @@ impl GroupConsumer {
                 (p, o, f.next().unwrap_or_default().to_string())
             })
             .collect()
+    }
+
+    fn joins(&self) -> usize {
+        self.joins.lock().unwrap().len()
     }
 
     fn sigterm(&mut self) -> Option<i32> {
@@ -83,6 +104,14 @@ impl Drop for GroupConsumer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A broker config file that lives as long as the test process (the broker reads it at start).
+fn write_config(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
 }
 
 fn json(b: &Broker, args: &[&str]) -> serde_json::Value {
@@ -289,6 +318,125 @@ fn grpc_group_members_split_rebalance_on_silent_death_commit_and_survive_restart
     let got: BTreeSet<String> = resumed.records().into_iter().map(|r| r.2).collect();
     assert_eq!(got, (900..960).map(|i| format!("v{i}")).collect());
     assert!(lag_rows(&b, "g").values().all(|(c, e)| *c == Some(*e)));
+}
+
+#[test]
+fn a_restarted_static_member_takes_its_place_without_a_rebalance() {
+    let b = Broker::start_with(vec![
+        "--config".into(),
+        write_config("group_initial_rebalance_delay_ms = 300\n"),
+    ]);
+    assert!(b
+        .cli(&["topic", "create", "st", "--partitions", "4"], None)
+        .status
+        .success());
+    let a = GroupConsumer::start(&b, "st", "static", &["--group-instance-id", "a"]);
+    let other = GroupConsumer::start(&b, "st", "static", &["--group-instance-id", "b"]);
+    let by_instance = |d: &serde_json::Value| -> BTreeMap<String, (String, serde_json::Value)> {
+        d["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["group_instance_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    (
+                        m["member_id"].as_str().unwrap().to_string(),
+                        m["assignment"].clone(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let before = wait_for("a 2/2 split", Duration::from_secs(30), || {
+        let d = json(&b, &["group", "describe", "static"]);
+        let m = by_instance(&d);
+        (d["state"] == "Stable"
+            && m.len() == 2
+            && m.values().all(|(_, a)| a.as_array().unwrap().len() == 2))
+        .then_some(m)
+    });
+    let other_joins = other.joins();
+    // Instance "a" crashes and comes straight back: a new member id in its old place.
+    drop(a); // SIGKILL
+    let a2 = GroupConsumer::start(&b, "st", "static", &["--group-instance-id", "a"]);
+    wait_for(
+        "the restarted instance to join",
+        Duration::from_secs(30),
+        || (a2.joins() == 1).then_some(()),
+    );
+    // Past the 3 s session timeout of the dead incarnation: still no rebalance for anyone.
+    std::thread::sleep(Duration::from_millis(4000));
+    let d = json(&b, &["group", "describe", "static"]);
+    let after = by_instance(&d);
+    assert_eq!(d["state"], "Stable");
+    assert_ne!(after["a"].0, before["a"].0, "a new member id");
+    assert_eq!(after["a"].1, before["a"].1, "the same partitions");
+    assert_eq!(after["b"], before["b"]);
+    assert_eq!(
+        other.joins(),
+        other_joins,
+        "the other member never rejoined"
+    );
+    assert_eq!(a2.joins(), 1);
+}
+
+#[test]
+fn an_empty_groups_offsets_expire_after_offsets_retention() {
+    // Retention 0: an empty group's offsets go at the next check (every 200 ms).
+    let mut b = Broker::start_with(vec![
+        "--config".into(),
+        write_config(
+            "group_initial_rebalance_delay_ms = 300\noffsets_retention_minutes = 0\n\
+             offsets_retention_check_interval_ms = 200\n",
+        ),
+    ]);
+    assert!(b
+        .cli(&["topic", "create", "ret", "--partitions", "2"], None)
+        .status
+        .success());
+    produce(&b, "ret", 0, 20);
+    let groups = |b: &Broker| -> Vec<String> {
+        json(b, &["group", "list"])
+            .as_array()
+            .expect("group list is a JSON array")
+            .iter()
+            .map(|g| g["group"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // A member that stays keeps its group's offsets.
+    let _kept = GroupConsumer::start(&b, "ret", "kept", &[]);
+    wait_for("kept to form", Duration::from_secs(30), || {
+        groups(&b).contains(&"kept".to_string()).then_some(())
+    });
+    wait_for("kept to commit", Duration::from_secs(30), || {
+        let rows = lag_rows(&b, "kept");
+        (rows.len() == 2 && rows.values().all(|(c, e)| *c == Some(*e))).then_some(())
+    });
+    // A member that reads everything, commits and leaves: its group is empty, then gone.
+    let mut brief = GroupConsumer::start(&b, "ret", "brief", &["--max-messages", "20"]);
+    let exit = wait_for("brief to finish", Duration::from_secs(30), || {
+        brief.child.try_wait().ok().flatten()
+    });
+    assert_eq!(exit.code(), Some(0));
+    assert_eq!(brief.records().len(), 20);
+    wait_for("brief's offsets to expire", Duration::from_secs(10), || {
+        (!groups(&b).contains(&"brief".to_string())).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(groups(&b).contains(&"kept".to_string()));
+    assert_eq!(
+        lag_rows(&b, "kept").len(),
+        2,
+        "a live group keeps its offsets"
+    );
+    // The expiry was written to __consumer_offsets: it holds after a restart.
+    assert_eq!(b.terminate(), Some(0));
+    b.launch();
+    assert!(!groups(&b).contains(&"brief".to_string()));
 }
 
 #[test]
