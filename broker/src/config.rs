@@ -74,6 +74,9 @@ pub struct BrokerConfig {
     pub offsets_retention_minutes: u64,
     /// How often expired offsets are looked for (Kafka `offsets.retention.check.interval.ms`).
     pub offsets_retention_check_interval_ms: u64,
+    /// How often a data directory that went offline for writes because it was full is checked
+    /// for freed space (it comes back online by itself once a 1 MiB probe can be written).
+    pub log_dir_recheck_interval_ms: u64,
     /// Log filter (`info`, `sluice=debug`, ...); `RUST_LOG` overrides it.
     pub log_level: String,
     /// Broker-wide defaults for topic configs, by Kafka name.
@@ -103,6 +106,7 @@ impl Default for BrokerConfig {
             group_initial_rebalance_delay_ms: 3_000,
             offsets_retention_minutes: 10_080,
             offsets_retention_check_interval_ms: 600_000,
+            log_dir_recheck_interval_ms: 5_000,
             log_level: "info".into(),
             topic_defaults: BTreeMap::new(),
         }

@@ -59,6 +59,17 @@ async fn metrics(State(topics): State<Arc<TopicManager>>) -> impl IntoResponse {
             }
         }
     }
+    let h = topics.dir_health();
+    let _ = writeln!(
+        out,
+        "# HELP sluice_log_dir_offline 1 while the data directory refuses writes after a failed write.\n# TYPE sluice_log_dir_offline gauge\nsluice_log_dir_offline{{dir=\"{dir}\"}} {}\n\
+         # HELP sluice_storage_write_errors_total Writes that failed on the disk.\n# TYPE sluice_storage_write_errors_total counter\nsluice_storage_write_errors_total{{dir=\"{dir}\"}} {}\n\
+         # HELP sluice_storage_writes_refused_total Writes refused because the directory was offline.\n# TYPE sluice_storage_writes_refused_total counter\nsluice_storage_writes_refused_total{{dir=\"{dir}\"}} {}",
+        u8::from(h.offline().is_some()),
+        h.failed_writes(),
+        h.refused_writes(),
+        dir = h.dir().display(),
+    );
     let sent = crate::kafka::zero_copy::SENDFILE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
     let _ = writeln!(
         out,

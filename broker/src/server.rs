@@ -210,6 +210,9 @@ async fn background_duties(
     ));
     let mut cleaner =
         tokio::time::interval(Duration::from_millis(config.log_cleaner_backoff_ms.max(10)));
+    let mut dir_probe = tokio::time::interval(Duration::from_millis(
+        config.log_dir_recheck_interval_ms.max(10),
+    ));
     loop {
         tokio::select! {
             _ = retention.tick() => {
@@ -223,6 +226,12 @@ async fn background_duties(
             _ = cleaner.tick() => {
                 let t = topics.clone();
                 let _ = tokio::task::spawn_blocking(move || t.run_compaction()).await;
+            }
+            _ = dir_probe.tick() => {
+                let h = topics.dir_health().clone();
+                if h.offline().is_some() {
+                    let _ = tokio::task::spawn_blocking(move || h.probe()).await;
+                }
             }
             _ = stop.changed() => return,
         }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
+use sluice_log::LogDirHealth;
 use sluice_replication::{Partition, PartitionError};
 
 use crate::config::{BrokerConfig, ConfigError, TopicSettings};
@@ -139,6 +140,8 @@ impl Topic {
 
 pub struct TopicManager {
     config: Arc<BrokerConfig>,
+    /// Write health of the data directory (offline for writes after a failed write).
+    dir_health: Arc<LogDirHealth>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serialises metadata changes (create, delete, alter) and their persistence.
     changes: std::sync::Mutex<()>,
@@ -165,14 +168,16 @@ impl TopicManager {
             };
         remove_orphan_partitions(&config.data_dir, &records)?;
         let needs_ids = records.values().any(|r| r.id.is_none());
+        let dir_health = Arc::new(LogDirHealth::new(&config.data_dir));
         let mut topics = BTreeMap::new();
         for (name, rec) in records {
-            let topic = open_topic(&config, &name, &rec)?;
+            let topic = open_topic(&config, &name, &rec, &dir_health)?;
             tracing::info!(topic = %name, partitions = rec.partitions, "opened topic");
             topics.insert(name, Arc::new(topic));
         }
         let manager = TopicManager {
             config,
+            dir_health,
             topics: RwLock::new(topics),
             changes: std::sync::Mutex::new(()),
         };
@@ -248,7 +253,7 @@ impl TopicManager {
             replication_factor,
             configs,
         };
-        let topic = Arc::new(open_topic(&self.config, name, &rec)?);
+        let topic = Arc::new(open_topic(&self.config, name, &rec, &self.dir_health)?);
         let mut all = self.records();
         all.insert(name.to_string(), rec);
         self.persist(&all)?;
@@ -298,6 +303,7 @@ impl TopicManager {
                 &partition_dir(&self.config.data_dir, name, i),
                 settings.log.clone(),
                 settings.replica,
+                self.dir_health.clone(),
             )?));
         }
         let topic = Arc::new(Topic {
@@ -408,6 +414,8 @@ impl TopicManager {
         for t in self.list() {
             for p in &t.partitions {
                 if let Err(e) = p.log().flush_if_due().and_then(|_| p.log().checkpoint()) {
+                    self.dir_health
+                        .record_failure(&format!("{}-{}", t.name, p.index()), &e);
                     tracing::error!(topic = %t.name, partition = p.index(), error = %e, "flush failed");
                 }
             }
@@ -426,11 +434,22 @@ impl TopicManager {
                 continue;
             }
             for p in &t.partitions {
+                // Compaction writes new segments: not into a directory that is offline for writes.
+                if self.dir_health.offline().is_some() {
+                    return;
+                }
                 if let Err(e) = p.log().compact(&options) {
+                    self.dir_health
+                        .record_failure(&format!("{}-{}", t.name, p.index()), &e);
                     tracing::error!(topic = %t.name, partition = p.index(), error = %e, "compaction failed");
                 }
             }
         }
+    }
+
+    /// The data directory's write health.
+    pub fn dir_health(&self) -> &Arc<LogDirHealth> {
+        &self.dir_health
     }
 
     /// Clean shutdown of every log.
@@ -453,7 +472,12 @@ fn partition_dir(data_dir: &Path, topic: &str, index: u32) -> PathBuf {
     data_dir.join(format!("{topic}-{index}"))
 }
 
-fn open_topic(config: &BrokerConfig, name: &str, rec: &TopicRecord) -> Result<Topic, TopicError> {
+fn open_topic(
+    config: &BrokerConfig,
+    name: &str,
+    rec: &TopicRecord,
+    dir_health: &Arc<LogDirHealth>,
+) -> Result<Topic, TopicError> {
     let settings = config.topic_settings(&rec.configs)?;
     let partitions = (0..rec.partitions)
         .map(|i| {
@@ -464,6 +488,7 @@ fn open_topic(config: &BrokerConfig, name: &str, rec: &TopicRecord) -> Result<To
                 &partition_dir(&config.data_dir, name, i),
                 settings.log.clone(),
                 settings.replica,
+                dir_health.clone(),
             )
             .map(Arc::new)
         })

@@ -221,6 +221,13 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
     batch[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Sets a CreateTime batch's maxTimestamp and recomputes the CRC (which covers it).
+pub fn set_max_timestamp(batch: &mut [u8], max_timestamp: i64) {
+    batch[MAX_TIMESTAMP_POS..MAX_TIMESTAMP_POS + 8].copy_from_slice(&max_timestamp.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Walks a buffer of back-to-back batches, yielding `(position, header)` for each complete one.
 ///
 /// It checks framing only (header present, length sane, batch fully inside the buffer); callers

@@ -39,6 +39,11 @@ pub struct LogConfig {
     pub min_cleanable_dirty_ratio: f64,
     /// `min.compaction.lag.ms` (0): records younger than this are not compacted.
     pub min_compaction_lag_ms: i64,
+    /// `message.timestamp.before.max.ms` (unlimited): with CreateTime, the furthest in the past a
+    /// record's timestamp may be from the broker's clock (INVALID_TIMESTAMP beyond).
+    pub message_timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms` (1 hour, Kafka 4.0's default): the furthest in the future.
+    pub message_timestamp_after_max_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -59,6 +64,8 @@ impl Default for LogConfig {
             delete_retention_ms: 24 * 3600 * 1000,
             min_cleanable_dirty_ratio: 0.5,
             min_compaction_lag_ms: 0,
+            message_timestamp_before_max_ms: i64::MAX,
+            message_timestamp_after_max_ms: 3_600_000,
         }
     }
 }
@@ -79,6 +86,9 @@ pub const LOG_CONFIG_KEYS: &[&str] = &[
     "delete.retention.ms",
     "min.cleanable.dirty.ratio",
     "min.compaction.lag.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.difference.max.ms",
 ];
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
@@ -165,6 +175,18 @@ impl LogConfig {
             "min.compaction.lag.ms" => {
                 self.min_compaction_lag_ms = at_least(key, parse(key, value)?, 0)?
             }
+            "message.timestamp.before.max.ms" => {
+                self.message_timestamp_before_max_ms = at_least(key, parse(key, value)?, 0)?
+            }
+            "message.timestamp.after.max.ms" => {
+                self.message_timestamp_after_max_ms = at_least(key, parse(key, value)?, 0)?
+            }
+            // Deprecated in Kafka 3.6 for the two above; it bounds both directions.
+            "message.timestamp.difference.max.ms" => {
+                let v = at_least(key, parse(key, value)?, 0)?;
+                self.message_timestamp_before_max_ms = v;
+                self.message_timestamp_after_max_ms = v;
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -194,6 +216,12 @@ impl LogConfig {
             "delete.retention.ms" => self.delete_retention_ms.to_string(),
             "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio.to_string(),
             "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
+            "message.timestamp.before.max.ms" => self.message_timestamp_before_max_ms.to_string(),
+            "message.timestamp.after.max.ms" => self.message_timestamp_after_max_ms.to_string(),
+            "message.timestamp.difference.max.ms" => self
+                .message_timestamp_before_max_ms
+                .max(self.message_timestamp_after_max_ms)
+                .to_string(),
             _ => return None,
         })
     }

@@ -28,6 +28,13 @@ pub enum BatchError {
     DecompressedTooLarge { limit: usize },
 }
 
+/// One record a validation rule refused (Kafka's `RecordError`, KIP-467): its index in the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    pub batch_index: i32,
+    pub message: String,
+}
+
 /// Errors returned by [`crate::Log`] and the types under it.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -36,6 +43,20 @@ pub enum LogError {
         position: usize,
         #[source]
         source: BatchError,
+    },
+    /// The record section does not hold the records its header describes: INVALID_RECORD.
+    #[error("invalid records in the batch at byte {position} of the request: {source}")]
+    InvalidRecords {
+        position: usize,
+        #[source]
+        source: BatchError,
+    },
+    /// Records refused by a topic rule (a key on a compacted topic, the timestamp window), named
+    /// by index: INVALID_TIMESTAMP when any timestamp was out of range, else INVALID_RECORD.
+    #[error("{}", records_rejected_message(*.timestamp, .errors))]
+    RecordsRejected {
+        timestamp: bool,
+        errors: Vec<RecordError>,
     },
     #[error("record batch of {size} bytes exceeds max.message.bytes={max}")]
     BatchTooLarge { size: usize, max: usize },
@@ -51,6 +72,9 @@ pub enum LogError {
     InvalidConfig(String),
     #[error("corrupt log data in {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// The log directory is offline for writes after a failed write (see `log_dir.rs`).
+    #[error("log directory {dir} is offline for writes: {reason}")]
+    LogDirOffline { dir: PathBuf, reason: String },
     #[error("log is closed")]
     Closed,
     #[error("{context} ({path}): {source}")]
@@ -60,6 +84,26 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Kafka's wording: the first three errors at most, and how many there were.
+fn records_rejected_message(timestamp: bool, errors: &[RecordError]) -> String {
+    if timestamp {
+        let first = errors.first().map_or("", |e| e.message.as_str());
+        return format!(
+            "one or more records have been rejected due to an invalid timestamp: {first}"
+        );
+    }
+    let shown: Vec<String> = errors
+        .iter()
+        .take(3)
+        .map(|e| format!("record {}: {}", e.batch_index, e.message))
+        .collect();
+    format!(
+        "one or more records have been rejected due to {} record errors in total, and only showing the first three errors at most: [{}]",
+        errors.len(),
+        shown.join("; ")
+    )
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;

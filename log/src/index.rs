@@ -10,13 +10,55 @@
 //! |--------------|------------------------------------------|------|
 //! | `.index`     | relative offset u32, file position u32   | 8    |
 //! | `.timeindex` | timestamp i64, relative offset u32       | 12   |
+//!
+//! The preallocated file is sparse, and a store to a page of a sparse mapping that the file system
+//! cannot back (a full disk) kills the process with SIGBUS. So no entry is written to a page that
+//! has not been allocated first: [`IndexFile::reserve`] allocates disk blocks ahead of the entries
+//! in [`ALLOCATION_CHUNK`]s with `fallocate`, where a full disk is an ordinary `ENOSPC` error, and
+//! [`IndexFile::push`] refuses to write past what was allocated. Allocating in chunks rather than
+//! the whole `segment.index.bytes` keeps a thousand idle partitions from reserving 20 GB.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
 
 use crate::error::{IoContext, Result};
+
+/// Index bytes allocated at a time: 8192 offset-index entries, about 32 MiB of log at the default
+/// `index.interval.bytes`.
+pub const ALLOCATION_CHUNK: usize = 64 << 10;
+
+/// Really allocates `len` bytes of `file` from `offset` (disk blocks, not a sparse hole), so a
+/// full disk shows up here as `ENOSPC` instead of later as SIGBUS in a mapping. File systems
+/// without `fallocate` get zeros written instead.
+pub fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    if len == 0 {
+        return Ok(());
+    }
+    match fallocate(
+        file.as_raw_fd(),
+        FallocateFlags::empty(),
+        offset as i64,
+        len as i64,
+    ) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EOPNOTSUPP) => {
+            let zeros = vec![0u8; len.min(1 << 20) as usize];
+            let mut at = offset;
+            while at < offset + len {
+                let n = (offset + len - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            Ok(())
+        }
+        Err(e) => Err(std::io::Error::from(e)),
+    }
+}
 
 /// An mmap'd file of fixed-size entries: the mechanism under both index kinds.
 pub(crate) struct IndexFile {
@@ -25,6 +67,8 @@ pub(crate) struct IndexFile {
     mmap: Option<MmapMut>,
     entry_size: usize,
     entries: usize,
+    /// Bytes from the start known to be backed by disk blocks in this process; writes stay below.
+    allocated: usize,
 }
 
 impl IndexFile {
@@ -45,6 +89,8 @@ impl IndexFile {
             mmap: None,
             entry_size,
             entries: len / entry_size,
+            // Not trusted from disk: a file left preallocated by a crash is sparse.
+            allocated: 0,
         };
         index.map(len)?;
         Ok(index)
@@ -75,7 +121,28 @@ impl IndexFile {
         self.file
             .set_len(bytes as u64)
             .ctx("resize index", &self.path)?;
+        self.allocated = self.allocated.min(bytes);
         self.map(bytes)
+    }
+
+    /// Allocates disk space for `more` entries after the current ones (up to the capacity; a full
+    /// index is the roll's business, not an error). `ENOSPC` comes back as an error.
+    fn reserve(&mut self, more: usize) -> Result<()> {
+        let cap = self.capacity() * self.entry_size;
+        let need = ((self.entries + more) * self.entry_size).min(cap);
+        if need <= self.allocated {
+            return Ok(());
+        }
+        let target = need.div_ceil(ALLOCATION_CHUNK) * ALLOCATION_CHUNK;
+        let target = target.min(cap);
+        allocate(
+            &self.file,
+            self.allocated as u64,
+            (target - self.allocated) as u64,
+        )
+        .ctx("allocate index space", &self.path)?;
+        self.allocated = target;
+        Ok(())
     }
 
     fn trim(&mut self) -> Result<()> {
@@ -91,11 +158,17 @@ impl IndexFile {
         self.entries >= self.capacity()
     }
 
+    /// Writes an entry after the last. False when the index is full, or when its page was not
+    /// allocated by [`IndexFile::reserve`] (then the entry is skipped: the index is sparse, so a
+    /// missing entry costs a longer scan, never a wrong answer).
     fn push(&mut self, entry: &[u8]) -> bool {
         if self.is_full() {
             return false;
         }
         let at = self.entries * self.entry_size;
+        if at + self.entry_size > self.allocated && self.reserve(1).is_err() {
+            return false;
+        }
         if let Some(m) = self.mmap.as_mut() {
             m[at..at + self.entry_size].copy_from_slice(entry);
             self.entries += 1;
@@ -226,6 +299,11 @@ impl OffsetIndex {
         true
     }
 
+    /// Allocates disk space for `more` entries ahead of writing them (see the module docs).
+    pub fn reserve(&mut self, more: usize) -> Result<()> {
+        self.inner.reserve(more)
+    }
+
     pub fn clear(&mut self) {
         self.inner.clear()
     }
@@ -340,6 +418,11 @@ impl TimeIndex {
             prev = Some(e);
         }
         true
+    }
+
+    /// Allocates disk space for `more` entries ahead of writing them (see the module docs).
+    pub fn reserve(&mut self, more: usize) -> Result<()> {
+        self.inner.reserve(more)
     }
 
     pub fn clear(&mut self) {

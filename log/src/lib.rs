@@ -7,11 +7,14 @@
 //!
 //! - [`batch`]: the RecordBatch v2 header, validation, and offset assignment in place.
 //! - [`record`]: building batches from records and decoding them back ([`compression`] codecs).
+//! - [`validator`]: record-level checks of produced batches (Kafka's LogValidator).
 //! - [`index`]: the two index kinds over one mmap'd entry-array mechanism.
 //! - [`segment`]: one `.log` + indexes: append, read as [`FileRegion`]s, recovery, truncation.
 //! - [`log`](crate::Log): the partition — offsets (log start, log end, high watermark), roll,
 //!   flush policy and recovery point, crash recovery, retention, truncation, clean shutdown, and
 //!   compaction (`cleanup.policy=compact`, `log/cleaner.rs`).
+//! - [`log_dir`]: a log directory's write health: offline after a failed write, back once a full
+//!   disk has room again.
 //! - [`checkpoint`]: the recovery-point file and clean-shutdown marker.
 //! - [`config`]: per-log settings under Kafka's topic-config names, and the [`Clock`].
 //!
@@ -39,14 +42,17 @@ pub mod config;
 pub mod error;
 pub mod index;
 mod log;
+pub mod log_dir;
 pub mod record;
 pub mod segment;
+pub mod validator;
 
 pub use crate::batch::{BatchHeader, TimestampType};
 pub use crate::compression::Compression;
 pub use crate::config::{Clock, LogConfig, ManualClock, SystemClock, LOG_CONFIG_KEYS};
-pub use crate::error::{BatchError, LogError, Result};
+pub use crate::error::{BatchError, LogError, RecordError, Result};
 pub use crate::log::{AppendInfo, CleanStats, CleanerOptions, Log, ReadInfo, MAP_ENTRY_OVERHEAD};
+pub use crate::log_dir::LogDirHealth;
 pub use crate::record::{
     decode_batch, decode_batches, BatchBuilder, BatchTemplate, Header, Record, StoredRecord,
 };

@@ -23,6 +23,7 @@ use crate::checkpoint::{self, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};
 use crate::config::{Clock, LogConfig, SystemClock};
 use crate::error::{IoContext, LogError, Result};
 use crate::segment::{self, FileRegion, LogSegment};
+use crate::validator::{validate_records, RecordRules, RecordsRejected};
 
 mod cleaner;
 pub use cleaner::{
@@ -304,19 +305,49 @@ impl Log {
     /// Appends batches a producer sent: validates each (magic, CRC, count, `max.message.bytes`),
     /// assigns offsets from the log end offset by rewriting each header's baseOffset and
     /// partitionLeaderEpoch in `batches`, and writes them with one write.
+    ///
+    /// Every record is walked first ([`crate::validator`]): a batch whose record section does not
+    /// match its header, or whose records break the topic's key or timestamp rules, is refused
+    /// whole and nothing of the request is written.
     pub fn append_as_leader(&self, batches: &mut [u8], leader_epoch: i32) -> Result<AppendInfo> {
         let config = self.config();
+        let rules = RecordRules {
+            compacted: config.cleanup_compact,
+            timestamp_type: config.timestamp_type,
+            before_max_ms: config.message_timestamp_before_max_ms,
+            after_max_ms: config.message_timestamp_after_max_ms,
+            now_ms: self.clock.now_ms(),
+            decompressed_limit: crate::record::DEFAULT_DECOMPRESSED_LIMIT,
+        };
         let mut frames = validate_incoming(batches, config.max_message_bytes, true)?;
+        let mut max_timestamps = Vec::with_capacity(frames.len());
+        for (pos, h) in &frames {
+            let summary = validate_records(&batches[*pos..*pos + h.total_size()], h, &rules)
+                .map_err(|e| match e {
+                    RecordsRejected::Invalid(source) => LogError::InvalidRecords {
+                        position: *pos,
+                        source,
+                    },
+                    RecordsRejected::Records { timestamp, errors } => {
+                        LogError::RecordsRejected { timestamp, errors }
+                    }
+                })?;
+            max_timestamps.push(summary.max_timestamp);
+        }
         let mut st = self.lock_appender()?;
         let now = self.clock.now_ms();
         let log_append_time =
             (config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
         let mut next = self.log_end_offset() as i64;
-        for (pos, h) in frames.iter_mut() {
+        for ((pos, h), max_ts) in frames.iter_mut().zip(max_timestamps) {
             let b = &mut batches[*pos..*pos + h.total_size()];
             batch::assign_offset(b, next, leader_epoch);
             if let Some(t) = log_append_time {
                 batch::set_log_append_time(b, t);
+            } else if h.timestamp_type() == TimestampType::CreateTime && h.max_timestamp != max_ts {
+                // A header whose maxTimestamp is not its records' would mislead the time index
+                // and retention; Kafka rewrites it the same way.
+                batch::set_max_timestamp(b, max_ts);
             }
             *h = BatchHeader::parse(b).map_err(|source| LogError::InvalidBatch {
                 position: *pos,

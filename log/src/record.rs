@@ -347,9 +347,9 @@ pub fn decode_batch(batch: &Bytes, limit: usize) -> Result<Vec<StoredRecord>, Ba
             if klen < 0 {
                 return Err(BatchError::CorruptRecord("null header key"));
             }
-            let key = std::str::from_utf8(rec.bytes(klen as usize)?)
-                .map_err(|_| BatchError::CorruptRecord("header key is not UTF-8"))?
-                .to_owned();
+            // Kafka decodes header keys leniently (invalid UTF-8 becomes U+FFFD); so do we, or a
+            // batch Kafka accepts would be unreadable here.
+            let key = String::from_utf8_lossy(rec.bytes(klen as usize)?).into_owned();
             let value = rec.nullable(&data)?;
             headers.push(Header { key, value });
         }

@@ -212,6 +212,11 @@ impl LogSegment {
         index_interval: usize,
     ) -> Result<()> {
         let position = self.size();
+        // Index space first: once the batches are written their entries must not fail (a full
+        // disk would otherwise surface as SIGBUS in the mapping). The time index may get one more
+        // entry when the segment is sealed.
+        write_lock(&self.offset_index).reserve(headers.len())?;
+        write_lock(&self.time_index).reserve(headers.len() + 1)?;
         if let Err(e) = self.file.write_all_at(data, position) {
             // Leave no partial batch behind for the next append to write after.
             let _ = self.file.set_len(position);

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_log::{AppendInfo, Log, LogConfig, LogError, ReadInfo};
+use sluice_log::{AppendInfo, Log, LogConfig, LogDirHealth, LogError, ReadInfo};
 use tokio::sync::watch;
 
 /// How many replicas must have a produce before it is acknowledged.
@@ -61,6 +61,8 @@ pub struct Partition {
     leader_epoch: AtomicI32,
     replica_config: std::sync::RwLock<ReplicaConfig>,
     hw_tx: watch::Sender<u64>,
+    /// The write health of the log directory this replica lives in.
+    dir_health: Arc<LogDirHealth>,
 }
 
 impl Partition {
@@ -73,6 +75,7 @@ impl Partition {
         dir: &std::path::Path,
         log_config: LogConfig,
         replica_config: ReplicaConfig,
+        dir_health: Arc<LogDirHealth>,
     ) -> Result<Partition, PartitionError> {
         let log = Log::open(dir, log_config)?;
         // Single replica: everything in the log is committed.
@@ -86,6 +89,7 @@ impl Partition {
             leader_epoch: AtomicI32::new(0),
             replica_config: std::sync::RwLock::new(replica_config),
             hw_tx,
+            dir_health,
         })
     }
 
@@ -97,6 +101,9 @@ impl Partition {
     }
     pub fn log(&self) -> &Arc<Log> {
         &self.log
+    }
+    pub fn dir_health(&self) -> &Arc<LogDirHealth> {
+        &self.dir_health
     }
     pub fn leader(&self) -> i32 {
         self.broker_id
@@ -145,8 +152,15 @@ impl Partition {
                 return Err(PartitionError::NotEnoughReplicas { isr, min_isr });
             }
         }
+        // An offline log directory refuses at once: its logs' state after the failed write is
+        // not trusted for more writes (KAFKA_STORAGE_ERROR), reads go on.
+        self.dir_health.check_writable()?;
         let epoch = self.leader_epoch();
-        let info = tokio::task::block_in_place(|| self.log.append_as_leader(batches, epoch))?;
+        let info = tokio::task::block_in_place(|| self.log.append_as_leader(batches, epoch))
+            .inspect_err(|e| {
+                self.dir_health
+                    .record_failure(&format!("{}-{}", self.topic, self.index), e)
+            })?;
         // The ISR is this replica alone, so the append is committed as soon as it is written.
         self.set_high_watermark(info.last_offset + 1);
         Ok(info)
@@ -221,6 +235,7 @@ mod tests {
                 dir.path(),
                 LogConfig::default(),
                 ReplicaConfig::default(),
+                Arc::new(LogDirHealth::new(dir.path())),
             )
             .unwrap(),
         );
@@ -248,6 +263,7 @@ mod tests {
             ReplicaConfig {
                 min_insync_replicas: 2,
             },
+            Arc::new(LogDirHealth::new(dir.path())),
         )
         .unwrap();
         assert!(matches!(

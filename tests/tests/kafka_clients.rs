@@ -60,12 +60,7 @@ fn run_kcat(args: &[&str], stdin: Option<&str>) -> String {
 }
 
 fn metrics(b: &Broker) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", b.http_port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    b.http_get("/metrics")
 }
 
 fn sendfile_bytes(b: &Broker) -> u64 {

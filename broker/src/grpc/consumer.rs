@@ -34,8 +34,7 @@ fn read_records(
             .read_bytes(offset, max_bytes, Some(p.high_watermark()))
     })
     .map_err(|e| status::from_partition_error(&e.into()))?;
-    let records = sluice_log::decode_batches(&data, DEFAULT_DECOMPRESSED_LIMIT)
-        .map_err(|e| Status::internal(format!("stored batch does not decode: {e}")))?;
+    let (records, next_offset) = decode_stored(&data, topic, p.index(), info.next_offset)?;
     let records: Vec<pb::ConsumedRecord> = records
         .into_iter()
         .filter(|r| r.offset >= offset)
@@ -59,9 +58,46 @@ fn read_records(
         partition: p.index(),
         high_watermark: info.high_watermark,
         log_start_offset: info.log_start_offset,
-        next_offset: info.next_offset,
+        next_offset,
         records,
     })
+}
+
+/// Decodes the batches a read returned, one by one. A batch that does not decode (written by an
+/// older version that did not validate records, or damaged on disk under a valid CRC) is reported
+/// as DATA_LOSS naming its offsets when it comes first, so a consumer learns where it is stuck and
+/// how to step past it; when good batches precede it, those are returned and the next fetch
+/// starts at the bad one.
+fn decode_stored(
+    data: &bytes::Bytes,
+    topic: &str,
+    partition: u32,
+    read_next_offset: u64,
+) -> Result<(Vec<sluice_log::StoredRecord>, u64), Status> {
+    let mut records = Vec::new();
+    for frame in sluice_log::batch::BatchFrames::new(data) {
+        let (pos, h) = match frame {
+            Ok(f) => f,
+            Err(sluice_log::BatchError::Truncated { .. }) => break,
+            Err(e) => return Err(Status::data_loss(format!("{topic}-{partition}: {e}"))),
+        };
+        let batch = data.slice(pos..pos + h.total_size());
+        match sluice_log::decode_batch(&batch, DEFAULT_DECOMPRESSED_LIMIT) {
+            Ok(r) => records.extend(r),
+            Err(e) if records.is_empty() => {
+                tracing::warn!(topic, partition, base_offset = h.base_offset, last_offset = h.last_offset(), error = %e, "stored batch does not decode");
+                return Err(Status::data_loss(format!(
+                    "{topic}-{partition}: the stored batch at offsets {}..={} does not decode ({e}); \
+                     read on from offset {}",
+                    h.base_offset,
+                    h.last_offset(),
+                    h.next_offset()
+                )));
+            }
+            Err(_) => return Ok((records, h.base_offset as u64)),
+        }
+    }
+    Ok((records, read_next_offset))
 }
 
 impl ConsumerService {

@@ -27,9 +27,12 @@ pub fn from_partition_error(e: &PartitionError) -> Status {
         PartitionError::Log(l) => match l {
             LogError::OffsetOutOfRange { .. } => Code::OutOfRange,
             LogError::BatchTooLarge { .. } => Code::ResourceExhausted,
-            LogError::InvalidBatch { .. } | LogError::InvalidConfig(_) => Code::InvalidArgument,
+            LogError::InvalidBatch { .. }
+            | LogError::InvalidRecords { .. }
+            | LogError::RecordsRejected { .. }
+            | LogError::InvalidConfig(_) => Code::InvalidArgument,
             LogError::NonContiguousOffset { .. } => Code::FailedPrecondition,
-            LogError::Closed => Code::Unavailable,
+            LogError::Closed | LogError::LogDirOffline { .. } => Code::Unavailable,
             LogError::Corrupt { .. } | LogError::Io { .. } => Code::Internal,
         },
     };

@@ -4,8 +4,9 @@
 use bytes::BytesMut;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
-    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_log::{BatchError, LogError};
 use sluice_replication::{Acks, PartitionError};
@@ -24,10 +25,30 @@ fn partition_error_code(e: &PartitionError) -> i16 {
                 ..
             } => ResponseError::UnsupportedForMessageFormat,
             LogError::InvalidBatch { .. } => ResponseError::CorruptMessage,
+            LogError::InvalidRecords { .. } => ResponseError::InvalidRecord,
+            LogError::RecordsRejected {
+                timestamp: true, ..
+            } => ResponseError::InvalidTimestamp,
+            LogError::RecordsRejected { .. } => ResponseError::InvalidRecord,
             LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             _ => ResponseError::KafkaStorageError,
         },
     })
+}
+
+/// KIP-467: the records a rule refused, by index in their batch, so clients fail just those.
+fn record_errors(e: &PartitionError) -> Vec<BatchIndexAndErrorMessage> {
+    match e {
+        PartitionError::Log(LogError::RecordsRejected { errors, .. }) => errors
+            .iter()
+            .map(|r| {
+                BatchIndexAndErrorMessage::default()
+                    .with_batch_index(r.batch_index)
+                    .with_batch_index_error_message(Some(StrBytes::from_string(r.message.clone())))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 pub async fn produce(
@@ -84,9 +105,9 @@ pub async fn produce(
                     tracing::debug!(topic = %name, partition = pd.index, error = %e, "produce rejected");
                     r = r.with_error_code(partition_error_code(&e));
                     if version >= 8 {
-                        r = r.with_error_message(Some(
-                            kafka_protocol::protocol::StrBytes::from_string(e.to_string()),
-                        ));
+                        r = r
+                            .with_error_message(Some(StrBytes::from_string(e.to_string())))
+                            .with_record_errors(record_errors(&e));
                     }
                 }
             }

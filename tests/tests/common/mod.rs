@@ -1,6 +1,8 @@
 //! Starts real `sluice` broker processes on free loopback ports with temporary data directories.
 #![allow(dead_code)]
 
+pub mod kafka_raw;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,10 +17,14 @@ use sluice_proto::v1::producer_client::ProducerClient;
 use tonic::transport::Channel;
 
 /// Path of the `sluice` binary, built once per test process (a no-op when up to date), so a plain
-/// `cargo test --workspace` works from a clean checkout.
+/// `cargo test --workspace` works from a clean checkout. `SLUICE_BIN` names another binary (to
+/// show that a test fails against a build without the fix it guards).
 pub fn sluice_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("SLUICE_BIN") {
+            return PathBuf::from(bin);
+        }
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("workspace root")
@@ -52,6 +58,8 @@ pub struct Broker {
     pub kafka_port: u16,
     pub http_port: u16,
     pub extra_args: Vec<String>,
+    /// Where the data lives when not under `dir` (a test's own file system).
+    pub data_dir_override: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -61,12 +69,18 @@ impl Broker {
     }
 
     pub fn start_with(extra_args: Vec<String>) -> Broker {
+        Self::start_in(None, extra_args)
+    }
+
+    /// Starts a broker whose data directory is `data_dir` (default: inside its temp dir).
+    pub fn start_in(data_dir: Option<PathBuf>, extra_args: Vec<String>) -> Broker {
         let mut b = Broker {
             dir: tempfile::tempdir().expect("temp dir"),
             grpc_port: free_port(),
             kafka_port: free_port(),
             http_port: free_port(),
             extra_args,
+            data_dir_override: data_dir,
             child: None,
         };
         // A port picked free can be taken by someone else (a parallel test's client socket)
@@ -86,7 +100,9 @@ impl Broker {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data_dir_override
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     pub fn addr(&self) -> String {
@@ -213,6 +229,17 @@ impl Broker {
             })
             .await
             .expect("create topic");
+    }
+
+    /// A GET on the HTTP listener; the whole response, headers included.
+    pub fn http_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).expect("http");
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .expect("http request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("http response");
+        out
     }
 
     /// Runs a CLI command against this broker.
