@@ -4,9 +4,16 @@
 //! leader epoch, ISR, high watermark, `acks` and `min.insync.replicas`, and the data-arrived
 //! signal long polls wait on. With one replica per partition the HW follows the log end offset.
 //!
-//! Next (see docs/ARCHITECTURE.md): the Raft-backed controller (raft-rs) holding cluster
-//! metadata, follower fetchers, ISR shrink/expand, leader-epoch truncation.
+//! The cluster's metadata: [`metadata`] (the records of the controller's log and the
+//! [`metadata::MetadataImage`] every broker builds from them) and [`controller`] (the active
+//! controller's decisions as a pure state machine: placement, fencing, elections, AlterPartition).
+//!
+//! Next (see docs/ARCHITECTURE.md): the raft-rs quorum that replicates the metadata log, the
+//! replica manager that reacts to image changes, follower fetchers, ISR shrink/expand,
+//! leader-epoch truncation.
 
+pub mod controller;
+pub mod metadata;
 pub mod partition;
 
 pub use partition::{Acks, Partition, PartitionError, ReplicaConfig};
