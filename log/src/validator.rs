@@ -86,12 +86,13 @@ pub fn validate_records(
     };
     let check_time = rules.timestamp_type == TimestampType::CreateTime
         && header.timestamp_type() == TimestampType::CreateTime;
-    let mut errors = Vec::new();
-    let mut timestamp_errors = false;
-    let mut max_timestamp = -1i64;
+    // The hot loop only walks the structure and gathers what the rules need (the timestamp
+    // range, whether any key is missing); naming the offending records is the rare slow path.
+    let mut min_delta = i64::MAX;
+    let mut max_delta = i64::MIN;
+    let mut keyless = false;
     let mut pos = 0usize;
-    let count = header.record_count;
-    for index in 0..count {
+    for index in 0..header.record_count {
         if pos >= data.len() {
             return Err(invalid(BatchError::CorruptRecord(
                 "the batch holds fewer records than its header's count",
@@ -103,6 +104,48 @@ pub fn validate_records(
                 "record offset deltas are not 0, 1, 2, ... in order",
             )));
         }
+        keyless |= !r.has_key;
+        min_delta = min_delta.min(r.timestamp_delta);
+        max_delta = max_delta.max(r.timestamp_delta);
+    }
+    if pos != data.len() {
+        return Err(invalid(BatchError::CorruptRecord(
+            "the batch holds more record bytes than its header's count of records",
+        )));
+    }
+    let base = header.base_timestamp;
+    let max_timestamp = base.wrapping_add(max_delta);
+    let (lo, hi) = (base.wrapping_add(min_delta), max_timestamp);
+    let time_ok = !check_time || (lo >= 0 && in_window(lo, rules) && in_window(hi, rules));
+    if (rules.compacted && keyless) || !time_ok {
+        if let Some(refused) = name_refused_records(data, header, rules, check_time) {
+            return Err(refused);
+        }
+    }
+    Ok(RecordsSummary { max_timestamp })
+}
+
+fn in_window(ts: i64, rules: &RecordRules) -> bool {
+    rules.now_ms.saturating_sub(ts) <= rules.before_max_ms
+        && ts.saturating_sub(rules.now_ms) <= rules.after_max_ms
+}
+
+/// The slow path of [`validate_records`]: walks the (already validated) records again and names
+/// every one a rule refuses; `None` when none is. Records without a timestamp (negative) are not
+/// checked, as in Kafka.
+fn name_refused_records(
+    data: &[u8],
+    header: &BatchHeader,
+    rules: &RecordRules,
+    check_time: bool,
+) -> Option<RecordsRejected> {
+    let mut errors = Vec::new();
+    let mut timestamp = false;
+    let mut pos = 0usize;
+    for index in 0..header.record_count {
+        let Ok(r) = walk_record(data, &mut pos) else {
+            break;
+        };
         if rules.compacted && !r.has_key {
             errors.push(RecordError {
                 batch_index: index,
@@ -110,38 +153,23 @@ pub fn validate_records(
             });
         }
         let ts = header.base_timestamp.wrapping_add(r.timestamp_delta);
-        max_timestamp = max_timestamp.max(ts);
-        if check_time && ts >= 0 {
-            let too_old = rules.now_ms.saturating_sub(ts) > rules.before_max_ms;
-            let too_new = ts.saturating_sub(rules.now_ms) > rules.after_max_ms;
-            if too_old || too_new {
-                timestamp_errors = true;
-                errors.push(RecordError {
-                    batch_index: index,
-                    message: format!(
-                        "timestamp {ts} of record {index} is out of range: it must be within \
-                         [{}, {}] (message.timestamp.before.max.ms={}, after.max.ms={})",
-                        rules.now_ms.saturating_sub(rules.before_max_ms),
-                        rules.now_ms.saturating_add(rules.after_max_ms),
-                        rules.before_max_ms,
-                        rules.after_max_ms
-                    ),
-                });
-            }
+        if check_time && ts >= 0 && !in_window(ts, rules) {
+            timestamp = true;
+            errors.push(RecordError {
+                batch_index: index,
+                message: format!(
+                    "timestamp {ts} of record {index} is out of range: it must be within \
+                     [{}, {}] (message.timestamp.before.max.ms={}, after.max.ms={})",
+                    rules.now_ms.saturating_sub(rules.before_max_ms),
+                    rules.now_ms.saturating_add(rules.after_max_ms),
+                    rules.before_max_ms,
+                    rules.after_max_ms
+                ),
+            });
         }
     }
-    if pos != data.len() {
-        return Err(invalid(BatchError::CorruptRecord(
-            "the batch holds more record bytes than its header's count of records",
-        )));
-    }
-    if !errors.is_empty() {
-        return Err(RecordsRejected::Records {
-            timestamp: timestamp_errors,
-            errors,
-        });
-    }
-    Ok(RecordsSummary { max_timestamp })
+    // Empty when only records without a timestamp fell outside the fast path's range.
+    (!errors.is_empty()).then_some(RecordsRejected::Records { timestamp, errors })
 }
 
 /// The fields of one record validation looks at.
@@ -153,6 +181,7 @@ struct RecordFields {
 
 /// Reads one record starting at `*pos` (its length varint) and moves `*pos` past it. The record
 /// must consume exactly the bytes its length prefix claims.
+#[inline(always)]
 fn walk_record(data: &[u8], pos: &mut usize) -> Result<RecordFields, BatchError> {
     let len = varint(data, pos)?;
     if len < 0 {
@@ -202,6 +231,7 @@ fn walk_record(data: &[u8], pos: &mut usize) -> Result<RecordFields, BatchError>
     })
 }
 
+#[inline(always)]
 fn skip_nullable(body: &[u8], p: &mut usize, len: i32) -> Result<(), BatchError> {
     if len < -1 {
         return Err(BatchError::CorruptRecord("invalid field length"));
@@ -215,7 +245,33 @@ fn skip_nullable(body: &[u8], p: &mut usize, len: i32) -> Result<(), BatchError>
     Ok(())
 }
 
+/// Zig-zag varlong. One- and two-byte values (most lengths, deltas and counts) take a branch or
+/// two; longer ones the general loop.
+#[inline(always)]
 fn varlong(buf: &[u8], pos: &mut usize) -> Result<i64, BatchError> {
+    let p = *pos;
+    if let Some(&b0) = buf.get(p) {
+        if b0 < 0x80 {
+            *pos = p + 1;
+            return Ok(unzigzag(u64::from(b0)));
+        }
+        if let Some(&b1) = buf.get(p + 1) {
+            if b1 < 0x80 {
+                *pos = p + 2;
+                return Ok(unzigzag(u64::from(b0 & 0x7f) | (u64::from(b1) << 7)));
+            }
+        }
+    }
+    varlong_slow(buf, pos)
+}
+
+#[inline(always)]
+fn unzigzag(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
+#[cold]
+fn varlong_slow(buf: &[u8], pos: &mut usize) -> Result<i64, BatchError> {
     let mut z: u64 = 0;
     for i in 0..10 {
         let b = *buf
@@ -224,12 +280,13 @@ fn varlong(buf: &[u8], pos: &mut usize) -> Result<i64, BatchError> {
         *pos += 1;
         z |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
-            return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+            return Ok(unzigzag(z));
         }
     }
     Err(BatchError::CorruptRecord("varint longer than 10 bytes"))
 }
 
+#[inline(always)]
 fn varint(buf: &[u8], pos: &mut usize) -> Result<i32, BatchError> {
     i32::try_from(varlong(buf, pos)?).map_err(|_| BatchError::CorruptRecord("varint overflows i32"))
 }
@@ -395,6 +452,12 @@ mod tests {
             ..rules()
         };
         assert!(check(&future, &lat).is_ok());
+    }
+
+    #[test]
+    fn records_without_a_timestamp_are_not_checked() {
+        let b = build(Compression::None, &[Some("a"), Some("b")], -1);
+        assert!(check(&b, &rules()).is_ok());
     }
 
     #[test]
