@@ -8,6 +8,8 @@
 //! `controller_quorum_voters`, its durable storage under `data_dir/meta/`, and the driver that
 //! serialises requests through the state machine.
 
+pub mod raft_node;
+pub mod raft_storage;
 pub mod state_machine;
 
 pub use state_machine::{

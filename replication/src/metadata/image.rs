@@ -97,6 +97,8 @@ pub struct MetadataImage {
     pub brokers: BTreeMap<BrokerId, BrokerRegistration>,
     pub topics: BTreeMap<Uuid, TopicImage>,
     pub topic_ids: BTreeMap<String, Uuid>,
+    /// JSON maps need string keys: stored as a list of pairs.
+    #[serde(with = "pairs")]
     pub configs: BTreeMap<ConfigResource, BTreeMap<String, String>>,
     /// The largest broker epoch handed out (the next registration gets a larger one).
     pub max_broker_epoch: i64,
@@ -135,6 +137,15 @@ impl MetadataImage {
         self.topics
             .values()
             .flat_map(|t| t.partitions.iter().map(move |(p, r)| (t, *p, r)))
+    }
+
+    /// The image as bytes (a controller snapshot's data).
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<MetadataImage, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
 
     /// Applies the record committed at `offset`. On error the image is unchanged.
@@ -294,6 +305,29 @@ impl MetadataImage {
     }
 }
 
+/// Serialises a map with structured keys as a list of `[key, value]` pairs.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
 fn registration(p: &PartitionRecord) -> PartitionRegistration {
     PartitionRegistration {
         replicas: p.replicas.clone(),
@@ -330,4 +364,55 @@ fn merge(reg: &mut PartitionRegistration, c: &PartitionChangeRecord) {
         reg.recovering = r;
     }
     reg.partition_epoch += 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::records::RegisterBrokerRecord;
+
+    #[test]
+    fn an_image_round_trips_through_its_snapshot_form() {
+        let mut img = MetadataImage::default();
+        let id = Uuid::from_u128(42);
+        let recs = [
+            MetadataRecord::RegisterBroker(RegisterBrokerRecord {
+                broker_id: 1,
+                incarnation_id: Uuid::from_u128(1),
+                broker_epoch: 1,
+                endpoints: Endpoints::default(),
+                rack: Some("r1".into()),
+            }),
+            MetadataRecord::Topic {
+                name: "t".into(),
+                topic_id: id,
+            },
+            MetadataRecord::Partition(PartitionRecord {
+                topic_id: id,
+                partition: 0,
+                replicas: vec![1],
+                isr: vec![1],
+                leader: 1,
+                leader_epoch: 0,
+                partition_epoch: 0,
+                adding: vec![],
+                removing: vec![],
+            }),
+            MetadataRecord::Config {
+                resource: ConfigResource::Topic("t".into()),
+                name: "retention.ms".into(),
+                value: Some("1000".into()),
+            },
+            MetadataRecord::Config {
+                resource: ConfigResource::Broker(None),
+                name: "x".into(),
+                value: Some("y".into()),
+            },
+        ];
+        for (i, r) in recs.iter().enumerate() {
+            img.apply(i as u64 + 1, r).unwrap();
+        }
+        let back = MetadataImage::decode(&img.encode().unwrap()).unwrap();
+        assert_eq!(back, img);
+    }
 }

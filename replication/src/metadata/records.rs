@@ -129,9 +129,8 @@ pub enum MetadataRecord {
 }
 
 impl MetadataRecord {
-    pub fn encode(&self) -> Vec<u8> {
-        // A record is plain data: serialising it cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<MetadataRecord, serde_json::Error> {
@@ -164,7 +163,7 @@ mod tests {
             },
         ];
         for r in recs {
-            assert_eq!(MetadataRecord::decode(&r.encode()).unwrap(), r);
+            assert_eq!(MetadataRecord::decode(&r.encode().unwrap()).unwrap(), r);
         }
         let old = br#"{"type":"PartitionChange","topic_id":"00000000-0000-0000-0000-000000000007","partition":1,"isr":[1,2]}"#;
         match MetadataRecord::decode(old).unwrap() {
