@@ -9,7 +9,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("sluice_descriptor.bin"))
         .bytes(".")
-        .compile_protos(&["proto/sluice/v1/sluice.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/sluice/v1/sluice.proto",
+                "proto/sluice/internal/v1/internal.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

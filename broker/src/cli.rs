@@ -166,6 +166,7 @@ pub enum Client {
     Consume(ConsumeArgs),
     Bench(crate::bench::BenchArgs),
     Group(GroupArgs),
+    Cluster(ClusterArgs),
 }
 
 pub fn run(client: Client) -> Result<(), String> {
@@ -180,6 +181,7 @@ pub fn run(client: Client) -> Result<(), String> {
             Client::Consume(a) => consume(a).await,
             Client::Bench(a) => crate::bench::run(a).await,
             Client::Group(a) => group(a).await,
+            Client::Cluster(a) => cluster(a).await,
         }
     })
 }
@@ -981,4 +983,73 @@ pub async fn group(args: GroupArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+// ---- cluster ----------------------------------------------------------------------------------
+
+#[derive(Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The metadata quorum as the broker sees it: voters, active controller, Raft term, and the
+    /// metadata log's commit / applied / snapshot offsets.
+    Status,
+}
+
+pub async fn cluster(args: ClusterArgs) -> Result<(), String> {
+    match args.command {
+        ClusterCommand::Status => {
+            let q = admin(&args.conn.broker)
+                .await?
+                .describe_quorum(pb::DescribeQuorumRequest {})
+                .await
+                .map_err(status_message)?
+                .into_inner();
+            if args.conn.output == Output::Json {
+                let v = serde_json::json!({
+                    "node_id": q.node_id,
+                    "leader_id": (q.leader_id != 0).then_some(q.leader_id),
+                    "term": q.term,
+                    "commit_index": q.commit_index,
+                    "applied_index": q.applied_index,
+                    "snapshot_index": q.snapshot_index,
+                    "voters": q.voters.iter().map(|v| serde_json::json!({
+                        "id": v.id, "address": v.address,
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{v}");
+                return Ok(());
+            }
+            let leader = match q.leader_id {
+                0 => "none (election in progress)".to_string(),
+                l => l.to_string(),
+            };
+            println!("Answered by: node {}", q.node_id);
+            println!("Controller (Raft leader): {leader}");
+            println!("Term: {}", q.term);
+            println!(
+                "Metadata log: commit {}  applied {}  snapshot {}  (lag {})",
+                q.commit_index,
+                q.applied_index,
+                q.snapshot_index,
+                q.commit_index.saturating_sub(q.applied_index)
+            );
+            println!("{:<6} {:<24} ROLE", "VOTER", "ADDRESS");
+            for v in &q.voters {
+                let role = if v.id == q.leader_id {
+                    "leader"
+                } else {
+                    "follower"
+                };
+                println!("{:<6} {:<24} {role}", v.id, v.address);
+            }
+            Ok(())
+        }
+    }
 }

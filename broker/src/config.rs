@@ -44,6 +44,16 @@ pub struct BrokerConfig {
     pub auto_create_topics_enable: bool,
     /// HTTP listener: `/health`, Prometheus `/metrics`, `/v1/topics`.
     pub http_addr: SocketAddr,
+    /// Broker-to-broker listener (`sluice.internal.v1`: the metadata quorum's Raft traffic).
+    pub controller_addr: SocketAddr,
+    /// The metadata quorum's voters, KRaft's form: `1@host:port,2@host:port,3@host:port` (each
+    /// a broker's `node_id` and `controller_addr`). Unset: this broker alone, a one-voter quorum.
+    pub controller_quorum_voters: Option<String>,
+    /// Raft tick of the metadata quorum; a leader is suspected dead after 10 ticks.
+    pub controller_tick_ms: u64,
+    /// Metadata records applied between two snapshots of the metadata image (the log before a
+    /// snapshot is deleted; a restarted or lagging voter starts from the snapshot).
+    pub metadata_snapshot_interval_records: u64,
     /// Partitions of a topic created without a count (Kafka `num.partitions`).
     pub num_partitions: u32,
     /// Replication factor of a topic created without one (Kafka `default.replication.factor`).
@@ -93,6 +103,10 @@ impl Default for BrokerConfig {
             advertised_kafka_addr: None,
             auto_create_topics_enable: true,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 9644)),
+            controller_addr: SocketAddr::from(([127, 0, 0, 1], 9094)),
+            controller_quorum_voters: None,
+            controller_tick_ms: 100,
+            metadata_snapshot_interval_records: 1_000,
             num_partitions: 1,
             default_replication_factor: 1,
             max_request_bytes: 100 << 20,
@@ -211,7 +225,61 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid("max_connections must be >= 1".into()));
         }
         TopicSettings::resolve(&self.topic_default_strings())?;
+        if self.node_id < 1 {
+            return Err(ConfigError::Invalid("node_id must be >= 1".into()));
+        }
+        if self.controller_tick_ms == 0 || self.metadata_snapshot_interval_records == 0 {
+            return Err(ConfigError::Invalid(
+                "controller_tick_ms and metadata_snapshot_interval_records must be >= 1".into(),
+            ));
+        }
+        let voters = self.quorum_voters()?;
+        if !voters.iter().any(|(id, _)| *id == self.node_id as u64) {
+            return Err(ConfigError::Invalid(format!(
+                "node_id {} is not among controller_quorum_voters {:?} (every broker is a voter)",
+                self.node_id,
+                self.controller_quorum_voters.as_deref().unwrap_or("")
+            )));
+        }
         Ok(())
+    }
+
+    /// The voters as (node id, `host:port`), from `controller_quorum_voters` or this broker alone.
+    pub fn quorum_voters(&self) -> Result<Vec<(u64, String)>, ConfigError> {
+        let Some(spec) = self
+            .controller_quorum_voters
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        else {
+            return Ok(vec![(
+                self.node_id.max(1) as u64,
+                self.controller_addr.to_string(),
+            )]);
+        };
+        let mut out: Vec<(u64, String)> = Vec::new();
+        for part in spec.split(',').map(str::trim) {
+            let parsed = part.split_once('@').and_then(|(id, addr)| {
+                let id: u64 = id.trim().parse().ok().filter(|i| *i >= 1)?;
+                let (host, port) = addr.trim().rsplit_once(':')?;
+                port.parse::<u16>().ok().filter(|_| !host.is_empty())?;
+                Some((id, addr.trim().to_string()))
+            });
+            match parsed {
+                Some(v) if !out.iter().any(|(id, _)| *id == v.0) => out.push(v),
+                Some(v) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "controller_quorum_voters names node {} twice",
+                        v.0
+                    )))
+                }
+                None => {
+                    return Err(ConfigError::Invalid(format!(
+                        "controller_quorum_voters: {part:?} is not id@host:port"
+                    )))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `[topic_defaults]` as strings (TOML lets operators write numbers unquoted).
@@ -242,6 +310,24 @@ impl BrokerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quorum_voters_parse_as_kraft_names_them() {
+        let mut c = BrokerConfig::default();
+        assert_eq!(
+            c.quorum_voters().unwrap(),
+            vec![(1, "127.0.0.1:9094".to_string())]
+        );
+        c.controller_quorum_voters = Some("1@a:1, 2@b:2,3@c:3".into());
+        assert_eq!(c.quorum_voters().unwrap().len(), 3);
+        c.validate().unwrap();
+        c.node_id = 4;
+        assert!(c.validate().is_err(), "not a voter");
+        for bad in ["1@a", "x@a:1", "1@a:1,1@b:2", "0@a:1", "1@:1"] {
+            c.controller_quorum_voters = Some(bad.into());
+            assert!(c.quorum_voters().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn file_values_and_topic_defaults_parse() {

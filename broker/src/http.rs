@@ -9,18 +9,52 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
+use sluice_replication::controller::driver::QuorumHandle;
+
 use crate::topics::TopicManager;
 
-pub fn router(topics: Arc<TopicManager>) -> Router {
+#[derive(Clone)]
+pub struct HttpState {
+    topics: Arc<TopicManager>,
+    quorum: QuorumHandle,
+}
+
+pub fn router(topics: Arc<TopicManager>, quorum: QuorumHandle) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/topics", get(topics_json))
-        .with_state(topics)
+        .with_state(HttpState { topics, quorum })
 }
 
-async fn metrics(State(topics): State<Arc<TopicManager>>) -> impl IntoResponse {
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let topics = state.topics;
     let mut out = String::new();
+    let q = state.quorum.status();
+    for (name, help, v) in [
+        (
+            "sluice_metadata_quorum_leader",
+            "The active controller's node id (0: none).",
+            q.leader.unwrap_or(0),
+        ),
+        (
+            "sluice_metadata_quorum_term",
+            "Raft term of the metadata quorum.",
+            q.term,
+        ),
+        (
+            "sluice_metadata_commit_index",
+            "Metadata-log offset committed by the quorum.",
+            q.commit_index,
+        ),
+        (
+            "sluice_metadata_applied_index",
+            "Metadata-log offset applied by this broker.",
+            q.applied_index,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
     let gauges: [(&str, &str); 4] = [
         (
             "sluice_partition_log_start_offset",
@@ -78,7 +112,8 @@ async fn metrics(State(topics): State<Arc<TopicManager>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
-async fn topics_json(State(topics): State<Arc<TopicManager>>) -> impl IntoResponse {
+async fn topics_json(State(state): State<HttpState>) -> impl IntoResponse {
+    let topics = state.topics;
     let list: Vec<serde_json::Value> = topics
         .list()
         .iter()

@@ -17,6 +17,7 @@ mod grpc;
 mod http;
 mod kafka;
 mod partitioner;
+mod quorum;
 mod server;
 mod topics;
 
@@ -49,6 +50,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Consumer groups: list, describe, lag, reset-offsets, delete.
     Group(cli::GroupArgs),
+    /// The cluster: the metadata quorum's status.
+    Cluster(cli::ClusterArgs),
 }
 
 #[derive(clap::Args)]
@@ -74,6 +77,12 @@ struct ServeArgs {
     /// This broker's id [default: 1].
     #[arg(long)]
     node_id: Option<i32>,
+    /// Broker-to-broker (metadata quorum) listen address [default: 127.0.0.1:9094].
+    #[arg(long)]
+    controller_addr: Option<std::net::SocketAddr>,
+    /// The metadata quorum: `1@host:port,2@host:port,3@host:port` [default: this broker alone].
+    #[arg(long)]
+    controller_quorum_voters: Option<String>,
 }
 
 fn init_tracing(default_filter: &str) {
@@ -111,6 +120,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(n) = args.node_id {
         config.node_id = n;
     }
+    if let Some(a) = args.controller_addr {
+        config.controller_addr = a;
+    }
+    if let Some(v) = args.controller_quorum_voters {
+        config.controller_quorum_voters = Some(v);
+    }
     config.validate().map_err(|e| e.to_string())?;
     init_tracing(&config.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -132,6 +147,7 @@ fn main() {
         Command::Consume(args) => cli::run(cli::Client::Consume(args)),
         Command::Bench(args) => cli::run(cli::Client::Bench(args)),
         Command::Group(args) => cli::run(cli::Client::Group(args)),
+        Command::Cluster(args) => cli::run(cli::Client::Cluster(args)),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -100,6 +100,17 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
         }
         None => (kafka_addr.ip().to_string(), i32::from(kafka_addr.port())),
     };
+    let controller_listener =
+        TcpListener::bind(config.controller_addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what: "controller",
+                addr: config.controller_addr,
+                source,
+            })?;
+    let quorum = crate::quorum::Quorum::start(&config, controller_listener)
+        .await
+        .map_err(|e| ServeError::Server(e.to_string()))?;
     let http_listener = TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -139,10 +150,14 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
         config.clone(),
         topics.clone(),
         groups.clone(),
+        (quorum.handle.clone(), quorum.voters.clone()),
         stopped(stop_rx.clone()),
     ));
-    let http_server = axum::serve(http_listener, crate::http::router(topics.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http_server = axum::serve(
+        http_listener,
+        crate::http::router(topics.clone(), quorum.handle.clone()),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
     let http = tokio::spawn(async move { http_server.await });
     let ticker = tokio::spawn(groups.clone().run_ticker(stop_rx.clone()));
     let kafka_ctx = Arc::new(crate::kafka::Ctx {
@@ -167,6 +182,8 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
         grpc = %grpc_addr,
         kafka = %kafka_addr,
         http = %http_addr,
+        controller = %config.controller_addr,
+        voters = quorum.voters.len(),
         data_dir = %config.data_dir.display(),
         topics = topics.list().len(),
         "sluice broker ready"
@@ -188,6 +205,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     // In-flight requests have drained (serve_with_shutdown waits for them): close the logs.
     let t = topics.clone();
     let _ = tokio::task::spawn_blocking(move || t.close()).await;
+    quorum.stop().await;
     tracing::info!("sluice broker stopped cleanly");
     match grpc_result {
         Ok(Ok(())) => Ok(()),

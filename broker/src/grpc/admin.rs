@@ -9,6 +9,8 @@ use crate::topics::{Topic, TopicManager};
 
 pub struct AdminService {
     pub topics: Arc<TopicManager>,
+    pub quorum: sluice_replication::controller::driver::QuorumHandle,
+    pub voters: Vec<(u64, String)>,
 }
 
 pub fn describe(topic: &Topic) -> pb::TopicDescription {
@@ -35,6 +37,29 @@ pub fn describe(topic: &Topic) -> pb::TopicDescription {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn describe_quorum(
+        &self,
+        _req: Request<pb::DescribeQuorumRequest>,
+    ) -> Result<Response<pb::DescribeQuorumResponse>, Status> {
+        let s = self.quorum.status();
+        Ok(Response::new(pb::DescribeQuorumResponse {
+            node_id: s.node_id,
+            leader_id: s.leader.unwrap_or(0),
+            term: s.term,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            snapshot_index: s.snapshot_index,
+            voters: self
+                .voters
+                .iter()
+                .map(|(id, address)| pb::QuorumVoter {
+                    id: *id,
+                    address: address.clone(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn create_topic(
         &self,
         req: Request<pb::CreateTopicRequest>,

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod consumer;
 pub mod groups;
+pub mod internal;
 mod oversize;
 pub mod producer;
 pub mod status;
@@ -118,6 +119,10 @@ pub async fn serve(
     config: Arc<BrokerConfig>,
     topics: Arc<TopicManager>,
     groups: Arc<crate::groups::GroupCoordinator>,
+    quorum: (
+        sluice_replication::controller::driver::QuorumHandle,
+        Vec<(u64, String)>,
+    ),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let max = config.max_request_bytes;
@@ -126,6 +131,8 @@ pub async fn serve(
         .build_v1()?;
     let admin = AdminServer::new(admin::AdminService {
         topics: topics.clone(),
+        quorum: quorum.0,
+        voters: quorum.1,
     })
     .max_decoding_message_size(max);
     let producer = ProducerServer::new(producer::ProducerService {

@@ -4,10 +4,15 @@
 //!   shutdown, leader election, AlterPartition validation, topic creation and deletion — pure
 //!   functions of the image, the time and injected randomness, returning metadata records.
 //!
-//! Next (the cluster issue): the raft-rs node that replicates those records among the
-//! `controller_quorum_voters`, its durable storage under `data_dir/meta/`, and the driver that
-//! serialises requests through the state machine.
+//! - [`raft_storage`]: raft-rs's storage made durable under `data_dir/meta/raft/`.
+//! - [`raft_node`]: one voter of the metadata quorum (raft-rs `RawNode`), applying committed
+//!   decisions to the [`crate::metadata::MetadataImage`]; synchronous, so a seeded simulation
+//!   drives it (`tests/raft_sim.rs`).
+//! - [`driver`]: the voter on its own thread with bounded queues, and the [`driver::QuorumHandle`]
+//!   the broker proposes through; peers are reached through a [`driver::RaftTransport`] (gRPC in
+//!   the broker).
 
+pub mod driver;
 pub mod raft_node;
 pub mod raft_storage;
 pub mod state_machine;

@@ -350,3 +350,22 @@ impl MetadataNode {
         }
     }
 }
+
+/// raft-rs messages on the wire (the internal gRPC service carries them as opaque bytes).
+pub mod wire {
+    use protobuf::Message as _;
+    pub use raft::prelude::Message;
+
+    pub fn encode(m: &Message) -> Result<Vec<u8>, protobuf::ProtobufError> {
+        m.write_to_bytes()
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Message, protobuf::ProtobufError> {
+        Message::parse_from_bytes(b)
+    }
+
+    /// True for the message kind whose delivery the transport must report.
+    pub fn is_snapshot(m: &Message) -> bool {
+        m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot
+    }
+}

@@ -57,6 +57,8 @@ pub struct Broker {
     pub grpc_port: u16,
     pub kafka_port: u16,
     pub http_port: u16,
+    /// Broker-to-broker (metadata quorum) port.
+    pub controller_port: u16,
     pub extra_args: Vec<String>,
     /// Where the data lives when not under `dir` (a test's own file system).
     pub data_dir_override: Option<PathBuf>,
@@ -74,15 +76,7 @@ impl Broker {
 
     /// Starts a broker whose data directory is `data_dir` (default: inside its temp dir).
     pub fn start_in(data_dir: Option<PathBuf>, extra_args: Vec<String>) -> Broker {
-        let mut b = Broker {
-            dir: tempfile::tempdir().expect("temp dir"),
-            grpc_port: free_port(),
-            kafka_port: free_port(),
-            http_port: free_port(),
-            extra_args,
-            data_dir_override: data_dir,
-            child: None,
-        };
+        let mut b = Self::unstarted(data_dir, extra_args);
         // A port picked free can be taken by someone else (a parallel test's client socket)
         // before the broker binds it: pick new ones and try again.
         for _ in 0..5 {
@@ -92,11 +86,27 @@ impl Broker {
                     b.grpc_port = free_port();
                     b.kafka_port = free_port();
                     b.http_port = free_port();
+                    b.controller_port = free_port();
                 }
                 Err(log) => panic!("broker did not start:\n{log}"),
             }
         }
         panic!("broker did not start: its ports kept being taken");
+    }
+
+    /// A broker with its ports picked but no process yet (a cluster needs every voter's
+    /// address before the first starts): set `extra_args`, then [`Broker::launch`].
+    pub fn unstarted(data_dir: Option<PathBuf>, extra_args: Vec<String>) -> Broker {
+        Broker {
+            dir: tempfile::tempdir().expect("temp dir"),
+            grpc_port: free_port(),
+            kafka_port: free_port(),
+            http_port: free_port(),
+            controller_port: free_port(),
+            extra_args,
+            data_dir_override: data_dir,
+            child: None,
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -128,6 +138,8 @@ impl Broker {
             .arg(format!("127.0.0.1:{}", self.kafka_port))
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg("--controller-addr")
+            .arg(format!("127.0.0.1:{}", self.controller_port))
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -1,0 +1,106 @@
+//! The metadata quorum inside `sluice serve`: this broker's voter (raft-rs over durable storage
+//! in `data_dir/meta/raft/`), its driver thread, the gRPC transport to the other voters, and the
+//! broker-to-broker listener on `controller_addr`.
+//!
+//! With no `controller_quorum_voters` the broker is a one-voter quorum of itself (KRaft's
+//! combined mode with a single node), so `sluice serve` with no configuration still just works.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_replication::controller::driver::{self, DriverConfig, QuorumHandle};
+use sluice_replication::controller::raft_node::{MetadataNode, MetadataNodeConfig};
+use tokio::net::TcpListener;
+
+use crate::config::BrokerConfig;
+use crate::grpc::internal::{self, GrpcRaftTransport};
+
+/// Outgoing Raft messages queued per peer before they are dropped (Raft retransmits).
+const PEER_QUEUE: usize = 1024;
+
+pub struct Quorum {
+    pub handle: QuorumHandle,
+    /// Voter id -> `host:port` of its `controller_addr`.
+    pub voters: Vec<(u64, String)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuorumError {
+    #[error("invalid quorum configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the metadata log in {dir}: {source}")]
+    Open {
+        dir: std::path::PathBuf,
+        source: sluice_replication::controller::raft_node::MetadataNodeError,
+    },
+    #[error("cannot start the controller thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl Quorum {
+    /// Opens this broker's voter and starts serving `listener` (bound to `controller_addr`).
+    pub async fn start(
+        config: &BrokerConfig,
+        listener: TcpListener,
+    ) -> Result<Quorum, QuorumError> {
+        let voters = config.quorum_voters()?;
+        let id = config.node_id as u64;
+        let ids: Vec<u64> = voters.iter().map(|(i, _)| *i).collect();
+        let dir = config.data_dir.join("meta").join("raft");
+        let mut node_config = MetadataNodeConfig::new(id, ids.clone());
+        node_config.snapshot_every = config.metadata_snapshot_interval_records;
+        let open_dir = dir.clone();
+        let node = tokio::task::spawn_blocking(move || MetadataNode::open(&open_dir, node_config))
+            .await
+            .map_err(|e| QuorumError::Thread(std::io::Error::other(e.to_string())))?
+            .map_err(|source| QuorumError::Open { dir, source })?;
+        let peers: HashMap<u64, String> = voters
+            .iter()
+            .filter(|(i, _)| *i != id)
+            .map(|(i, a)| (*i, a.clone()))
+            .collect();
+        let transport = Arc::new(GrpcRaftTransport::start(&peers, PEER_QUEUE));
+        let (handle, thread) = driver::spawn(
+            node,
+            ids,
+            transport.clone(),
+            DriverConfig {
+                tick: Duration::from_millis(config.controller_tick_ms),
+                ..DriverConfig::default()
+            },
+        )
+        .map_err(QuorumError::Thread)?;
+        transport.attach(handle.clone());
+        let svc = internal::server(handle.clone());
+        // Peers hold their Raft streams open for good, so a graceful server shutdown would wait
+        // forever: the server is aborted at shutdown instead (the process exits right after).
+        let server = tokio::spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+            {
+                tracing::error!(error = %e, "controller listener failed");
+            }
+        });
+        Ok(Quorum {
+            handle,
+            voters,
+            thread: Some(thread),
+            server,
+        })
+    }
+
+    /// Stops the voter (its state is on disk already) and the listener.
+    pub async fn stop(mut self) {
+        self.handle.stop();
+        self.server.abort();
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
