@@ -46,12 +46,14 @@ pub enum TopicCommand {
     /// Create a topic.
     Create {
         name: String,
-        /// Number of partitions [default: the broker's num_partitions].
-        #[arg(long, default_value_t = 0)]
-        partitions: u32,
-        /// Replicas per partition [default: the broker's default_replication_factor].
-        #[arg(long, default_value_t = 0)]
-        replication_factor: u32,
+        /// Number of partitions, at least 1 [default: the broker's num_partitions].
+        #[arg(long, allow_negative_numbers = true,
+              value_parser = clap::value_parser!(i64).range(1..=i64::from(u32::MAX)))]
+        partitions: Option<i64>,
+        /// Replicas per partition, at least 1 [default: the broker's default_replication_factor].
+        #[arg(long, allow_negative_numbers = true,
+              value_parser = clap::value_parser!(i64).range(1..=i64::from(u32::MAX)))]
+        replication_factor: Option<i64>,
         /// Topic config override, Kafka name: --config retention.ms=3600000 (repeatable).
         #[arg(long = "config", value_parser = parse_kv)]
         configs: Vec<(String, String)>,
@@ -312,8 +314,9 @@ async fn topic(args: TopicArgs) -> Result<(), String> {
             let r = c
                 .create_topic(pb::CreateTopicRequest {
                     name,
-                    partitions,
-                    replication_factor,
+                    // 0 asks for the broker's default.
+                    partitions: partitions.map_or(0, |p| p as u32),
+                    replication_factor: replication_factor.map_or(0, |r| r as u32),
                     configs: configs.into_iter().collect(),
                 })
                 .await

@@ -205,3 +205,16 @@ fn bench_produces_and_consumes_and_reports() {
     assert_eq!(v["records"], 5000);
     assert_eq!(v["bytes"], 500_000);
 }
+
+#[test]
+fn topic_create_refuses_zero_and_negative_partition_counts() {
+    let b = Broker::start();
+    for bad in ["0", "-5"] {
+        let o = b.cli(&["topic", "create", "z", "--partitions", bad], None);
+        assert!(!o.status.success(), "--partitions {bad} was accepted");
+        let e = stderr(&o);
+        assert!(e.contains("--partitions"), "the error names the flag: {e}");
+    }
+    let o = b.cli(&["topic", "list", "--output", "json"], None);
+    assert_eq!(stdout(&o).trim(), "[]", "nothing was created");
+}

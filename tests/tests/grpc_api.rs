@@ -553,3 +553,31 @@ async fn server_reflection_lists_the_sluice_services() {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
 }
+
+/// Older grpcurl and Python reflection clients speak only `grpc.reflection.v1alpha`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_reflection_is_served_as_v1alpha_too() {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    let b = Broker::start();
+    let mut client = ServerReflectionClient::new(b.channel().await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(futures::stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection response {resp:?}");
+    };
+    assert!(
+        list.service.iter().any(|s| s.name == "sluice.v1.Admin"),
+        "{list:?}"
+    );
+}

@@ -129,6 +129,10 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::v1::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // Older grpcurl and Python reflection clients speak only v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     let admin = AdminServer::new(admin::AdminService {
         topics: topics.clone(),
         quorum: quorum.0,
@@ -151,6 +155,7 @@ pub async fn serve(
         .tcp_nodelay(true)
         .layer(oversize::OversizeLayer)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(admin)
         .add_service(producer)
         .add_service(consumer)
