@@ -128,9 +128,9 @@ impl Sim {
         let out = node
             .handle_ready()
             .unwrap_or_else(|e| panic!("seed {}: node {} ready failed: {e}", self.seed, i + 1));
-        if out.restored_from_snapshot {
+        if let Some(at) = out.restored_from_snapshot {
             self.snapshots_restored += 1;
-            self.last_applied[i] = node.applied_index();
+            self.last_applied[i] = at;
         }
         for c in &out.committed {
             assert!(

@@ -278,7 +278,7 @@ impl Driver {
                 tracing::info!(to, "sent a metadata snapshot");
             }
         }
-        let applied_any = !out.committed.is_empty() || out.restored_from_snapshot;
+        let applied_any = !out.committed.is_empty() || out.restored_from_snapshot.is_some();
         for c in out.committed {
             if let Some(p) = c.proposal.filter(|p| p.node == self.node.id()) {
                 if let Some(reply) = self.pending.remove(&p.seq) {

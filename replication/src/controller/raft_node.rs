@@ -107,8 +107,9 @@ pub struct ReadyOutput {
     /// on is persisted.
     pub messages: Vec<Message>,
     pub committed: Vec<Committed>,
-    /// The image was replaced by a snapshot from the leader.
-    pub restored_from_snapshot: bool,
+    /// The image was replaced by a snapshot from the leader, at this index (the batches in
+    /// `committed` follow it).
+    pub restored_from_snapshot: Option<u64>,
 }
 
 pub struct MetadataNode {
@@ -293,7 +294,7 @@ impl MetadataNode {
                 MetadataImage::decode(snap.get_data()).map_err(MetadataNodeError::Snapshot)?;
             self.applied = snap.get_metadata().index;
             self.snapshot_index = self.applied;
-            out.restored_from_snapshot = true;
+            out.restored_from_snapshot = Some(self.applied);
         }
         let committed = rd.take_committed_entries();
         self.apply(committed, &mut out);
@@ -320,7 +321,10 @@ impl MetadataNode {
 
     fn apply(&mut self, entries: Vec<Entry>, out: &mut ReadyOutput) {
         for e in entries {
-            self.applied = self.applied.max(e.index);
+            if e.index <= self.applied {
+                continue; // already in the image (restored from a snapshot that covers it)
+            }
+            self.applied = e.index;
             if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
                 continue; // a new leader's empty entry; voters are static for now
             }
