@@ -920,7 +920,15 @@ pub async fn group(args: GroupArgs) -> Result<(), String> {
                 for (t, lag) in &per_topic {
                     println!("Topic {t}: lag {lag}");
                 }
-                println!("Group {} ({}): total lag {}", l.group, l.state, l.total_lag);
+                let uncommitted = l.partitions.iter().filter(|p| p.lag.is_none()).count();
+                if uncommitted > 0 {
+                    println!(
+                        "Group {} ({}): total lag {} (and {uncommitted} partition(s) with no committed offset: lag unknown)",
+                        l.group, l.state, l.total_lag
+                    );
+                } else {
+                    println!("Group {} ({}): total lag {}", l.group, l.state, l.total_lag);
+                }
             }
         }
         GroupCommand::ResetOffsets {

@@ -114,7 +114,14 @@ impl Member {
         for tp in assignment {
             let start = match committed.get(tp) {
                 Some(o) => *o,
-                None => self.reset_offset(tp, from_beginning).await?,
+                None => {
+                    let o = self.reset_offset(tp, from_beginning).await?;
+                    // Commit the position even before anything is printed (Kafka's consumer does
+                    // on close): else records produced while this member is down would be
+                    // skipped, since a restarted member with no commit starts at the end again.
+                    self.printed.insert(tp.clone(), (o, true));
+                    o
+                }
             };
             out.insert(tp.clone(), start);
         }

@@ -21,8 +21,25 @@ struct GroupConsumer {
 
 impl GroupConsumer {
     fn start(b: &Broker, topic: &str, group: &str, extra: &[&str]) -> GroupConsumer {
+        Self::start_from(b, topic, group, true, extra)
+    }
+
+    /// `from_beginning: false`: without a committed offset, start at the end (Kafka's
+    /// auto.offset.reset=latest, the console consumer's default).
+    fn start_from(
+        b: &Broker,
+        topic: &str,
+        group: &str,
+        from_beginning: bool,
+        extra: &[&str],
+    ) -> GroupConsumer {
         let mut child = Command::new(sluice_bin())
-            .args(["consume", topic, "--group", group, "--from-beginning"])
+            .args(["consume", topic, "--group", group])
+            .args(if from_beginning {
+                &["--from-beginning"][..]
+            } else {
+                &[][..]
+            })
             .args([
                 "--session-timeout-ms",
                 "3000",
@@ -514,4 +531,37 @@ fn grpc_group_errors_are_statuses() {
             .into_inner();
         assert_eq!(hb.status(), sluice_proto::v1::MemberStatus::Fenced);
     });
+}
+
+/// A member that starts at the end and prints nothing still commits its position, so what is
+/// produced while the group has no member is delivered when one comes back (issue 13 item 5).
+#[test]
+fn a_member_that_printed_nothing_commits_its_position() {
+    let b = Broker::start();
+    let o = b.cli(&["topic", "create", "pos", "--partitions", "1"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    produce(&b, "pos", 0, 3); // before the group exists: not for it
+    let mut first = GroupConsumer::start_from(&b, "pos", "late", false, &[]);
+    wait_for("the position committed", Duration::from_secs(30), || {
+        // The group appears only once the member has joined: retry until it does.
+        let o = b.cli(&["group", "lag", "late", "--output", "json"], None);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        v["partitions"][0]["committed_offset"]
+            .as_u64()
+            .filter(|c| *c == 3)
+    });
+    assert!(first.records().is_empty());
+    assert_eq!(first.sigterm(), Some(0));
+    produce(&b, "pos", 3, 8); // while the group has no member
+    let second = GroupConsumer::start_from(&b, "pos", "late", false, &[]);
+    let got = wait_for(
+        "the records produced meanwhile",
+        Duration::from_secs(30),
+        || {
+            let r = second.records();
+            (r.len() >= 5).then_some(r)
+        },
+    );
+    let offsets: Vec<u64> = got.iter().map(|(_, o, _)| *o).collect();
+    assert_eq!(offsets, vec![3, 4, 5, 6, 7]);
 }
