@@ -97,10 +97,16 @@ impl Quorum {
 
     /// Stops the voter (its state is on disk already) and the listener.
     pub async fn stop(mut self) {
-        self.handle.stop();
         self.server.abort();
-        if let Some(t) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
+        // The stop command may wait for room in a full queue: not on a runtime thread.
+        let handle = self.handle.clone();
+        let thread = self.thread.take();
+        let _ = tokio::task::spawn_blocking(move || {
+            handle.stop();
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
+        })
+        .await;
     }
 }

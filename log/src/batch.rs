@@ -217,6 +217,11 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
     let attributes = i16_at(batch, ATTRIBUTES_POS) | TIMESTAMP_TYPE_MASK;
     batch[ATTRIBUTES_POS..ATTRIBUTES_POS + 2].copy_from_slice(&attributes.to_be_bytes());
     batch[MAX_TIMESTAMP_POS..MAX_TIMESTAMP_POS + 8].copy_from_slice(&now_ms.to_be_bytes());
+    refresh_crc(batch);
+}
+
+/// Recomputes and stores the CRC after a change to the fields it covers.
+pub fn refresh_crc(batch: &mut [u8]) {
     let crc = compute_crc(batch);
     batch[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
 }
@@ -224,8 +229,7 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
 /// Sets a CreateTime batch's maxTimestamp and recomputes the CRC (which covers it).
 pub fn set_max_timestamp(batch: &mut [u8], max_timestamp: i64) {
     batch[MAX_TIMESTAMP_POS..MAX_TIMESTAMP_POS + 8].copy_from_slice(&max_timestamp.to_be_bytes());
-    let crc = compute_crc(batch);
-    batch[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+    refresh_crc(batch);
 }
 
 /// Walks a buffer of back-to-back batches, yielding `(position, header)` for each complete one.

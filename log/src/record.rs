@@ -65,19 +65,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn varlong(&mut self) -> Result<i64, BatchError> {
-        let mut z: u64 = 0;
-        for i in 0..10 {
-            let b = *self
-                .buf
-                .get(self.pos)
-                .ok_or(BatchError::CorruptRecord("truncated varint"))?;
-            self.pos += 1;
-            z |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
-            }
-        }
-        Err(BatchError::CorruptRecord("varint longer than 10 bytes"))
+        crate::validator::varlong(self.buf, &mut self.pos)
     }
 
     fn varint(&mut self) -> Result<i32, BatchError> {

@@ -248,7 +248,7 @@ fn skip_nullable(body: &[u8], p: &mut usize, len: i32) -> Result<(), BatchError>
 /// Zig-zag varlong. One- and two-byte values (most lengths, deltas and counts) take a branch or
 /// two; longer ones the general loop.
 #[inline(always)]
-fn varlong(buf: &[u8], pos: &mut usize) -> Result<i64, BatchError> {
+pub(crate) fn varlong(buf: &[u8], pos: &mut usize) -> Result<i64, BatchError> {
     let p = *pos;
     if let Some(&b0) = buf.get(p) {
         if b0 < 0x80 {
@@ -332,8 +332,7 @@ mod tests {
     /// Sets a header field and recomputes the CRC, as a lying client would.
     fn lie(b: &mut [u8], pos: usize, v: &[u8]) {
         b[pos..pos + v.len()].copy_from_slice(v);
-        let crc = batch::compute_crc(b);
-        b[batch::CRC_POS..batch::CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+        batch::refresh_crc(b);
     }
 
     #[test]
@@ -469,8 +468,7 @@ mod tests {
             for x in [0x00u8, 0x01, 0x7f, 0x80, 0xff] {
                 let mut m = good.clone();
                 m[i] = x;
-                let crc = batch::compute_crc(&m);
-                m[batch::CRC_POS..batch::CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+                batch::refresh_crc(&mut m);
                 if check(&m, &rules()).is_ok() {
                     let recs = crate::record::decode_batch(&Bytes::from(m), 1 << 20)
                         .unwrap_or_else(|e| panic!("byte {i}={x:#x} accepted but: {e}"));

@@ -42,8 +42,7 @@ fn batch_of(values: &[(&str, Option<&str>)], ts: i64) -> Vec<u8> {
 /// Rewrites a header field and the CRC, as a lying client would: the frame stays valid.
 fn lie(b: &mut [u8], pos: usize, v: &[u8]) {
     b[pos..pos + v.len()].copy_from_slice(v);
-    let crc = batch::compute_crc(b);
-    b[batch::CRC_POS..batch::CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+    batch::refresh_crc(b);
 }
 
 /// The three lies from the issue: a count of 1e9 over one record, a count of 1 over three

@@ -126,7 +126,8 @@ impl QuorumHandle {
         self.committed.subscribe()
     }
 
-    /// Stops the driver thread (the node's state is all on disk already).
+    /// Stops the driver thread (the node's state is all on disk already). Blocks while the
+    /// command queue is full: call it from a blocking context.
     pub fn stop(&self) {
         let _ = self.tx.send(Command::Stop);
     }

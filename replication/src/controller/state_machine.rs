@@ -208,16 +208,7 @@ impl ControllerState {
         hb: &Heartbeat,
         now_ms: i64,
     ) -> Result<Decision<HeartbeatReply>, ControllerError> {
-        let b = image
-            .broker(hb.broker_id)
-            .ok_or(ControllerError::UnknownBroker(hb.broker_id))?;
-        if b.broker_epoch != hb.broker_epoch {
-            return Err(ControllerError::StaleBrokerEpoch {
-                broker_id: hb.broker_id,
-                got: hb.broker_epoch,
-                current: b.broker_epoch,
-            });
-        }
+        let b = registered(image, hb.broker_id, hb.broker_epoch)?;
         self.last_contact_ms.insert(hb.broker_id, now_ms);
         let caught_up = hb.metadata_offset >= b.registered_at;
         let mut records = Vec::new();
@@ -456,16 +447,7 @@ impl ControllerState {
         image: &MetadataImage,
         req: &AlterPartition,
     ) -> Result<Decision<PartitionRegistration>, ControllerError> {
-        let b = image
-            .broker(req.broker_id)
-            .ok_or(ControllerError::UnknownBroker(req.broker_id))?;
-        if b.broker_epoch != req.broker_epoch {
-            return Err(ControllerError::StaleBrokerEpoch {
-                broker_id: req.broker_id,
-                got: req.broker_epoch,
-                current: b.broker_epoch,
-            });
-        }
+        registered(image, req.broker_id, req.broker_epoch)?;
         let reg = image
             .partition(req.topic_id, req.partition)
             .ok_or_else(|| {
@@ -532,6 +514,24 @@ impl ControllerState {
             after,
         ))
     }
+}
+
+/// The broker's registration, if `epoch` is its current one (requests from an older incarnation
+/// are refused).
+fn registered(
+    image: &MetadataImage,
+    id: BrokerId,
+    epoch: i64,
+) -> Result<&crate::metadata::BrokerRegistration, ControllerError> {
+    let b = image.broker(id).ok_or(ControllerError::UnknownBroker(id))?;
+    if b.broker_epoch != epoch {
+        return Err(ControllerError::StaleBrokerEpoch {
+            broker_id: id,
+            got: epoch,
+            current: b.broker_epoch,
+        });
+    }
+    Ok(b)
 }
 
 fn apply_all(image: &mut MetadataImage, records: &[MetadataRecord]) {
