@@ -131,6 +131,18 @@ fn write_config(text: &str) -> String {
     path.display().to_string()
 }
 
+/// `json` for wait loops: `None` while the command fails (a group not formed yet, a broker
+/// restarting), so the loop retries instead of panicking on its first poll.
+fn try_json(b: &Broker, args: &[&str]) -> Option<serde_json::Value> {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let o = b.cli(&all, None);
+    if !o.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&o.stdout).ok()
+}
+
 fn json(b: &Broker, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.extend(["--output", "json"]);
@@ -145,7 +157,11 @@ fn json(b: &Broker, args: &[&str]) -> serde_json::Value {
 
 /// member id → assigned partitions of topic `t`.
 fn assignment(b: &Broker, group: &str) -> (String, BTreeMap<String, BTreeSet<u64>>) {
-    let d = json(b, &["group", "describe", group]);
+    try_assignment(b, group).expect("group describe")
+}
+
+fn try_assignment(b: &Broker, group: &str) -> Option<(String, BTreeMap<String, BTreeSet<u64>>)> {
+    let d = try_json(b, &["group", "describe", group])?;
     let members = d["members"]
         .as_array()
         .unwrap()
@@ -163,7 +179,7 @@ fn assignment(b: &Broker, group: &str) -> (String, BTreeMap<String, BTreeSet<u64
             (m["member_id"].as_str().unwrap().to_string(), parts)
         })
         .collect();
-    (d["state"].as_str().unwrap().to_string(), members)
+    Some((d["state"].as_str()?.to_string(), members))
 }
 
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -186,7 +202,12 @@ fn produce(b: &Broker, topic: &str, from: u32, to: u32) {
 /// Checks every partition's lag row: lag = log end offset − committed offset. Returns
 /// partition → (committed, log end).
 fn lag_rows(b: &Broker, group: &str) -> BTreeMap<u64, (Option<u64>, u64)> {
-    let lag = json(b, &["group", "lag", group]);
+    try_lag_rows(b, group).expect("group lag")
+}
+
+/// `lag_rows` for wait loops: `None` while the command fails.
+fn try_lag_rows(b: &Broker, group: &str) -> Option<BTreeMap<u64, (Option<u64>, u64)>> {
+    let lag = try_json(b, &["group", "lag", group])?;
     let mut total = 0;
     let rows = lag["partitions"]
         .as_array()
@@ -202,7 +223,7 @@ fn lag_rows(b: &Broker, group: &str) -> BTreeMap<u64, (Option<u64>, u64)> {
         })
         .collect();
     assert_eq!(lag["total_lag"].as_u64(), Some(total));
-    rows
+    Some(rows)
 }
 
 #[test]
@@ -221,7 +242,7 @@ fn grpc_group_members_split_rebalance_on_silent_death_commit_and_survive_restart
         .map(|_| GroupConsumer::start(&b, topic, "g", &[]))
         .collect();
     let members = wait_for("a 2/2/2 split", Duration::from_secs(30), || {
-        let (state, m) = assignment(&b, "g");
+        let (state, m) = try_assignment(&b, "g")?;
         (state == "Stable" && m.len() == 3 && m.values().all(|p| p.len() == 2)).then_some(m)
     });
     let all: BTreeSet<u64> = members.values().flatten().copied().collect();
@@ -230,7 +251,7 @@ fn grpc_group_members_split_rebalance_on_silent_death_commit_and_survive_restart
         "the first 600 to be committed",
         Duration::from_secs(30),
         || {
-            let rows = lag_rows(&b, "g");
+            let rows = try_lag_rows(&b, "g")?;
             (rows.len() == 6 && rows.values().all(|(c, e)| *c == Some(*e))).then_some(())
         },
     );
@@ -268,7 +289,7 @@ fn grpc_group_members_split_rebalance_on_silent_death_commit_and_survive_restart
         "the survivors to take over",
         Duration::from_secs(30),
         || {
-            let (state, m) = assignment(&b, "g");
+            let (state, m) = try_assignment(&b, "g")?;
             (state == "Stable" && m.len() == 2 && m.values().all(|p| p.len() == 3)).then_some(m)
         },
     );
@@ -280,7 +301,7 @@ fn grpc_group_members_split_rebalance_on_silent_death_commit_and_survive_restart
     assert_eq!(owned, (0..6).collect());
     assert!(!victim_partitions.is_empty());
     wait_for("all 900 committed", Duration::from_secs(30), || {
-        let rows = lag_rows(&b, "g");
+        let rows = try_lag_rows(&b, "g")?;
         let total: u64 = rows.values().map(|(_, e)| e).sum();
         (total == 900 && rows.values().all(|(c, e)| *c == Some(*e))).then_some(())
     });
@@ -332,7 +353,12 @@ fn grpc_group_members_split_rebalance_on_silent_death_commit_and_survive_restart
         || resumed.child.try_wait().ok().flatten(),
     );
     assert_eq!(code.code(), Some(0));
-    std::thread::sleep(Duration::from_millis(100));
+    // The process has exited; its stdout reader thread may still be draining the pipe.
+    wait_for(
+        "the resumed member's output",
+        Duration::from_secs(10),
+        || (resumed.records().len() >= 60).then_some(()),
+    );
     let got: BTreeSet<String> = resumed.records().into_iter().map(|r| r.2).collect();
     assert_eq!(got, (900..960).map(|i| format!("v{i}")).collect());
     assert!(lag_rows(&b, "g").values().all(|(c, e)| *c == Some(*e)));
@@ -370,7 +396,7 @@ fn a_restarted_static_member_takes_its_place_without_a_rebalance() {
             .collect()
     };
     let before = wait_for("a 2/2 split", Duration::from_secs(30), || {
-        let d = json(&b, &["group", "describe", "static"]);
+        let d = try_json(&b, &["group", "describe", "static"])?;
         let m = by_instance(&d);
         (d["state"] == "Stable"
             && m.len() == 2
@@ -418,11 +444,11 @@ fn an_empty_groups_offsets_expire_after_offsets_retention() {
         .success());
     produce(&b, "ret", 0, 20);
     let groups = |b: &Broker| -> Vec<String> {
-        json(b, &["group", "list"])
-            .as_array()
-            .expect("group list is a JSON array")
+        try_json(b, &["group", "list"])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
             .iter()
-            .map(|g| g["group"].as_str().unwrap().to_string())
+            .filter_map(|g| g["group"].as_str().map(str::to_string))
             .collect()
     };
     // A member that stays keeps its group's offsets.
@@ -431,7 +457,7 @@ fn an_empty_groups_offsets_expire_after_offsets_retention() {
         groups(&b).contains(&"kept".to_string()).then_some(())
     });
     wait_for("kept to commit", Duration::from_secs(30), || {
-        let rows = lag_rows(&b, "kept");
+        let rows = try_lag_rows(&b, "kept")?;
         (rows.len() == 2 && rows.values().all(|(c, e)| *c == Some(*e))).then_some(())
     });
     // A member that reads everything, commits and leaves: its group is empty, then gone.
