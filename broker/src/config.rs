@@ -54,6 +54,25 @@ pub struct BrokerConfig {
     /// Metadata records applied between two snapshots of the metadata image (the log before a
     /// snapshot is deleted; a restarted or lagging voter starts from the snapshot).
     pub metadata_snapshot_interval_records: u64,
+    /// `host:port` other brokers and tools are told for the gRPC API; default: `grpc_addr`.
+    pub advertised_grpc_addr: Option<String>,
+    /// This broker's rack: replicas of a partition are spread over racks when set
+    /// (Kafka `broker.rack`).
+    pub broker_rack: Option<String>,
+    /// How often this broker heartbeats to the active controller
+    /// (Kafka `broker.heartbeat.interval.ms`).
+    pub broker_heartbeat_interval_ms: u64,
+    /// A broker silent this long is fenced: it leads nothing until it is back
+    /// (Kafka `broker.session.timeout.ms`).
+    pub broker_session_timeout_ms: u64,
+    /// Move leadership back to each partition's first replica once it is in sync again
+    /// (Kafka `auto.leader.rebalance.enable`).
+    pub auto_leader_rebalance_enable: bool,
+    /// How often the controller looks for leadership to move back
+    /// (Kafka `leader.imbalance.check.interval.seconds`, in ms).
+    pub leader_imbalance_check_interval_ms: u64,
+    /// How long a SIGTERM waits for leadership to move away before the process exits anyway.
+    pub controlled_shutdown_timeout_ms: u64,
     /// Partitions of a topic created without a count (Kafka `num.partitions`).
     pub num_partitions: u32,
     /// Replication factor of a topic created without one (Kafka `default.replication.factor`).
@@ -107,6 +126,13 @@ impl Default for BrokerConfig {
             controller_quorum_voters: None,
             controller_tick_ms: 100,
             metadata_snapshot_interval_records: 1_000,
+            advertised_grpc_addr: None,
+            broker_rack: None,
+            broker_heartbeat_interval_ms: 2_000,
+            broker_session_timeout_ms: 9_000,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_ms: 300_000,
+            controlled_shutdown_timeout_ms: 30_000,
             num_partitions: 1,
             default_replication_factor: 1,
             max_request_bytes: 100 << 20,
@@ -232,6 +258,14 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid(
                 "controller_tick_ms and metadata_snapshot_interval_records must be >= 1".into(),
             ));
+        }
+        if self.broker_heartbeat_interval_ms == 0
+            || self.broker_heartbeat_interval_ms >= self.broker_session_timeout_ms
+        {
+            return Err(ConfigError::Invalid(format!(
+                "broker_heartbeat_interval_ms ({}) must be >= 1 and below broker_session_timeout_ms ({})",
+                self.broker_heartbeat_interval_ms, self.broker_session_timeout_ms
+            )));
         }
         let voters = self.quorum_voters()?;
         if !voters.iter().any(|(id, _)| *id == self.node_id as u64) {

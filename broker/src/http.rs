@@ -75,8 +75,8 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     ];
     for (i, (name, help)) in gauges.iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for t in topics.list() {
-            for p in &t.partitions {
+        for (t, p) in topics.replicas() {
+            {
                 let log = p.log();
                 let v = match i {
                     0 => log.log_start_offset(),
@@ -114,11 +114,12 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 
 async fn topics_json(State(state): State<HttpState>) -> impl IntoResponse {
     let topics = state.topics;
-    let list: Vec<serde_json::Value> = topics
-        .list()
-        .iter()
-        .map(|t| {
-            let d = crate::grpc::admin::describe(t);
+    let image = state.quorum.image();
+    let list: Vec<serde_json::Value> = image
+        .topic_ids
+        .keys()
+        .filter_map(|name| crate::grpc::admin::describe(&image, &topics, name).ok())
+        .map(|d| {
             serde_json::json!({
                 "name": d.name,
                 "replication_factor": d.replication_factor,
@@ -126,6 +127,7 @@ async fn topics_json(State(state): State<HttpState>) -> impl IntoResponse {
                 "partitions": d.partitions.iter().map(|p| serde_json::json!({
                     "partition": p.partition,
                     "leader": p.leader,
+                    "replicas": p.replicas,
                     "isr": p.isr,
                     "log_start_offset": p.log_start_offset,
                     "log_end_offset": p.log_end_offset,

@@ -10,6 +10,7 @@
 mod bench;
 mod bench_kafka;
 mod cli;
+mod cluster;
 mod config;
 mod group_consume;
 mod groups;
@@ -18,6 +19,7 @@ mod http;
 mod kafka;
 mod partitioner;
 mod quorum;
+mod requests;
 mod server;
 mod topics;
 
@@ -83,6 +85,21 @@ struct ServeArgs {
     /// The metadata quorum: `1@host:port,2@host:port,3@host:port` [default: this broker alone].
     #[arg(long)]
     controller_quorum_voters: Option<String>,
+    /// Address other brokers and tools are told for the gRPC API [default: the gRPC listen address].
+    #[arg(long)]
+    advertised_grpc_addr: Option<String>,
+    /// This broker's rack (replicas are spread over racks).
+    #[arg(long)]
+    broker_rack: Option<String>,
+    /// Heartbeat interval to the active controller, ms [default: 2000].
+    #[arg(long)]
+    broker_heartbeat_interval_ms: Option<u64>,
+    /// A broker silent this long is fenced, ms [default: 9000].
+    #[arg(long)]
+    broker_session_timeout_ms: Option<u64>,
+    /// How often leadership is moved back to preferred leaders, ms [default: 300000].
+    #[arg(long)]
+    leader_imbalance_check_interval_ms: Option<u64>,
 }
 
 fn init_tracing(default_filter: &str) {
@@ -125,6 +142,21 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if let Some(v) = args.controller_quorum_voters {
         config.controller_quorum_voters = Some(v);
+    }
+    if let Some(a) = args.advertised_grpc_addr {
+        config.advertised_grpc_addr = Some(a);
+    }
+    if let Some(r) = args.broker_rack {
+        config.broker_rack = Some(r);
+    }
+    if let Some(v) = args.broker_heartbeat_interval_ms {
+        config.broker_heartbeat_interval_ms = v;
+    }
+    if let Some(v) = args.broker_session_timeout_ms {
+        config.broker_session_timeout_ms = v;
+    }
+    if let Some(v) = args.leader_imbalance_check_interval_ms {
+        config.leader_imbalance_check_interval_ms = v;
     }
     config.validate().map_err(|e| e.to_string())?;
     init_tracing(&config.log_level);

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_replication::controller::active::{ActiveController, ActiveControllerConfig};
 use sluice_replication::controller::driver::{self, DriverConfig, QuorumHandle};
 use sluice_replication::controller::raft_node::{MetadataNode, MetadataNodeConfig};
 use tokio::net::TcpListener;
@@ -19,8 +20,14 @@ use crate::grpc::internal::{self, GrpcRaftTransport};
 /// Outgoing Raft messages queued per peer before they are dropped (Raft retransmits).
 const PEER_QUEUE: usize = 1024;
 
+/// How often the active controller looks for expired broker sessions.
+const CONTROLLER_TICK: Duration = Duration::from_millis(250);
+
 pub struct Quorum {
     pub handle: QuorumHandle,
+    /// This voter's controller (answers only while it leads).
+    pub controller: Arc<ActiveController>,
+    ticker: tokio::task::JoinHandle<()>,
     /// Voter id -> `host:port` of its `controller_addr`.
     pub voters: Vec<(u64, String)>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -74,7 +81,33 @@ impl Quorum {
         )
         .map_err(QuorumError::Thread)?;
         transport.attach(handle.clone());
-        let svc = internal::server(handle.clone());
+        let controller = Arc::new(ActiveController::new(
+            handle.clone(),
+            Arc::new(sluice_log::MonotonicClock::default()),
+            ActiveControllerConfig {
+                broker_session_timeout_ms: config.broker_session_timeout_ms as i64,
+                auto_leader_rebalance: config.auto_leader_rebalance_enable,
+                leader_imbalance_check_interval_ms: config.leader_imbalance_check_interval_ms
+                    as i64,
+            },
+            u64::from_le_bytes(
+                crate::topics::random_uuid().as_bytes()[..8]
+                    .try_into()
+                    .unwrap_or_default(),
+            ),
+        ));
+        let ticker = {
+            let c = controller.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(CONTROLLER_TICK);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    c.tick().await;
+                }
+            })
+        };
+        let svc = internal::server(handle.clone(), controller.clone());
         // Peers hold their Raft streams open for good, so a graceful server shutdown would wait
         // forever: the server is aborted at shutdown instead (the process exits right after).
         let server = tokio::spawn(async move {
@@ -89,6 +122,8 @@ impl Quorum {
         });
         Ok(Quorum {
             handle,
+            controller,
+            ticker,
             voters,
             thread: Some(thread),
             server,
@@ -97,6 +132,7 @@ impl Quorum {
 
     /// Stops the voter (its state is on disk already) and the listener.
     pub async fn stop(mut self) {
+        self.ticker.abort();
         self.server.abort();
         // The stop command may wait for room in a full queue: not on a runtime thread.
         let handle = self.handle.clone();

@@ -8,6 +8,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use sluice_replication::metadata::Endpoints;
+
+use crate::cluster::node::Node;
 use crate::config::BrokerConfig;
 use crate::topics::TopicManager;
 
@@ -61,33 +64,22 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
             source: e,
         },
     })?;
-    let cfg = config.clone();
-    let topics = tokio::task::spawn_blocking(move || TopicManager::open(cfg))
-        .await
-        .map_err(|e| ServeError::Server(e.to_string()))?
-        .map_err(|source| ServeError::Data {
-            dir: config.data_dir.clone(),
-            source,
-        })?;
-    let topics = Arc::new(topics);
-
-    let grpc_listener = TcpListener::bind(config.grpc_addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            what: "gRPC",
-            addr: config.grpc_addr,
-            source,
-        })?;
-    let kafka_listener = TcpListener::bind(config.kafka_addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            what: "Kafka",
-            addr: config.kafka_addr,
-            source,
-        })?;
-    let kafka_addr = kafka_listener
-        .local_addr()
-        .map_err(|e| ServeError::Server(e.to_string()))?;
+    let bind = |what: &'static str, addr: std::net::SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { what, addr, source })
+    };
+    let grpc_listener = bind("gRPC", config.grpc_addr).await?;
+    let kafka_listener = bind("Kafka", config.kafka_addr).await?;
+    let controller_listener = bind("controller", config.controller_addr).await?;
+    let http_listener = bind("HTTP", config.http_addr).await?;
+    let local = |l: &TcpListener| {
+        l.local_addr()
+            .map_err(|e| ServeError::Server(e.to_string()))
+    };
+    let kafka_addr = local(&kafka_listener)?;
+    let grpc_addr = local(&grpc_listener)?;
+    let http_addr = local(&http_listener)?;
     let (advertised_host, advertised_port) = match &config.advertised_kafka_addr {
         Some(a) => {
             let (h, p) = a
@@ -100,30 +92,19 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
         }
         None => (kafka_addr.ip().to_string(), i32::from(kafka_addr.port())),
     };
-    let controller_listener =
-        TcpListener::bind(config.controller_addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                what: "controller",
-                addr: config.controller_addr,
-                source,
-            })?;
-    let quorum = crate::quorum::Quorum::start(&config, controller_listener)
+    let endpoints = Endpoints {
+        kafka: format!("{advertised_host}:{advertised_port}"),
+        grpc: config
+            .advertised_grpc_addr
+            .clone()
+            .unwrap_or_else(|| grpc_addr.to_string()),
+        controller: String::new(),
+    };
+    let mut node = Node::start(config.clone(), controller_listener, endpoints)
         .await
         .map_err(|e| ServeError::Server(e.to_string()))?;
-    let http_listener = TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            what: "HTTP",
-            addr: config.http_addr,
-            source,
-        })?;
-    let grpc_addr = grpc_listener
-        .local_addr()
-        .map_err(|e| ServeError::Server(e.to_string()))?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|e| ServeError::Server(e.to_string()))?;
+    let topics = node.topics.clone();
+    let admin = node.admin.clone();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -131,7 +112,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     };
 
     let groups = {
-        let t = topics.clone();
+        let a = admin.clone();
         let settings = crate::groups::GroupSettings {
             initial_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
             offsets_retention: Duration::from_secs(
@@ -141,21 +122,21 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
                 config.offsets_retention_check_interval_ms,
             ),
         };
-        tokio::task::spawn_blocking(move || crate::groups::GroupCoordinator::open(t, settings))
+        tokio::task::spawn_blocking(move || crate::groups::GroupCoordinator::open(a, settings))
             .await
             .map_err(|e| ServeError::Server(e.to_string()))?
     };
     let grpc = tokio::spawn(crate::grpc::serve(
         grpc_listener,
         config.clone(),
-        topics.clone(),
+        admin.clone(),
         groups.clone(),
-        (quorum.handle.clone(), quorum.voters.clone()),
+        (node.quorum.handle.clone(), node.quorum.voters.clone()),
         stopped(stop_rx.clone()),
     ));
     let http_server = axum::serve(
         http_listener,
-        crate::http::router(topics.clone(), quorum.handle.clone()),
+        crate::http::router(topics.clone(), node.quorum.handle.clone()),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
     let http = tokio::spawn(async move { http_server.await });
@@ -163,6 +144,8 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     let kafka_ctx = Arc::new(crate::kafka::Ctx {
         groups,
         topics: topics.clone(),
+        admin: admin.clone(),
+        quorum: node.quorum.handle.clone(),
         config: config.clone(),
         advertised_host,
         advertised_port,
@@ -183,9 +166,8 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
         kafka = %kafka_addr,
         http = %http_addr,
         controller = %config.controller_addr,
-        voters = quorum.voters.len(),
+        voters = node.quorum.voters.len(),
         data_dir = %config.data_dir.display(),
-        topics = topics.list().len(),
         "sluice broker ready"
     );
 
@@ -193,6 +175,8 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
         _ = shutdown_signal() => None,
         r = grpc => Some(r),
     };
+    // Leadership moves away while this broker still answers (clients follow it), then stop.
+    node.shut_down_cluster_side().await;
     let _ = stop_tx.send(true);
     let grpc_result = match grpc_result {
         Some(r) => r,
@@ -203,9 +187,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     let _ = ticker.await;
     let _ = duties.await;
     // In-flight requests have drained (serve_with_shutdown waits for them): close the logs.
-    let t = topics.clone();
-    let _ = tokio::task::spawn_blocking(move || t.close()).await;
-    quorum.stop().await;
+    node.stop().await;
     tracing::info!("sluice broker stopped cleanly");
     match grpc_result {
         Ok(Ok(())) => Ok(()),

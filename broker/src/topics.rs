@@ -1,18 +1,30 @@
-//! The topic registry: which topics exist, their partitions and configs, persisted in the data
-//! directory and reopened (with log recovery) at start-up.
+//! The replica manager's store: the topics of the cluster as this broker serves them, and the
+//! partition replicas this broker holds.
 //!
-//! On disk: `<data_dir>/<topic>-<partition>/` per partition (Kafka's layout) and
-//! `<data_dir>/meta/topics.json`, replaced atomically. A topic exists once its metadata is
-//! written; partition directories without metadata (a crash mid-create or mid-delete) are removed
-//! at start-up. When the Raft controller arrives, this metadata moves into its log.
+//! What exists is the metadata image's business (the controller's log); this module follows it.
+//! [`TopicManager::sync`] reconciles the local state with an image — level-triggered, so a
+//! broker that restarts or restores a snapshot converges without having seen every delta: it
+//! opens (or creates) the partition directories of replicas assigned to this broker, hands each
+//! its leader / epoch / ISR, applies topic configs, and deletes the directories of topics the
+//! image no longer has. Directories the image never knew are left alone until the broker has
+//! caught up with the metadata log, then renamed `<dir>.<ms>.stray` (KIP-858's stray replicas: a
+//! topic deleted, or recreated with a new id, while this broker was away); they are never
+//! deleted on a guess.
+//!
+//! On disk: `<data_dir>/<topic>-<partition>/` per replica (Kafka's layout), each with a
+//! `partition.metadata` file naming its topic id, so a directory of an older topic of the same
+//! name is told apart. A single-node data directory from before the cluster has
+//! `meta/topics.json`: its topics are handed to the controller once (see
+//! [`TopicManager::legacy_topics`]) and the file is renamed `topics.json.imported`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sluice_log::LogDirHealth;
-use sluice_replication::{Partition, PartitionError};
+use sluice_replication::metadata::MetadataImage;
+use sluice_replication::{Partition, PartitionError, ReplicaState};
 
 use crate::config::{BrokerConfig, ConfigError, TopicSettings};
 
@@ -26,6 +38,10 @@ pub enum TopicError {
         partition: u32,
         count: u32,
     },
+    #[error(transparent)]
+    Controller(#[from] sluice_replication::controller::api::ControllerFailure),
+    #[error("this broker holds no replica of {topic}-{partition}")]
+    NotHosted { topic: String, partition: u32 },
     #[error("topic {0:?} already exists")]
     AlreadyExists(String),
     #[error("invalid topic name {name:?}: {reason}")]
@@ -74,18 +90,6 @@ pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
-/// What is persisted per topic.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-struct TopicRecord {
-    /// Kafka topic ID (a UUID); topics created before IDs existed get one on the next start.
-    #[serde(default)]
-    id: Option<uuid::Uuid>,
-    partitions: u32,
-    replication_factor: u32,
-    #[serde(default)]
-    configs: BTreeMap<String, String>,
-}
-
 /// A random (version 4) UUID. std's `RandomState` is keyed from the OS's randomness per instance,
 /// which is all a topic ID needs, without another dependency.
 pub fn random_uuid() -> uuid::Uuid {
@@ -108,43 +112,53 @@ pub fn random_uuid() -> uuid::Uuid {
 pub struct Topic {
     pub name: String,
     pub id: uuid::Uuid,
-    pub replication_factor: u32,
-    overrides: RwLock<BTreeMap<String, String>>,
-    settings: RwLock<TopicSettings>,
-    pub partitions: Vec<Arc<Partition>>,
+    /// The partitions the cluster has (the image's count; this broker holds some of them).
+    pub partition_count: u32,
+    overrides: BTreeMap<String, String>,
+    settings: TopicSettings,
+    /// This broker's replicas, by partition index.
+    pub partitions: BTreeMap<u32, Arc<Partition>>,
 }
 
 impl Topic {
+    /// This broker's replica of partition `index`.
     pub fn partition(&self, index: u32) -> Result<&Arc<Partition>, TopicError> {
-        self.partitions
-            .get(index as usize)
-            .ok_or_else(|| TopicError::UnknownPartition {
+        if index >= self.partition_count {
+            return Err(TopicError::UnknownPartition {
                 topic: self.name.clone(),
                 partition: index,
-                count: self.partitions.len() as u32,
+                count: self.partition_count,
+            });
+        }
+        self.partitions
+            .get(&index)
+            .ok_or_else(|| TopicError::NotHosted {
+                topic: self.name.clone(),
+                partition: index,
             })
     }
     pub fn settings(&self) -> TopicSettings {
-        self.settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.settings.clone()
     }
     pub fn overrides(&self) -> BTreeMap<String, String> {
-        self.overrides
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.overrides.clone()
     }
 }
+
+/// A topic of a pre-cluster `topics.json`, to hand to the controller.
+pub type LegacyTopic = sluice_replication::controller::ImportedTopic;
 
 pub struct TopicManager {
     config: Arc<BrokerConfig>,
     /// Write health of the data directory (offline for writes after a failed write).
     dir_health: Arc<LogDirHealth>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    /// Serialises metadata changes (create, delete, alter) and their persistence.
+    /// Serialises syncs.
     changes: std::sync::Mutex<()>,
+    /// The metadata offset of the last image synced.
+    synced: tokio::sync::watch::Sender<u64>,
+    /// Topics of a pre-cluster `topics.json` not yet handed to the controller.
+    legacy: std::sync::Mutex<Option<Vec<LegacyTopic>>>,
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TopicError {
@@ -153,38 +167,25 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TopicError {
 }
 
 impl TopicManager {
-    /// Loads the registry and opens (recovering) every partition log.
+    /// An empty store over `config.data_dir`; [`TopicManager::sync`] fills it from the image.
     pub fn open(config: Arc<BrokerConfig>) -> Result<TopicManager, TopicError> {
         let meta_dir = config.data_dir.join("meta");
         std::fs::create_dir_all(&meta_dir).map_err(io(format!("create {}", meta_dir.display())))?;
-        let records: BTreeMap<String, TopicRecord> =
-            match std::fs::read(meta_path(&config.data_dir)) {
-                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TopicError::Io {
-                    context: "parse topics.json".into(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                })?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-                Err(e) => return Err(io("read topics.json")(e)),
-            };
-        remove_orphan_partitions(&config.data_dir, &records)?;
-        let needs_ids = records.values().any(|r| r.id.is_none());
-        let dir_health = Arc::new(LogDirHealth::new(&config.data_dir));
-        let mut topics = BTreeMap::new();
-        for (name, rec) in records {
-            let topic = open_topic(&config, &name, &rec, &dir_health)?;
-            tracing::info!(topic = %name, partitions = rec.partitions, "opened topic");
-            topics.insert(name, Arc::new(topic));
+        let legacy = read_legacy(&config.data_dir)?;
+        if let Some(l) = &legacy {
+            tracing::info!(
+                topics = l.len(),
+                "found a single-node topics.json: its topics will be handed to the controller"
+            );
         }
-        let manager = TopicManager {
+        Ok(TopicManager {
+            dir_health: Arc::new(LogDirHealth::new(&config.data_dir)),
             config,
-            dir_health,
-            topics: RwLock::new(topics),
+            topics: RwLock::new(BTreeMap::new()),
             changes: std::sync::Mutex::new(()),
-        };
-        if needs_ids {
-            manager.persist(&manager.records())?;
-        }
-        Ok(manager)
+            synced: tokio::sync::watch::channel(0).0,
+            legacy: std::sync::Mutex::new(legacy),
+        })
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
@@ -214,210 +215,239 @@ impl TopicManager {
             .collect()
     }
 
-    pub fn create(
-        &self,
-        name: &str,
-        partitions: u32,
-        replication_factor: u32,
-        configs: BTreeMap<String, String>,
-    ) -> Result<Arc<Topic>, TopicError> {
-        validate_topic_name(name)?;
-        let partitions = if partitions == 0 {
-            self.config.num_partitions
-        } else {
-            partitions
-        };
-        if partitions > MAX_PARTITIONS {
-            return Err(TopicError::InvalidPartitions(partitions));
-        }
-        let replication_factor = if replication_factor == 0 {
-            self.config.default_replication_factor
-        } else {
-            replication_factor
-        };
-        // One broker until clustering lands: more replicas than brokers cannot be placed.
-        if replication_factor > 1 {
-            return Err(TopicError::InvalidReplicationFactor {
-                requested: replication_factor,
-                available: 1,
-            });
-        }
-        self.config.topic_settings(&configs)?;
-        let _guard = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        if self.get(name).is_ok() {
-            return Err(TopicError::AlreadyExists(name.to_string()));
-        }
-        let rec = TopicRecord {
-            id: Some(random_uuid()),
-            partitions,
-            replication_factor,
-            configs,
-        };
-        let topic = Arc::new(open_topic(&self.config, name, &rec, &self.dir_health)?);
-        let mut all = self.records();
-        all.insert(name.to_string(), rec);
-        self.persist(&all)?;
-        self.topics
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), topic.clone());
-        tracing::info!(topic = %name, partitions, "created topic");
-        Ok(topic)
-    }
-
-    pub fn delete(&self, name: &str) -> Result<(), TopicError> {
-        let _guard = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let topic = self.get(name)?;
-        let mut all = self.records();
-        all.remove(name);
-        // Metadata first: once it is gone the topic is gone, even if we crash before the files.
-        self.persist(&all)?;
-        self.topics
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-        for p in &topic.partitions {
-            let dir = p.log().dir().to_path_buf();
-            let _ = p.log().close();
-            std::fs::remove_dir_all(&dir).map_err(io(format!("delete {}", dir.display())))?;
-        }
-        tracing::info!(topic = %name, "deleted topic");
-        Ok(())
-    }
-
-    /// Grows a topic to `count` partitions (Kafka's CreatePartitions: never shrinks).
-    pub fn add_partitions(&self, name: &str, count: u32) -> Result<Arc<Topic>, TopicError> {
-        let _guard = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let old = self.get(name)?;
-        let current = old.partitions.len() as u32;
-        if count <= current || count > MAX_PARTITIONS {
-            return Err(TopicError::InvalidPartitions(count));
-        }
-        let settings = old.settings();
-        let mut partitions = old.partitions.clone();
-        for i in current..count {
-            partitions.push(Arc::new(Partition::open(
-                name,
-                i,
-                self.config.node_id,
-                &partition_dir(&self.config.data_dir, name, i),
-                settings.log.clone(),
-                settings.replica,
-                self.dir_health.clone(),
-            )?));
-        }
-        let topic = Arc::new(Topic {
-            name: name.to_string(),
-            id: old.id,
-            replication_factor: old.replication_factor,
-            overrides: RwLock::new(old.overrides()),
-            settings: RwLock::new(settings),
-            partitions,
-        });
-        let mut all = self.records();
-        if let Some(rec) = all.get_mut(name) {
-            rec.partitions = count;
-        }
-        self.persist(&all)?;
-        self.topics
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), topic.clone());
-        tracing::info!(topic = %name, from = current, to = count, "added partitions");
-        Ok(topic)
-    }
-
-    /// Sets and removes topic config overrides; takes effect immediately.
-    pub fn alter_config(
-        &self,
-        name: &str,
-        set: BTreeMap<String, String>,
-        delete: &[String],
-    ) -> Result<Arc<Topic>, TopicError> {
-        let _guard = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let topic = self.get(name)?;
-        let mut overrides = topic.overrides();
-        for k in delete {
-            overrides.remove(k);
-        }
-        overrides.extend(set);
-        let settings = self.config.topic_settings(&overrides)?;
-        let mut all = self.records();
-        if let Some(rec) = all.get_mut(name) {
-            rec.configs = overrides.clone();
-        }
-        self.persist(&all)?;
-        for p in &topic.partitions {
-            p.set_configs(settings.log.clone(), settings.replica);
-        }
-        *topic.overrides.write().unwrap_or_else(|e| e.into_inner()) = overrides;
-        *topic.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
-        Ok(topic)
-    }
-
-    fn records(&self) -> BTreeMap<String, TopicRecord> {
+    /// This broker's replicas, every topic.
+    pub fn replicas(&self) -> Vec<(Arc<Topic>, Arc<Partition>)> {
         self.list()
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    TopicRecord {
-                        id: Some(t.id),
-                        partitions: t.partitions.len() as u32,
-                        replication_factor: t.replication_factor,
-                        configs: t.overrides(),
-                    },
-                )
+            .into_iter()
+            .flat_map(|t| {
+                t.partitions
+                    .values()
+                    .map(|p| (t.clone(), p.clone()))
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
 
-    fn persist(&self, all: &BTreeMap<String, TopicRecord>) -> Result<(), TopicError> {
-        let path = meta_path(&self.config.data_dir);
-        let tmp = path.with_extension("json.tmp");
-        let json = serde_json::to_vec_pretty(all).map_err(|e| TopicError::Io {
-            context: "encode topics.json".into(),
-            source: std::io::Error::other(e),
-        })?;
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
+    /// The metadata offset of the last image synced, to wait on.
+    pub fn watch_synced(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.synced.subscribe()
+    }
+
+    /// Reconciles the local replicas with `image` (blocking: opens and deletes logs).
+    pub fn sync(&self, image: &MetadataImage) {
+        let _guard = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let me = self.config.node_id;
+        let current: BTreeMap<String, Arc<Topic>> = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut next = BTreeMap::new();
+        for t in image.topics.values() {
+            let overrides = image.topic_configs(&t.name);
+            let settings = match self.config.topic_settings(&overrides) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Validated before it was committed; a newer broker's key, perhaps.
+                    tracing::warn!(topic = %t.name, error = %e, "topic configs not understood; using the defaults");
+                    match self.config.topic_settings(&BTreeMap::new()) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::error!(error = %e, "the broker's topic defaults are invalid");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let old = current.get(&t.name).filter(|o| o.id == t.id);
+            let configs_changed = old.is_some_and(|o| o.overrides != overrides);
+            let mut partitions = BTreeMap::new();
+            for (index, reg) in &t.partitions {
+                if !reg.replicas.contains(&me) {
+                    continue;
+                }
+                let part = match old.and_then(|o| o.partitions.get(index)) {
+                    Some(p) => {
+                        if configs_changed {
+                            p.set_configs(settings.log.clone(), settings.replica);
+                        }
+                        p.clone()
+                    }
+                    None => match self.open_replica(&t.name, t.id, *index, &settings) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::error!(topic = %t.name, partition = index, error = %e, "cannot open replica");
+                            continue;
+                        }
+                    },
+                };
+                part.set_replica_state(ReplicaState {
+                    leader: reg.leader,
+                    leader_epoch: reg.leader_epoch,
+                    partition_epoch: reg.partition_epoch,
+                    replicas: reg.replicas.clone(),
+                    isr: reg.isr.clone(),
+                });
+                partitions.insert(*index, part);
             }
-            Ok(())
+            if let Some(o) = old {
+                for (index, p) in &o.partitions {
+                    if !partitions.contains_key(index) {
+                        tracing::info!(topic = %t.name, partition = index, "replica moved away; deleting it");
+                        delete_replica(p);
+                    }
+                }
+            }
+            next.insert(
+                t.name.clone(),
+                Arc::new(Topic {
+                    name: t.name.clone(),
+                    id: t.id,
+                    partition_count: t.partitions.len() as u32,
+                    overrides,
+                    settings,
+                    partitions,
+                }),
+            );
+        }
+        for (name, old) in &current {
+            if next.get(name).is_some_and(|n| n.id == old.id) {
+                continue;
+            }
+            tracing::info!(topic = %name, "topic deleted; deleting its replicas");
+            for p in old.partitions.values() {
+                delete_replica(p);
+            }
+        }
+        *self.topics.write().unwrap_or_else(|e| e.into_inner()) = next;
+        self.synced.send_replace(image.offset);
+    }
+
+    fn open_replica(
+        &self,
+        topic: &str,
+        topic_id: uuid::Uuid,
+        index: u32,
+        settings: &TopicSettings,
+    ) -> Result<Arc<Partition>, TopicError> {
+        let dir = partition_dir(&self.config.data_dir, topic, index);
+        let meta = dir.join(PARTITION_METADATA);
+        if let Ok(text) = std::fs::read_to_string(&meta) {
+            if parse_partition_metadata(&text) != Some(topic_id) {
+                // A replica of an older topic of the same name: keep it aside, start afresh.
+                let stray = stray_path(&dir);
+                tracing::warn!(dir = %dir.display(), to = %stray.display(), "replica of another topic id; set aside");
+                std::fs::rename(&dir, &stray).map_err(io(format!("rename {}", dir.display())))?;
+            }
+        }
+        let p = Partition::open(
+            topic,
+            index,
+            self.config.node_id,
+            &dir,
+            settings.log.clone(),
+            settings.replica,
+            self.dir_health.clone(),
+        )?;
+        if !meta.exists() {
+            write_partition_metadata(&meta, topic_id)
+                .map_err(io(format!("write {}", meta.display())))?;
+        }
+        Ok(Arc::new(p))
+    }
+
+    /// Sets aside (renames `<dir>.<ms>.stray`) partition directories the synced image does not
+    /// assign to this broker. Call once caught up with the metadata log, never before: a lagging
+    /// image does not know recent topics.
+    pub fn set_aside_strays(&self) {
+        let _guard = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if self
+            .legacy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return; // its topics are not handed over yet
+        }
+        let topics = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Ok(entries) = std::fs::read_dir(&self.config.data_dir) else {
+            return;
         };
-        write().map_err(io("write topics.json"))
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some((topic, index)) = name.rsplit_once('-') else {
+                continue;
+            };
+            let Ok(index) = index.parse::<u32>() else {
+                continue;
+            };
+            if !path.is_dir() || validate_topic_name(topic).is_err() {
+                continue;
+            }
+            if topics
+                .get(topic)
+                .is_some_and(|t| t.partitions.contains_key(&index))
+            {
+                continue;
+            }
+            let stray = stray_path(&path);
+            tracing::warn!(dir = %path.display(), to = %stray.display(), "stray replica (no such topic, or not assigned here) set aside");
+            if let Err(e) = std::fs::rename(&path, &stray) {
+                tracing::error!(dir = %path.display(), error = %e, "cannot set the stray replica aside");
+            }
+        }
+    }
+
+    /// The topics of a pre-cluster `topics.json` still to hand to the controller.
+    pub fn legacy_topics(&self) -> Option<Vec<LegacyTopic>> {
+        self.legacy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The controller has taken the legacy topics: `topics.json` becomes `topics.json.imported`.
+    pub fn legacy_imported(&self) -> Result<(), TopicError> {
+        let path = meta_path(&self.config.data_dir);
+        let done = path.with_extension("json.imported");
+        std::fs::rename(&path, &done).map_err(io(format!("rename {}", path.display())))?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("sync meta directory"))?;
+        }
+        *self.legacy.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
     }
 
     /// Background duties: retention, `flush.ms`, recovery-point checkpoints.
     pub fn run_retention(&self) {
-        for t in self.list() {
-            for p in &t.partitions {
-                match p.log().delete_old_segments() {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(topic = %t.name, partition = p.index(), segments = n, "retention deleted segments")
-                    }
-                    Err(e) => {
-                        tracing::error!(topic = %t.name, partition = p.index(), error = %e, "retention failed")
-                    }
+        for (t, p) in self.replicas() {
+            match p.log().delete_old_segments() {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(topic = %t.name, partition = p.index(), segments = n, "retention deleted segments")
+                }
+                Err(e) => {
+                    tracing::error!(topic = %t.name, partition = p.index(), error = %e, "retention failed")
                 }
             }
         }
     }
 
     pub fn run_flush(&self) {
-        for t in self.list() {
-            for p in &t.partitions {
-                if let Err(e) = p.log().flush_if_due().and_then(|_| p.log().checkpoint()) {
-                    self.dir_health
-                        .record_failure(&format!("{}-{}", t.name, p.index()), &e);
-                    tracing::error!(topic = %t.name, partition = p.index(), error = %e, "flush failed");
-                }
+        for (t, p) in self.replicas() {
+            if let Err(e) = p.log().flush_if_due().and_then(|_| p.log().checkpoint()) {
+                self.dir_health
+                    .record_failure(&format!("{}-{}", t.name, p.index()), &e);
+                tracing::error!(topic = %t.name, partition = p.index(), error = %e, "flush failed");
             }
         }
     }
@@ -429,20 +459,18 @@ impl TopicManager {
                 .filter(|r| *r > 0),
             dedupe_buffer_bytes: self.config.log_cleaner_dedupe_buffer_size,
         };
-        for t in self.list() {
-            if !t.settings().log.cleanup_compact {
+        for (t, p) in self.replicas() {
+            if !t.settings.log.cleanup_compact {
                 continue;
             }
-            for p in &t.partitions {
-                // Compaction writes new segments: not into a directory that is offline for writes.
-                if self.dir_health.offline().is_some() {
-                    return;
-                }
-                if let Err(e) = p.log().compact(&options) {
-                    self.dir_health
-                        .record_failure(&format!("{}-{}", t.name, p.index()), &e);
-                    tracing::error!(topic = %t.name, partition = p.index(), error = %e, "compaction failed");
-                }
+            // Compaction writes new segments: not into a directory that is offline for writes.
+            if self.dir_health.offline().is_some() {
+                return;
+            }
+            if let Err(e) = p.log().compact(&options) {
+                self.dir_health
+                    .record_failure(&format!("{}-{}", t.name, p.index()), &e);
+                tracing::error!(topic = %t.name, partition = p.index(), error = %e, "compaction failed");
             }
         }
     }
@@ -454,14 +482,47 @@ impl TopicManager {
 
     /// Clean shutdown of every log.
     pub fn close(&self) {
-        for t in self.list() {
-            for p in &t.partitions {
-                if let Err(e) = p.log().close() {
-                    tracing::error!(topic = %t.name, partition = p.index(), error = %e, "close failed");
-                }
+        for (t, p) in self.replicas() {
+            if let Err(e) = p.log().close() {
+                tracing::error!(topic = %t.name, partition = p.index(), error = %e, "close failed");
             }
         }
     }
+}
+
+fn delete_replica(p: &Arc<Partition>) {
+    let dir = p.log().dir().to_path_buf();
+    let _ = p.log().close();
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        tracing::error!(dir = %dir.display(), error = %e, "cannot delete replica directory");
+    }
+}
+
+/// Kafka's per-replica file naming the topic id.
+const PARTITION_METADATA: &str = "partition.metadata";
+
+fn write_partition_metadata(path: &Path, id: uuid::Uuid) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    write!(f, "version: 0\ntopic_id: {id}\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn parse_partition_metadata(text: &str) -> Option<uuid::Uuid> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("topic_id:"))
+        .and_then(|v| uuid::Uuid::parse_str(v.trim()).ok())
+}
+
+fn stray_path(dir: &Path) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{stamp}.stray"));
+    dir.with_file_name(name)
 }
 
 fn meta_path(data_dir: &Path) -> PathBuf {
@@ -472,65 +533,36 @@ fn partition_dir(data_dir: &Path, topic: &str, index: u32) -> PathBuf {
     data_dir.join(format!("{topic}-{index}"))
 }
 
-fn open_topic(
-    config: &BrokerConfig,
-    name: &str,
-    rec: &TopicRecord,
-    dir_health: &Arc<LogDirHealth>,
-) -> Result<Topic, TopicError> {
-    let settings = config.topic_settings(&rec.configs)?;
-    let partitions = (0..rec.partitions)
-        .map(|i| {
-            Partition::open(
-                name,
-                i,
-                config.node_id,
-                &partition_dir(&config.data_dir, name, i),
-                settings.log.clone(),
-                settings.replica,
-                dir_health.clone(),
-            )
-            .map(Arc::new)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Topic {
-        name: name.to_string(),
-        id: rec.id.unwrap_or_else(random_uuid),
-        replication_factor: rec.replication_factor,
-        overrides: RwLock::new(rec.configs.clone()),
-        settings: RwLock::new(settings),
-        partitions,
-    })
+/// What a pre-cluster `topics.json` held per topic.
+#[derive(Debug, Clone, Deserialize)]
+struct LegacyRecord {
+    #[serde(default)]
+    id: Option<uuid::Uuid>,
+    partitions: u32,
+    #[serde(default)]
+    configs: BTreeMap<String, String>,
 }
 
-/// Removes `<topic>-<n>` directories that belong to no known topic partition.
-fn remove_orphan_partitions(
-    data_dir: &Path,
-    records: &BTreeMap<String, TopicRecord>,
-) -> Result<(), TopicError> {
-    let entries =
-        std::fs::read_dir(data_dir).map_err(io(format!("list {}", data_dir.display())))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let Some((topic, index)) = name.rsplit_once('-') else {
-            continue;
-        };
-        let Ok(index) = index.parse::<u32>() else {
-            continue;
-        };
-        if !path.is_dir() || validate_topic_name(topic).is_err() {
-            continue;
-        }
-        let known = records.get(topic).is_some_and(|r| index < r.partitions);
-        if !known {
-            tracing::warn!(dir = %path.display(), "removing partition directory of no known topic");
-            std::fs::remove_dir_all(&path).map_err(io(format!("remove {}", path.display())))?;
-        }
-    }
-    Ok(())
+fn read_legacy(data_dir: &Path) -> Result<Option<Vec<LegacyTopic>>, TopicError> {
+    let records: BTreeMap<String, LegacyRecord> = match std::fs::read(meta_path(data_dir)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TopicError::Io {
+            context: "parse topics.json".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("read topics.json")(e)),
+    };
+    Ok(Some(
+        records
+            .into_iter()
+            .map(|(name, r)| LegacyTopic {
+                name,
+                topic_id: r.id.unwrap_or_else(random_uuid),
+                partitions: r.partitions,
+                configs: r.configs,
+            })
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -551,77 +583,5 @@ mod tests {
         for bad in ["", ".", "..", "has space", "slash/", "ü", &"x".repeat(250)] {
             assert!(validate_topic_name(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn create_persist_reopen_alter_delete() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Arc::new(BrokerConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..BrokerConfig::default()
-        });
-        let tm = TopicManager::open(config.clone()).unwrap();
-        tm.create(
-            "orders",
-            3,
-            0,
-            [("retention.ms".into(), "1000".into())].into(),
-        )
-        .unwrap();
-        assert!(matches!(
-            tm.create("orders", 1, 1, BTreeMap::new()),
-            Err(TopicError::AlreadyExists(_))
-        ));
-        assert!(matches!(
-            tm.create("r3", 1, 3, BTreeMap::new()),
-            Err(TopicError::InvalidReplicationFactor { requested: 3, .. })
-        ));
-        assert!(tm
-            .create("bad", 1, 1, [("nope".into(), "1".into())].into())
-            .is_err());
-        assert!(dir.path().join("orders-2").is_dir());
-        tm.close();
-        drop(tm);
-        // A stray directory of no topic is removed at start-up.
-        std::fs::create_dir(dir.path().join("ghost-0")).unwrap();
-        let tm = TopicManager::open(config.clone()).unwrap();
-        assert!(!dir.path().join("ghost-0").exists());
-        let t = tm.get("orders").unwrap();
-        assert_eq!(t.partitions.len(), 3);
-        assert!(!t.id.is_nil());
-        assert_eq!(tm.get_by_id(t.id).unwrap().name, "orders");
-        assert_eq!(t.settings().log.retention_ms, 1000);
-        tm.alter_config(
-            "orders",
-            [("retention.ms".into(), "2000".into())].into(),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(
-            tm.get("orders").unwrap().partitions[0]
-                .log()
-                .config()
-                .retention_ms,
-            2000
-        );
-        tm.alter_config("orders", BTreeMap::new(), &["retention.ms".into()])
-            .unwrap();
-        assert_eq!(
-            tm.get("orders").unwrap().settings().log.retention_ms,
-            7 * 24 * 3600 * 1000
-        );
-        tm.add_partitions("orders", 5).unwrap();
-        assert!(matches!(
-            tm.add_partitions("orders", 5),
-            Err(TopicError::InvalidPartitions(5))
-        ));
-        assert_eq!(tm.get("orders").unwrap().partitions.len(), 5);
-        assert!(dir.path().join("orders-4").is_dir());
-        tm.delete("orders").unwrap();
-        assert!(!dir.path().join("orders-0").exists());
-        assert!(matches!(tm.get("orders"), Err(TopicError::UnknownTopic(_))));
-        drop(tm);
-        let tm = TopicManager::open(config).unwrap();
-        assert!(tm.list().is_empty());
     }
 }

@@ -243,6 +243,23 @@ impl Clock for SystemClock {
     }
 }
 
+/// Milliseconds on a monotonic clock (from an arbitrary start): for timeouts and leases, which
+/// must not jump when the wall clock is set.
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock(std::time::Instant);
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock(std::time::Instant::now())
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_ms(&self) -> i64 {
+        self.0.elapsed().as_millis() as i64
+    }
+}
+
 /// A clock that moves only when told to.
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicI64);

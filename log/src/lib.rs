@@ -49,7 +49,9 @@ pub mod validator;
 
 pub use crate::batch::{BatchHeader, TimestampType};
 pub use crate::compression::Compression;
-pub use crate::config::{Clock, LogConfig, ManualClock, SystemClock, LOG_CONFIG_KEYS};
+pub use crate::config::{
+    Clock, LogConfig, ManualClock, MonotonicClock, SystemClock, LOG_CONFIG_KEYS,
+};
 pub use crate::error::{BatchError, LogError, RecordError, Result};
 pub use crate::log::{AppendInfo, CleanStats, CleanerOptions, Log, ReadInfo, MAP_ENTRY_OVERHEAD};
 pub use crate::log_dir::LogDirHealth;

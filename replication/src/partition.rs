@@ -5,9 +5,17 @@
 //! visible to consumers. Consumers wait on a watch channel that the HW drives, so long polls wake
 //! the moment data is committed.
 //!
-//! Today every partition has one replica (this broker), so the ISR is `{self}` and the HW follows
-//! the log end offset on every append. Follower fetch and ISR management will move the HW through
-//! [`Partition::set_high_watermark`] instead; the produce and fetch paths do not change.
+//! Who leads, the leader epoch, the replicas and the ISR come from the metadata image: the
+//! replica manager calls [`Partition::set_replica_state`] whenever the controller changes them,
+//! and a replica that does not lead refuses produce and consumer fetch
+//! ([`PartitionError::NotLeader`]) so clients go to the leader.
+//!
+//! Replication to followers is the next step (follower fetch, ISR shrink/expand, HW = min LEO
+//! over the ISR). Until it lands a leader can only commit what its ISR holds, which is all of it
+//! only when the ISR is the leader alone: then the HW follows the log end offset on every
+//! append. A partition whose ISR names other brokers refuses writes
+//! ([`PartitionError::ReplicationUnavailable`]) rather than acknowledge a copy that no follower
+//! will ever take.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -36,6 +44,46 @@ pub enum PartitionError {
     NotEnoughReplicas { isr: usize, min_isr: usize },
     #[error("a storage task failed: {0}")]
     Task(String),
+    #[error("broker {broker} is not the leader of {topic}-{partition} (leader: {leader})")]
+    NotLeader {
+        topic: String,
+        partition: u32,
+        broker: i32,
+        /// The leader per this broker's metadata, or -1 if none.
+        leader: i32,
+    },
+    #[error(
+        "{topic}-{partition} has in-sync followers {followers:?}, and this build does not \
+         replicate to followers yet: writes are refused rather than acknowledged unreplicated"
+    )]
+    ReplicationUnavailable {
+        topic: String,
+        partition: u32,
+        followers: Vec<i32>,
+    },
+}
+
+/// The partition's registration in the metadata image, as this replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaState {
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+impl ReplicaState {
+    /// A single-replica partition led by `broker` (before the image says otherwise).
+    pub fn sole(broker: i32) -> ReplicaState {
+        ReplicaState {
+            leader: broker,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            replicas: vec![broker],
+            isr: vec![broker],
+        }
+    }
 }
 
 /// Replica settings that are not log settings.
@@ -59,6 +107,7 @@ pub struct Partition {
     broker_id: i32,
     log: Arc<Log>,
     leader_epoch: AtomicI32,
+    state: std::sync::RwLock<ReplicaState>,
     replica_config: std::sync::RwLock<ReplicaConfig>,
     hw_tx: watch::Sender<u64>,
     /// The write health of the log directory this replica lives in.
@@ -87,6 +136,7 @@ impl Partition {
             broker_id,
             log: Arc::new(log),
             leader_epoch: AtomicI32::new(0),
+            state: std::sync::RwLock::new(ReplicaState::sole(broker_id)),
             replica_config: std::sync::RwLock::new(replica_config),
             hw_tx,
             dir_health,
@@ -105,15 +155,54 @@ impl Partition {
     pub fn dir_health(&self) -> &Arc<LogDirHealth> {
         &self.dir_health
     }
+    pub fn state(&self) -> ReplicaState {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// Takes the image's view of this partition (leader, epochs, replicas, ISR).
+    pub fn set_replica_state(&self, state: ReplicaState) {
+        let mut cur = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if *cur == state {
+            return;
+        }
+        if cur.leader != state.leader || cur.leader_epoch != state.leader_epoch {
+            tracing::debug!(
+                topic = %self.topic,
+                partition = self.index,
+                leader = state.leader,
+                leader_epoch = state.leader_epoch,
+                "{}",
+                if state.leader == self.broker_id { "leading" } else { "not leading" }
+            );
+        }
+        self.leader_epoch
+            .store(state.leader_epoch, Ordering::Release);
+        *cur = state;
+    }
     pub fn leader(&self) -> i32 {
-        self.broker_id
+        self.state.read().unwrap_or_else(|e| e.into_inner()).leader
+    }
+    pub fn is_leader(&self) -> bool {
+        self.leader() == self.broker_id
     }
     pub fn replicas(&self) -> Vec<i32> {
-        vec![self.broker_id]
+        self.state().replicas
     }
-    /// In-sync replicas: with one replica, the leader alone.
     pub fn isr(&self) -> Vec<i32> {
-        vec![self.broker_id]
+        self.state().isr
+    }
+    /// Refuses unless this replica leads.
+    pub fn check_leader(&self) -> Result<(), PartitionError> {
+        let leader = self.leader();
+        if leader == self.broker_id {
+            Ok(())
+        } else {
+            Err(PartitionError::NotLeader {
+                topic: self.topic.clone(),
+                partition: self.index,
+                broker: self.broker_id,
+                leader,
+            })
+        }
     }
     pub fn leader_epoch(&self) -> i32 {
         self.leader_epoch.load(Ordering::Acquire)
@@ -145,8 +234,22 @@ impl Partition {
         batches: &mut [u8],
         acks: Acks,
     ) -> Result<AppendInfo, PartitionError> {
+        self.check_leader()?;
+        let state = self.state();
+        if state.isr.iter().any(|b| *b != self.broker_id) {
+            return Err(PartitionError::ReplicationUnavailable {
+                topic: self.topic.clone(),
+                partition: self.index,
+                followers: state
+                    .isr
+                    .iter()
+                    .copied()
+                    .filter(|b| *b != self.broker_id)
+                    .collect(),
+            });
+        }
         if acks == Acks::All {
-            let isr = self.isr().len();
+            let isr = state.isr.len();
             let min_isr = self.replica_config().min_insync_replicas;
             if isr < min_isr {
                 return Err(PartitionError::NotEnoughReplicas { isr, min_isr });
@@ -176,8 +279,9 @@ impl Partition {
         });
     }
 
-    /// Reads committed batches (below the HW) from `offset`.
+    /// Reads committed batches (below the HW) from `offset`: a consumer's read, from the leader.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadInfo, PartitionError> {
+        self.check_leader()?;
         Ok(self
             .log
             .read(offset, max_bytes, Some(self.high_watermark()))?)

@@ -71,7 +71,7 @@ fn three_brokers() -> Vec<Broker> {
             "--controller-quorum-voters".into(),
             voters.clone(),
         ];
-        b.launch();
+        b.launch_listening();
     }
     bs
 }
@@ -112,7 +112,7 @@ fn three_brokers_elect_a_controller_and_fail_over_after_kill_9() {
     assert!(new_term > term);
 
     // It comes back and follows; the commit index it reports catches up with the others.
-    bs[li].launch();
+    bs[li].launch_listening();
     let (_, term3) = wait_agreed_leader(&[&bs[0], &bs[1], &bs[2]], Duration::from_secs(60));
     assert!(term3 >= new_term);
     let end = Instant::now() + Duration::from_secs(30);
@@ -138,7 +138,7 @@ fn three_brokers_elect_a_controller_and_fail_over_after_kill_9() {
         b.kill9();
     }
     for b in bs.iter_mut() {
-        b.launch();
+        b.launch_listening();
     }
     let (_, term4) = wait_agreed_leader(&[&bs[0], &bs[1], &bs[2]], Duration::from_secs(60));
     assert!(term4 > before.term);

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::topics::TopicManager;
+use crate::requests::admin::Admin;
 
 /// Kafka error codes the group protocol uses.
 pub mod code {
@@ -382,7 +382,8 @@ fn now_ms() -> i64 {
 
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
-    topics: Arc<TopicManager>,
+    /// `__consumer_offsets` is created through the controller on first use.
+    admin: Arc<Admin>,
     settings: GroupSettings,
     next_member: std::sync::atomic::AtomicU64,
 }
@@ -390,9 +391,9 @@ pub struct GroupCoordinator {
 impl GroupCoordinator {
     /// Creates the coordinator and rebuilds groups (membership and committed offsets) from
     /// `__consumer_offsets`.
-    pub fn open(topics: Arc<TopicManager>, settings: GroupSettings) -> Arc<GroupCoordinator> {
+    pub fn open(admin: Arc<Admin>, settings: GroupSettings) -> Arc<GroupCoordinator> {
         let mut groups: HashMap<String, Group> = HashMap::new();
-        match offsets_log::replay(&topics) {
+        match offsets_log::replay(&admin.topics) {
             Ok(replayed) => {
                 for (name, snapshot) in replayed.groups {
                     groups.insert(name, Group::restore(snapshot));
@@ -412,7 +413,7 @@ impl GroupCoordinator {
         }
         Arc::new(GroupCoordinator {
             groups: Mutex::new(groups),
-            topics,
+            admin,
             settings,
             next_member: std::sync::atomic::AtomicU64::new(0),
         })
@@ -698,7 +699,7 @@ impl GroupCoordinator {
             }
         }
         // Durable first, then visible.
-        if let Err(e) = offsets_log::append(&self.topics, group, &offsets).await {
+        if let Err(e) = offsets_log::append(&self.admin, group, &offsets).await {
             tracing::error!(group, error = %e, "could not persist committed offsets");
             return code::KAFKA_STORAGE_ERROR;
         }
@@ -777,7 +778,7 @@ impl GroupCoordinator {
             .map(|(t, p)| offsets_log::offset_record(group, t, *p, None))
             .collect();
         records.push(offsets_log::group_record(group, None));
-        if let Err(e) = offsets_log::append_records(&self.topics, group, records).await {
+        if let Err(e) = offsets_log::append_records(&self.admin, group, records).await {
             tracing::error!(group, error = %e, "could not delete committed offsets");
             return code::KAFKA_STORAGE_ERROR;
         }
@@ -827,7 +828,7 @@ impl GroupCoordinator {
             .iter()
             .map(|(t, p)| offsets_log::offset_record(group, t, *p, None))
             .collect();
-        if let Err(e) = offsets_log::append_records(&self.topics, group, records).await {
+        if let Err(e) = offsets_log::append_records(&self.admin, group, records).await {
             tracing::error!(group, error = %e, "could not delete committed offsets");
             return Err(code::KAFKA_STORAGE_ERROR);
         }
@@ -884,7 +885,7 @@ impl GroupCoordinator {
             .collect();
         for (name, snapshot) in pending {
             let record = offsets_log::group_record(&name, Some(&snapshot));
-            if let Err(e) = offsets_log::append_records(&self.topics, &name, vec![record]).await {
+            if let Err(e) = offsets_log::append_records(&self.admin, &name, vec![record]).await {
                 tracing::error!(group = %name, error = %e, "could not store group metadata");
                 if let Some(g) = self.lock().get_mut(&name) {
                     g.needs_store = true;
@@ -924,7 +925,7 @@ impl GroupCoordinator {
             if drop_group {
                 records.push(offsets_log::group_record(&name, None));
             }
-            if let Err(e) = offsets_log::append_records(&self.topics, &name, records).await {
+            if let Err(e) = offsets_log::append_records(&self.admin, &name, records).await {
                 tracing::error!(group = %name, error = %e, "could not expire offsets");
                 continue;
             }
@@ -972,19 +973,45 @@ impl GroupCoordinator {
 mod tests {
     use super::*;
 
-    fn coordinator(dir: &std::path::Path) -> Arc<GroupCoordinator> {
-        let config = Arc::new(crate::config::BrokerConfig {
-            data_dir: dir.to_path_buf(),
-            ..Default::default()
-        });
-        let topics = Arc::new(TopicManager::open(config).unwrap());
-        GroupCoordinator::open(
-            topics,
+    /// A coordinator over a real single-node broker core (quorum, replica manager) on `dir`.
+    struct Opened {
+        node: crate::cluster::node::Node,
+        c: Arc<GroupCoordinator>,
+    }
+
+    impl std::ops::Deref for Opened {
+        type Target = Arc<GroupCoordinator>;
+        fn deref(&self) -> &Self::Target {
+            &self.c
+        }
+    }
+
+    impl Opened {
+        /// Stops the broker core (as a process exit would), so the directory can be reopened.
+        async fn close(self) {
+            drop(self.c);
+            self.node.stop().await;
+        }
+    }
+
+    async fn open_with(dir: &std::path::Path, settings: GroupSettings) -> Opened {
+        let node = crate::cluster::node::Node::start_for_tests(dir).await;
+        let admin = node.admin.clone();
+        let c = tokio::task::spawn_blocking(move || GroupCoordinator::open(admin, settings))
+            .await
+            .unwrap();
+        Opened { node, c }
+    }
+
+    async fn coordinator(dir: &std::path::Path) -> Opened {
+        open_with(
+            dir,
             GroupSettings {
                 initial_delay: Duration::from_millis(50),
                 ..Default::default()
             },
         )
+        .await
     }
 
     fn join(member: &str, session_ms: u64) -> JoinRequest {
@@ -1011,7 +1038,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn members_join_sync_heartbeat_and_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let c = coordinator(dir.path());
+        let c = coordinator(dir.path()).await;
         let ticker = tokio::spawn(ticking(c.clone()));
         // One member: after the initial delay it leads generation 1 and sees itself.
         let a = c.join(join("", 1000)).await;
@@ -1093,7 +1120,7 @@ mod tests {
     async fn membership_is_stored_and_rebuilt_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let (member, assignment) = {
-            let c = coordinator(dir.path());
+            let c = coordinator(dir.path()).await;
             let ticker = tokio::spawn(ticking(c.clone()));
             let a = c.join(join("", 5000)).await;
             let s = c
@@ -1111,11 +1138,12 @@ mod tests {
             );
             c.store_groups().await;
             ticker.abort();
+            c.close().await;
             (a.member_id, s.assignment)
         };
         // Reopened: the member is still there with its assignment, in the same generation, so
         // its heartbeats go on without a rebalance (what Kafka clients expect after a failover).
-        let c = coordinator(dir.path());
+        let c = coordinator(dir.path()).await;
         let (state, ptype, protocol, members) = c.describe("g").unwrap();
         assert_eq!(
             (state, ptype.as_str(), protocol.as_str()),
@@ -1132,21 +1160,23 @@ mod tests {
         // It leaves; the empty group is stored too and comes back empty, offsets kept.
         assert_eq!(c.leave("g", &member), code::NONE);
         c.store_groups().await;
-        drop(c);
-        let c = coordinator(dir.path());
+        c.close().await;
+        let c = coordinator(dir.path()).await;
         let (state, _, _, members) = c.describe("g").unwrap();
         assert_eq!((state, members.len()), (State::Empty, 0));
         assert_eq!(c.fetch_offsets("g", None).len(), 1);
         // Deleting the group tombstones its membership as well as its offsets.
         assert_eq!(c.delete_group("g").await, code::NONE);
-        drop(c);
-        assert!(coordinator(dir.path()).describe("g").is_none());
+        c.close().await;
+        let c = coordinator(dir.path()).await;
+        assert!(c.describe("g").is_none());
+        c.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restarted_static_member_takes_its_place_without_a_rebalance() {
         let dir = tempfile::tempdir().unwrap();
-        let c = coordinator(dir.path());
+        let c = coordinator(dir.path()).await;
         let ticker = tokio::spawn(ticking(c.clone()));
         let static_join = |member: &str, instance: &str| {
             let mut j = join(member, 5000);
@@ -1203,13 +1233,8 @@ mod tests {
     async fn an_empty_groups_offsets_expire_after_the_retention() {
         let dir = tempfile::tempdir().unwrap();
         let open = || {
-            let config = Arc::new(crate::config::BrokerConfig {
-                data_dir: dir.path().to_path_buf(),
-                ..Default::default()
-            });
-            let topics = Arc::new(TopicManager::open(config).unwrap());
-            GroupCoordinator::open(
-                topics,
+            open_with(
+                dir.path(),
                 GroupSettings {
                     initial_delay: Duration::from_millis(10),
                     offsets_retention: Duration::from_secs(60),
@@ -1217,7 +1242,7 @@ mod tests {
                 },
             )
         };
-        let c = open();
+        let c = open().await;
         let t0 = now_ms();
         assert_eq!(c.commit("idle", -1, "", offset(5, t0)).await, code::NONE);
         // A group with a member keeps its offsets however old they are.
@@ -1240,9 +1265,9 @@ mod tests {
         );
         assert_eq!(c.fetch_offsets("busy", None).len(), 1);
         ticker.abort();
-        drop(c);
+        c.close().await;
         // The expiry was written to __consumer_offsets.
-        let c = open();
+        let c = open().await;
         assert!(c.fetch_offsets("idle", None).is_empty());
         assert_eq!(c.fetch_offsets("busy", None).len(), 1);
     }
@@ -1251,7 +1276,7 @@ mod tests {
     async fn manual_commits_persist_and_replay() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let c = coordinator(dir.path());
+            let c = coordinator(dir.path()).await;
             let off = vec![(
                 "t".to_string(),
                 3,
@@ -1267,8 +1292,9 @@ mod tests {
                 c.fetch_offsets("manual", Some(vec![("t".into(), 3), ("t".into(), 4)]))[1].2,
                 None
             );
+            c.close().await;
         }
-        let c = coordinator(dir.path());
+        let c = coordinator(dir.path()).await;
         let got = c.fetch_offsets("manual", None);
         assert_eq!(got.len(), 1);
         assert_eq!(

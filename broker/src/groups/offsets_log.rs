@@ -22,6 +22,7 @@ use sluice_log::{BatchBuilder, Compression, Record};
 use sluice_replication::Acks;
 
 use super::Committed;
+use crate::requests::admin::Admin;
 use crate::topics::{TopicError, TopicManager};
 
 pub const TOPIC: &str = "__consumer_offsets";
@@ -272,9 +273,10 @@ pub fn decode_value(mut b: Bytes) -> Option<Committed> {
     })
 }
 
-/// The `__consumer_offsets` topic, created (compacted, 50 partitions) on first use.
-fn ensure_topic(topics: &TopicManager) -> Result<std::sync::Arc<crate::topics::Topic>, TopicError> {
-    match topics.get(TOPIC) {
+/// The `__consumer_offsets` topic, created (compacted, 50 partitions) on first use, through the
+/// controller like any topic.
+async fn ensure_topic(admin: &Admin) -> Result<std::sync::Arc<crate::topics::Topic>, TopicError> {
+    match admin.topics.get(TOPIC) {
         Ok(t) => Ok(t),
         Err(TopicError::UnknownTopic(_)) => {
             let configs = [
@@ -282,9 +284,11 @@ fn ensure_topic(topics: &TopicManager) -> Result<std::sync::Arc<crate::topics::T
                 ("segment.bytes".to_string(), (100u32 << 20).to_string()),
             ]
             .into();
-            match topics.create(TOPIC, PARTITIONS, 1, configs) {
-                Ok(t) => Ok(t),
-                Err(TopicError::AlreadyExists(_)) => topics.get(TOPIC),
+            match admin
+                .create_topic(TOPIC, PARTITIONS, 1, configs, false)
+                .await
+            {
+                Ok(_) | Err(TopicError::AlreadyExists(_)) => admin.topics.get(TOPIC),
                 Err(e) => Err(e),
             }
         }
@@ -309,7 +313,7 @@ pub fn group_record(group: &str, g: Option<&GroupSnapshot>) -> (Bytes, Option<By
 
 /// Appends one record per committed offset to the group's partition, as one batch.
 pub async fn append(
-    topics: &TopicManager,
+    admin: &Admin,
     group: &str,
     offsets: &[(String, i32, Committed)],
 ) -> Result<(), String> {
@@ -317,19 +321,19 @@ pub async fn append(
         .iter()
         .map(|(t, p, c)| offset_record(group, t, *p, Some(c)))
         .collect();
-    append_records(topics, group, records).await
+    append_records(admin, group, records).await
 }
 
 /// Appends these key/value records, as one batch, to the group's partition.
 pub async fn append_records(
-    topics: &TopicManager,
+    admin: &Admin,
     group: &str,
     records: Vec<(Bytes, Option<Bytes>)>,
 ) -> Result<(), String> {
     if records.is_empty() {
         return Ok(());
     }
-    let topic = tokio::task::block_in_place(|| ensure_topic(topics)).map_err(|e| e.to_string())?;
+    let topic = ensure_topic(admin).await.map_err(|e| e.to_string())?;
     let partition = topic
         .partition(partition_for(group))
         .map_err(|e| e.to_string())?
@@ -369,7 +373,7 @@ pub fn replay(topics: &TopicManager) -> Result<Replayed, String> {
     let Ok(topic) = topics.get(TOPIC) else {
         return Ok(out);
     };
-    for p in &topic.partitions {
+    for p in topic.partitions.values() {
         let log = p.log();
         let mut offset = log.log_start_offset();
         loop {

@@ -5,33 +5,62 @@ use std::sync::Arc;
 use sluice_proto::v1::{self as pb, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
-use crate::topics::{Topic, TopicManager};
+use sluice_replication::metadata::MetadataImage;
+
+use crate::topics::TopicManager;
 
 pub struct AdminService {
-    pub topics: Arc<TopicManager>,
+    pub admin: Arc<crate::requests::admin::Admin>,
     pub quorum: sluice_replication::controller::driver::QuorumHandle,
     pub voters: Vec<(u64, String)>,
 }
 
-pub fn describe(topic: &Topic) -> pb::TopicDescription {
-    pb::TopicDescription {
-        name: topic.name.clone(),
-        replication_factor: topic.replication_factor,
-        partitions: topic
+/// A topic as the metadata image describes it (every partition, with leader, replicas and
+/// ISR); offsets and sizes come from this broker's replica where it holds one (0 elsewhere).
+pub fn describe(
+    image: &MetadataImage,
+    topics: &TopicManager,
+    name: &str,
+) -> Result<pb::TopicDescription, Status> {
+    let t = image
+        .topic(name)
+        .ok_or_else(|| Status::not_found(format!("unknown topic {name:?}")))?;
+    let local = topics.get(name).ok().filter(|l| l.id == t.id);
+    let configs = match &local {
+        Some(l) => l.settings().describe().into_iter().collect(),
+        None => Default::default(),
+    };
+    Ok(pb::TopicDescription {
+        name: t.name.clone(),
+        replication_factor: t
+            .partitions
+            .values()
+            .next()
+            .map_or(1, |p| p.replicas.len() as u32),
+        partitions: t
             .partitions
             .iter()
-            .map(|p| pb::PartitionDescription {
-                partition: p.index(),
-                leader: p.leader(),
-                replicas: p.replicas(),
-                isr: p.isr(),
-                log_start_offset: p.log().log_start_offset(),
-                log_end_offset: p.log().log_end_offset(),
-                high_watermark: p.high_watermark(),
-                size_bytes: p.log().size_bytes(),
+            .map(|(index, reg)| {
+                let replica = local.as_ref().and_then(|l| l.partitions.get(index));
+                pb::PartitionDescription {
+                    partition: *index,
+                    leader: reg.leader,
+                    replicas: reg.replicas.clone(),
+                    isr: reg.isr.clone(),
+                    log_start_offset: replica.map_or(0, |p| p.log().log_start_offset()),
+                    log_end_offset: replica.map_or(0, |p| p.log().log_end_offset()),
+                    high_watermark: replica.map_or(0, |p| p.high_watermark()),
+                    size_bytes: replica.map_or(0, |p| p.log().size_bytes()),
+                }
             })
             .collect(),
-        configs: topic.settings().describe().into_iter().collect(),
+        configs,
+    })
+}
+
+impl AdminService {
+    fn describe(&self, name: &str) -> Result<pb::TopicDescription, Status> {
+        describe(&self.quorum.image(), &self.admin.topics, name)
     }
 }
 
@@ -65,19 +94,17 @@ impl Admin for AdminService {
         req: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let r = req.into_inner();
-        let topics = self.topics.clone();
-        let topic = tokio::task::spawn_blocking(move || {
-            topics.create(
+        self.admin
+            .create_topic(
                 &r.name,
                 r.partitions,
                 r.replication_factor,
                 r.configs.into_iter().collect(),
+                false,
             )
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+            .await?;
         Ok(Response::new(pb::CreateTopicResponse {
-            topic: Some(describe(&topic)),
+            topic: Some(self.describe(&r.name)?),
         }))
     }
 
@@ -86,10 +113,7 @@ impl Admin for AdminService {
         req: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let name = req.into_inner().name;
-        let topics = self.topics.clone();
-        tokio::task::spawn_blocking(move || topics.delete(&name))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        self.admin.delete_topic(&name).await?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
     }
 
@@ -98,13 +122,18 @@ impl Admin for AdminService {
         _req: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let topics = self
+            .quorum
+            .image()
             .topics
-            .list()
-            .iter()
+            .values()
             .map(|t| pb::TopicSummary {
                 name: t.name.clone(),
                 partitions: t.partitions.len() as u32,
-                replication_factor: t.replication_factor,
+                replication_factor: t
+                    .partitions
+                    .values()
+                    .next()
+                    .map_or(1, |p| p.replicas.len() as u32),
             })
             .collect();
         Ok(Response::new(pb::ListTopicsResponse { topics }))
@@ -114,9 +143,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
-        let topic = self.topics.get(&req.into_inner().name)?;
+        let name = req.into_inner().name;
         Ok(Response::new(pb::DescribeTopicResponse {
-            topic: Some(describe(&topic)),
+            topic: Some(self.describe(&name)?),
         }))
     }
 
@@ -125,14 +154,11 @@ impl Admin for AdminService {
         req: Request<pb::AlterTopicConfigRequest>,
     ) -> Result<Response<pb::AlterTopicConfigResponse>, Status> {
         let r = req.into_inner();
-        let topics = self.topics.clone();
-        let topic = tokio::task::spawn_blocking(move || {
-            topics.alter_config(&r.name, r.set.into_iter().collect(), &r.delete)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        self.admin
+            .alter_topic_configs(&r.name, r.set.into_iter().collect(), &r.delete)
+            .await?;
         Ok(Response::new(pb::AlterTopicConfigResponse {
-            topic: Some(describe(&topic)),
+            topic: Some(self.describe(&r.name)?),
         }))
     }
 }

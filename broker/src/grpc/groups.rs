@@ -120,9 +120,7 @@ impl Groups for GroupsService {
                     .iter()
                     .map(|(id, _, meta)| (id.clone(), meta.clone()))
                     .collect();
-                range_assign(&members, |t| {
-                    topics.get(t).ok().map(|t| t.partitions.len() as u32)
-                })
+                range_assign(&members, |t| topics.get(t).ok().map(|t| t.partition_count))
             } else {
                 Vec::new()
             };
@@ -359,7 +357,7 @@ impl Groups for GroupsService {
             .filter_map(|(_, p, c)| c.map(|c| (p, c.offset)))
             .collect();
         let mut plan = Vec::new();
-        for p in &topic.partitions {
+        for p in topic.partitions.values() {
             let (start, end) = (p.log().log_start_offset(), p.high_watermark());
             let target: u64 = match r.to {
                 Some(pb::reset_offsets_request::To::ToEarliest(_)) => start,

@@ -13,16 +13,20 @@ use std::time::Duration;
 
 use sluice_proto::internal::v1::broker_internal_client::BrokerInternalClient;
 use sluice_proto::internal::v1::broker_internal_server::{BrokerInternal, BrokerInternalServer};
-use sluice_proto::internal::v1::{RaftAck, RaftMessage};
+use sluice_proto::internal::v1::{ControllerReply, ControllerRequest, RaftAck, RaftMessage};
+use sluice_replication::controller::active::ActiveController;
+use sluice_replication::controller::api::ControllerCall;
 use sluice_replication::controller::driver::{QuorumHandle, RaftTransport};
 use sluice_replication::controller::raft_node::wire::{self, Message};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Serves peers' Raft streams into the local quorum.
+/// Serves peers' Raft streams into the local quorum, and controller calls to this voter's
+/// [`ActiveController`] (which answers NotController unless it leads).
 pub struct InternalService {
     pub quorum: QuorumHandle,
+    pub controller: Arc<ActiveController>,
 }
 
 #[tonic::async_trait]
@@ -45,11 +49,30 @@ impl BrokerInternal for InternalService {
         }
         Ok(Response::new(RaftAck {}))
     }
+
+    async fn controller(
+        &self,
+        request: Request<ControllerRequest>,
+    ) -> Result<Response<ControllerReply>, Status> {
+        let call = ControllerCall::decode(&request.into_inner().call)
+            .map_err(|e| Status::invalid_argument(format!("undecodable controller call: {e}")))?;
+        let response = self.controller.call(call).await;
+        let bytes = response
+            .encode()
+            .map_err(|e| Status::internal(format!("controller response does not encode: {e}")))?;
+        Ok(Response::new(ControllerReply {
+            response: bytes.into(),
+        }))
+    }
 }
 
-pub fn server(quorum: QuorumHandle) -> BrokerInternalServer<InternalService> {
+pub fn server(
+    quorum: QuorumHandle,
+    controller: Arc<ActiveController>,
+) -> BrokerInternalServer<InternalService> {
     // Snapshots of a large image can exceed tonic's 4 MiB default.
-    BrokerInternalServer::new(InternalService { quorum }).max_decoding_message_size(256 << 20)
+    BrokerInternalServer::new(InternalService { quorum, controller })
+        .max_decoding_message_size(256 << 20)
 }
 
 /// Outgoing Raft messages, one bounded queue and stream per peer.
@@ -237,7 +260,13 @@ mod tests {
         transport.attach(handle.clone());
         let std_listener = std::net::TcpListener::bind(&addrs[&id]).unwrap();
         std_listener.set_nonblocking(true).unwrap();
-        let svc = server(handle.clone());
+        let controller = Arc::new(ActiveController::new(
+            handle.clone(),
+            Arc::new(sluice_log::SystemClock),
+            Default::default(),
+            id,
+        ));
+        let svc = server(handle.clone(), controller);
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
             let _ = tonic::transport::Server::builder()

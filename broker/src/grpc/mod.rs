@@ -23,7 +23,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::BrokerConfig;
-use crate::topics::TopicManager;
 
 /// A connection that holds one of the listener's `max_connections` permits while it is open.
 pub struct LimitedConn {
@@ -117,7 +116,7 @@ fn limited_incoming(
 pub async fn serve(
     listener: TcpListener,
     config: Arc<BrokerConfig>,
-    topics: Arc<TopicManager>,
+    admin: Arc<crate::requests::admin::Admin>,
     groups: Arc<crate::groups::GroupCoordinator>,
     quorum: (
         sluice_replication::controller::driver::QuorumHandle,
@@ -133,8 +132,9 @@ pub async fn serve(
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::v1::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    let topics = admin.topics.clone();
     let admin = AdminServer::new(admin::AdminService {
-        topics: topics.clone(),
+        admin,
         quorum: quorum.0,
         voters: quorum.1,
     })

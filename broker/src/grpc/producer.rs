@@ -87,7 +87,7 @@ impl ProducerService {
                 )))
             }
         };
-        let count = topic.partitions.len() as u32;
+        let count = topic.partition_count;
         let settings = topic.settings();
         let compression = settings.compression.unwrap_or_default();
         // Leave room under max.message.bytes for the batch header and compression overhead.

@@ -1,6 +1,8 @@
 //! Maps broker errors to gRPC statuses with messages a person can act on.
 
 use sluice_log::LogError;
+use sluice_replication::controller::api::ControllerFailure;
+use sluice_replication::controller::ControllerError;
 use sluice_replication::PartitionError;
 use tonic::{Code, Status};
 
@@ -16,13 +18,39 @@ pub fn from_topic_error(e: TopicError) -> Status {
         | TopicError::InvalidConfig(_) => Code::InvalidArgument,
         TopicError::Partition(p) => return from_partition_error(p),
         TopicError::Io { .. } => Code::Internal,
+        TopicError::NotHosted { .. } => Code::FailedPrecondition,
+        TopicError::Controller(f) => match f {
+            ControllerFailure::NotController { .. } | ControllerFailure::Unavailable(_) => {
+                Code::Unavailable
+            }
+            ControllerFailure::Refused(r) => match r {
+                ControllerError::TopicAlreadyExists(_) => Code::AlreadyExists,
+                ControllerError::UnknownTopicOrPartition(_) => Code::NotFound,
+                ControllerError::InvalidPartitions(_)
+                | ControllerError::InvalidReplicationFactor { .. }
+                | ControllerError::InvalidRequest(_) => Code::InvalidArgument,
+                _ => Code::FailedPrecondition,
+            },
+        },
     };
     Status::new(code, e.to_string())
 }
 
+/// Metadata key naming the partition's leader (broker id) on a NOT_LEADER refusal, so a client
+/// can go there (`sluice cluster brokers` / DescribeCluster map ids to addresses).
+pub const LEADER_ID_KEY: &str = "sluice-leader-id";
+
 pub fn from_partition_error(e: &PartitionError) -> Status {
     let code = match e {
-        PartitionError::NotEnoughReplicas { .. } => Code::Unavailable,
+        PartitionError::NotLeader { leader, .. } => {
+            let mut st = Status::new(Code::FailedPrecondition, e.to_string());
+            if let Ok(v) = leader.to_string().parse() {
+                st.metadata_mut().insert(LEADER_ID_KEY, v);
+            }
+            return st;
+        }
+        PartitionError::NotEnoughReplicas { .. }
+        | PartitionError::ReplicationUnavailable { .. } => Code::Unavailable,
         PartitionError::Task(_) => Code::Internal,
         PartitionError::Log(l) => match l {
             LogError::OffsetOutOfRange { .. } => Code::OutOfRange,

@@ -1,6 +1,6 @@
 //! Topic administration over the Kafka protocol: CreateTopics, DeleteTopics, CreatePartitions,
-//! DescribeConfigs, AlterConfigs, IncrementalAlterConfigs. All go through the same
-//! [`crate::topics::TopicManager`] as the gRPC Admin service.
+//! DescribeConfigs, AlterConfigs, IncrementalAlterConfigs: codecs around
+//! [`crate::requests::admin`], which the gRPC Admin service calls too.
 
 use std::collections::BTreeMap;
 
@@ -34,7 +34,10 @@ use kafka_protocol::ResponseError;
 
 use super::metadata::{topic_error_code, topic_name};
 use super::{err, frame::encode_response, Ctx};
-use crate::topics::{validate_topic_name, TopicError};
+use sluice_replication::controller::api::ControllerFailure;
+use sluice_replication::controller::ControllerError;
+
+use crate::topics::TopicError;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -45,12 +48,6 @@ const SOURCE_DEFAULT: i8 = 5;
 
 fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 pub async fn create_topics(
@@ -82,72 +79,49 @@ pub async fn create_topics(
         } else {
             t.replication_factor
         };
-        let outcome: Result<(), TopicError> = if partitions < 0 && t.assignments.is_empty() {
+        let outcome = if partitions < 0 && t.assignments.is_empty() {
             Err(TopicError::InvalidPartitions(0))
         } else if rf < 0 {
             Err(TopicError::InvalidReplicationFactor {
                 requested: 0,
-                available: 1,
+                available: 0,
             })
-        } else if !t.assignments.is_empty()
-            && t.assignments
-                .iter()
-                .any(|a| a.broker_ids.iter().any(|b| b.0 != ctx.config.node_id))
-        {
-            Err(TopicError::InvalidReplicationFactor {
-                requested: t
-                    .assignments
-                    .first()
-                    .map_or(0, |a| a.broker_ids.len() as u32),
-                available: 1,
-            })
+        } else if !t.assignments.is_empty() {
+            // Manual replica assignment is not supported: placement is the controller's.
+            Err(TopicError::Controller(ControllerFailure::Refused(
+                ControllerError::InvalidRequest(
+                    "manual replica assignments are not supported; give a partition count and a replication factor".into(),
+                ),
+            )))
         } else {
-            let partitions = if t.assignments.is_empty() {
-                partitions as u32
-            } else {
-                t.assignments.len() as u32
-            };
-            if req.validate_only {
-                validate_topic_name(&name)
-                    .and_then(|_| {
-                        ctx.config
-                            .topic_settings(&configs)
-                            .map(|_| ())
-                            .map_err(Into::into)
-                    })
-                    .and_then(|_| match ctx.topics.get(&name) {
-                        Ok(_) => Err(TopicError::AlreadyExists(name.clone())),
-                        Err(_) => Ok(()),
-                    })
-            } else {
-                let topics = ctx.topics.clone();
-                let n = name.clone();
-                blocking(move || {
-                    topics
-                        .create(&n, partitions, rf as u32, configs)
-                        .map(|_| ())
-                })
-                .await?
-            }
+            ctx.admin
+                .create_topic(
+                    &name,
+                    partitions as u32,
+                    rf as u32,
+                    configs.clone(),
+                    req.validate_only,
+                )
+                .await
         };
         match outcome {
-            Ok(()) => {
-                if let Ok(topic) = ctx.topics.get(&name) {
-                    r = r
-                        .with_topic_id(topic.id)
-                        .with_num_partitions(topic.partitions.len() as i32)
-                        .with_replication_factor(topic.replication_factor as i16);
-                    if version >= 5 {
+            Ok(created) => {
+                r = r
+                    .with_topic_id(created.topic_id)
+                    .with_num_partitions(created.partitions as i32)
+                    .with_replication_factor(created.replication_factor as i16);
+                if version >= 5 {
+                    if let Ok(settings) = ctx.config.topic_settings(&configs) {
                         r = r.with_configs(Some(
-                            topic
-                                .settings()
+                            settings
                                 .describe()
                                 .into_iter()
                                 .map(|(k, v)| {
+                                    let src = config_source(ctx, &configs, &k);
                                     CreatableTopicConfigs::default()
                                         .with_name(s(k))
                                         .with_value(Some(s(v)))
-                                        .with_config_source(SOURCE_DEFAULT)
+                                        .with_config_source(src)
                                 })
                                 .collect(),
                         ));
@@ -183,10 +157,8 @@ pub async fn delete_topics(
     );
     let mut results = Vec::with_capacity(names.len());
     for name in names {
-        let topics = ctx.topics.clone();
-        let n = name.clone();
         let mut r = DeletableTopicResult::default().with_name(Some(topic_name(&name)));
-        if let Err(e) = blocking(move || topics.delete(&n)).await? {
+        if let Err(e) = ctx.admin.delete_topic(&name).await {
             r = r.with_error_code(topic_error_code(&e));
             if version >= 5 {
                 r = r.with_error_message(Some(s(e.to_string())));
@@ -210,21 +182,14 @@ pub async fn create_partitions(
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let name = t.name.0.to_string();
-        let count = t.count;
-        let topics = ctx.topics.clone();
-        let validate_only = req.validate_only;
-        let outcome = blocking(move || {
-            let count = u32::try_from(count).map_err(|_| TopicError::InvalidPartitions(0))?;
-            if validate_only {
-                let topic = topics.get(&name)?;
-                if count <= topic.partitions.len() as u32 {
-                    return Err(TopicError::InvalidPartitions(count));
-                }
-                return Ok(());
+        let outcome = match u32::try_from(t.count) {
+            Ok(count) => {
+                ctx.admin
+                    .create_partitions(&name, count, req.validate_only)
+                    .await
             }
-            topics.add_partitions(&name, count).map(|_| ())
-        })
-        .await?;
+            Err(_) => Err(TopicError::InvalidPartitions(0)),
+        };
         let mut r = CreatePartitionsTopicResult::default().with_name(t.name);
         if let Err(e) = outcome {
             r = r
@@ -366,25 +331,12 @@ async fn apply_overrides(
             Some("unsupported config operation".into()),
         ));
     };
-    let topic = match ctx.topics.get(name) {
-        Ok(t) => t,
-        Err(e) => return Ok((topic_error_code(&e), Some(e.to_string()))),
-    };
-    if let Err(e) = ctx.config.topic_settings(&overrides) {
-        return Ok((err(ResponseError::InvalidConfig), Some(e.to_string())));
-    }
-    if validate_only {
-        return Ok((0, None));
-    }
-    let delete: Vec<String> = topic
-        .overrides()
-        .into_keys()
-        .filter(|k| !overrides.contains_key(k))
-        .collect();
-    let topics = ctx.topics.clone();
-    let n = name.to_string();
-    match blocking(move || topics.alter_config(&n, overrides, &delete)).await? {
-        Ok(_) => Ok((0, None)),
+    match ctx
+        .admin
+        .set_topic_overrides(name, overrides, validate_only)
+        .await
+    {
+        Ok(()) => Ok((0, None)),
         Err(e) => Ok((topic_error_code(&e), Some(e.to_string()))),
     }
 }

@@ -97,6 +97,7 @@ pub async fn fetch(ctx: &Ctx, corr: i32, version: i16, req: FetchRequest) -> Res
                     .and_then(|i| {
                         ctx.topics
                             .partition(name, i)
+                            .and_then(|p| p.check_leader().map(|_| p).map_err(Into::into))
                             .map_err(|e| topic_error_code(&e))
                     }),
             };

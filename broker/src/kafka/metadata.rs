@@ -17,10 +17,14 @@ use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
+use sluice_replication::controller::api::ControllerFailure;
+use sluice_replication::controller::ControllerError;
+use sluice_replication::metadata::MetadataImage;
+
 use super::{err, frame::encode_response, Ctx};
 use crate::topics::{validate_topic_name, TopicError};
 
-pub const CLUSTER_ID: &str = "sluice-single-node";
+pub const CLUSTER_ID: &str = "sluice";
 
 pub fn topic_name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
@@ -37,14 +41,73 @@ pub fn topic_error_code(e: &TopicError) -> i16 {
         TopicError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
         TopicError::InvalidReplicationFactor { .. } => ResponseError::InvalidReplicationFactor,
         TopicError::InvalidConfig(_) => ResponseError::InvalidConfig,
-        TopicError::Partition(_) | TopicError::Io { .. } => ResponseError::KafkaStorageError,
+        TopicError::NotHosted { .. } => ResponseError::NotLeaderOrFollower,
+        TopicError::Partition(p) => return super::produce::partition_error_code(p),
+        TopicError::Io { .. } => ResponseError::KafkaStorageError,
+        TopicError::Controller(f) => return controller_failure_code(f),
     })
 }
 
-fn describe_topic(ctx: &Ctx, name: &str, version: i16) -> MetadataResponseTopic {
+/// Kafka's error code for a controller call that did not succeed.
+pub fn controller_failure_code(f: &ControllerFailure) -> i16 {
+    err(match f {
+        ControllerFailure::NotController { .. } => ResponseError::NotController,
+        ControllerFailure::Unavailable(_) => ResponseError::RequestTimedOut,
+        ControllerFailure::Refused(e) => match e {
+            ControllerError::TopicAlreadyExists(_) => ResponseError::TopicAlreadyExists,
+            ControllerError::UnknownTopicOrPartition(_) => ResponseError::UnknownTopicOrPartition,
+            ControllerError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+            ControllerError::InvalidReplicationFactor { .. } => {
+                ResponseError::InvalidReplicationFactor
+            }
+            ControllerError::NotController => ResponseError::NotController,
+            ControllerError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+            ControllerError::InvalidUpdateVersion { .. } => ResponseError::InvalidUpdateVersion,
+            ControllerError::StaleBrokerEpoch { .. } => ResponseError::StaleBrokerEpoch,
+            ControllerError::DuplicateBrokerRegistration(_) => {
+                ResponseError::DuplicateBrokerRegistration
+            }
+            ControllerError::UnknownBroker(_) | ControllerError::IneligibleReplica(_) => {
+                ResponseError::IneligibleReplica
+            }
+            ControllerError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        },
+    })
+}
+
+/// The controller's id for clients: the Raft leader, or -1 while there is none.
+pub fn controller_id(ctx: &Ctx) -> i32 {
+    ctx.quorum.status().leader.map_or(-1, |l| l as i32)
+}
+
+/// Brokers clients may connect to: registered and not fenced, with their advertised Kafka
+/// address. Before this broker has registered (a lone broker starting), itself.
+pub fn live_brokers(ctx: &Ctx, image: &MetadataImage) -> Vec<(i32, String, i32, Option<String>)> {
+    let mut out: Vec<_> = image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .filter_map(|b| {
+            let (h, p) = b.endpoints.kafka.rsplit_once(':')?;
+            Some((b.broker_id, h.to_string(), p.parse().ok()?, b.rack.clone()))
+        })
+        .collect();
+    if !out.iter().any(|b| b.0 == ctx.config.node_id) {
+        out.push((
+            ctx.config.node_id,
+            ctx.advertised_host.clone(),
+            ctx.advertised_port,
+            ctx.config.broker_rack.clone(),
+        ));
+    }
+    out
+}
+
+/// One topic as the metadata image describes it: every partition, hosted here or not.
+fn describe_topic(image: &MetadataImage, name: &str, version: i16) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default().with_name(Some(topic_name(name)));
-    match ctx.topics.get(name) {
-        Ok(topic) => {
+    match image.topic(name) {
+        Some(topic) => {
             t = t
                 .with_topic_id(topic.id)
                 .with_is_internal(name.starts_with("__"))
@@ -52,23 +115,26 @@ fn describe_topic(ctx: &Ctx, name: &str, version: i16) -> MetadataResponseTopic 
                     topic
                         .partitions
                         .iter()
-                        .map(|p| {
+                        .map(|(index, p)| {
                             let mut mp = MetadataResponsePartition::default()
-                                .with_partition_index(p.index() as i32)
-                                .with_leader_id(p.leader().into())
+                                .with_partition_index(*index as i32)
+                                .with_leader_id(p.leader.into())
                                 .with_replica_nodes(
-                                    p.replicas().into_iter().map(Into::into).collect(),
+                                    p.replicas.iter().map(|b| (*b).into()).collect(),
                                 )
-                                .with_isr_nodes(p.isr().into_iter().map(Into::into).collect());
+                                .with_isr_nodes(p.isr.iter().map(|b| (*b).into()).collect());
+                            if !p.has_leader() {
+                                mp = mp.with_error_code(err(ResponseError::LeaderNotAvailable));
+                            }
                             if version >= 7 {
-                                mp = mp.with_leader_epoch(p.leader_epoch());
+                                mp = mp.with_leader_epoch(p.leader_epoch);
                             }
                             mp
                         })
                         .collect(),
                 );
         }
-        Err(e) => t = t.with_error_code(topic_error_code(&e)),
+        None => t = t.with_error_code(err(ResponseError::UnknownTopicOrPartition)),
     }
     t
 }
@@ -91,17 +157,17 @@ pub async fn metadata(
     let allow_auto =
         (version < 4 || req.allow_auto_topic_creation) && ctx.config.auto_create_topics_enable;
     let names: Vec<String> = match wanted {
-        None => ctx.topics.list().iter().map(|t| t.name.clone()).collect(),
+        None => ctx.quorum.image().topic_ids.keys().cloned().collect(),
         Some(names) => {
             for n in &names {
-                if allow_auto && ctx.topics.get(n).is_err() && validate_topic_name(n).is_ok() {
-                    let topics = ctx.topics.clone();
-                    let name = n.clone();
-                    let created = tokio::task::spawn_blocking(move || {
-                        topics.create(&name, 0, 0, Default::default())
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                if allow_auto
+                    && ctx.quorum.image().topic(n).is_none()
+                    && validate_topic_name(n).is_ok()
+                {
+                    let created = ctx
+                        .admin
+                        .create_topic(n, 0, 0, Default::default(), false)
+                        .await;
                     match created {
                         Ok(_) => {
                             tracing::info!(topic = %n, "auto-created topic on metadata request")
@@ -116,17 +182,26 @@ pub async fn metadata(
             names
         }
     };
+    let image = ctx.quorum.image();
     let resp = MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(ctx.config.node_id.into())
-            .with_host(StrBytes::from_string(ctx.advertised_host.clone()))
-            .with_port(ctx.advertised_port)])
+        .with_brokers(
+            live_brokers(ctx, &image)
+                .into_iter()
+                .map(|(id, host, port, rack)| {
+                    MetadataResponseBroker::default()
+                        .with_node_id(id.into())
+                        .with_host(StrBytes::from_string(host))
+                        .with_port(port)
+                        .with_rack(rack.map(StrBytes::from_string))
+                })
+                .collect(),
+        )
         .with_cluster_id(Some(StrBytes::from_static_str(CLUSTER_ID)))
-        .with_controller_id(ctx.config.node_id.into())
+        .with_controller_id(controller_id(ctx).into())
         .with_topics(
             names
                 .iter()
-                .map(|n| describe_topic(ctx, n, version))
+                .map(|n| describe_topic(&image, n, version))
                 .collect(),
         );
     encode_response(corr, version, &resp)
@@ -157,6 +232,7 @@ pub fn list_offsets(
                     let partition = match u32::try_from(p.partition_index)
                         .map_err(|_| TopicError::UnknownTopic(name.clone()))
                         .and_then(|i| ctx.topics.partition(&name, i))
+                        .and_then(|p| p.check_leader().map(|_| p).map_err(TopicError::from))
                     {
                         Ok(partition) => partition,
                         Err(e) => return r.with_error_code(topic_error_code(&e)),
@@ -204,12 +280,21 @@ pub fn describe_cluster(
     version: i16,
     _req: DescribeClusterRequest,
 ) -> Result<BytesMut, String> {
+    let image = ctx.quorum.image();
     let resp = DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_static_str(CLUSTER_ID))
-        .with_controller_id(ctx.config.node_id.into())
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(ctx.config.node_id.into())
-            .with_host(StrBytes::from_string(ctx.advertised_host.clone()))
-            .with_port(ctx.advertised_port)]);
+        .with_controller_id(controller_id(ctx).into())
+        .with_brokers(
+            live_brokers(ctx, &image)
+                .into_iter()
+                .map(|(id, host, port, rack)| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(id.into())
+                        .with_host(StrBytes::from_string(host))
+                        .with_port(port)
+                        .with_rack(rack.map(StrBytes::from_string))
+                })
+                .collect(),
+        );
     encode_response(corr, version, &resp)
 }

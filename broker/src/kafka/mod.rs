@@ -31,6 +31,9 @@ use zero_copy::Chunk;
 /// Everything a request handler needs.
 pub struct Ctx {
     pub topics: Arc<TopicManager>,
+    pub admin: Arc<crate::requests::admin::Admin>,
+    /// The metadata image and the quorum's status (who is controller).
+    pub quorum: sluice_replication::controller::driver::QuorumHandle,
     pub groups: Arc<crate::groups::GroupCoordinator>,
     pub config: Arc<BrokerConfig>,
     /// Host and port clients are told to connect to (Metadata, FindCoordinator).
@@ -329,26 +332,60 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
-    fn ctx(dir: &std::path::Path) -> Ctx {
-        let config = Arc::new(BrokerConfig {
-            data_dir: dir.to_path_buf(),
-            ..BrokerConfig::default()
-        });
-        let topics = Arc::new(TopicManager::open(config.clone()).unwrap());
-        topics.create("fuzz", 2, 1, Default::default()).unwrap();
-        Ctx {
-            groups: crate::groups::GroupCoordinator::open(
-                topics.clone(),
-                crate::groups::GroupSettings {
-                    initial_delay: std::time::Duration::from_millis(10),
-                    ..Default::default()
-                },
-            ),
-            topics,
-            config,
-            advertised_host: "127.0.0.1".into(),
-            advertised_port: 9092,
-        }
+    /// One real single-node broker core shared by every case (starting one per case would
+    /// cost an election each).
+    struct Shared {
+        rt: tokio::runtime::Runtime,
+        ctx: Ctx,
+        _node: crate::cluster::node::Node,
+        _dir: tempfile::TempDir,
+    }
+
+    fn shared() -> &'static Shared {
+        static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (node, ctx) = rt.block_on(async {
+                let node = crate::cluster::node::Node::start_for_tests(dir.path()).await;
+                node.admin
+                    .create_topic("fuzz", 2, 1, Default::default(), false)
+                    .await
+                    .unwrap();
+                let admin = node.admin.clone();
+                let groups = tokio::task::spawn_blocking(move || {
+                    crate::groups::GroupCoordinator::open(
+                        admin,
+                        crate::groups::GroupSettings {
+                            initial_delay: std::time::Duration::from_millis(10),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .await
+                .unwrap();
+                let ctx = Ctx {
+                    groups,
+                    topics: node.topics.clone(),
+                    admin: node.admin.clone(),
+                    quorum: node.quorum.handle.clone(),
+                    config: node.admin.config.clone(),
+                    advertised_host: "127.0.0.1".into(),
+                    advertised_port: 9092,
+                };
+                (node, ctx)
+            });
+            Shared {
+                rt,
+                ctx,
+                _node: node,
+                _dir: dir,
+            }
+        })
     }
 
     fn frame_bytes(key: i16, version: i16, flexible_header: bool, body: &[u8]) -> Vec<u8> {
@@ -393,19 +430,15 @@ mod fuzz {
             flexible in any::<bool>(),
             body in proptest::collection::vec(any::<u8>(), 0..300),
         ) {
-            let dir = tempfile::tempdir().unwrap();
-            let ctx = ctx(dir.path());
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let s = shared();
             let key = SUPPORTED.get(key_index).map_or(key_index as i16 - 3, |(k, _, _)| *k as i16);
-            run(&ctx, &rt, frame_bytes(key, version, flexible, &body));
+            run(&s.ctx, &s.rt, frame_bytes(key, version, flexible, &body));
         }
 
         #[test]
         fn raw_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let dir = tempfile::tempdir().unwrap();
-            let ctx = ctx(dir.path());
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-            run(&ctx, &rt, bytes);
+            let s = shared();
+            run(&s.ctx, &s.rt, bytes);
         }
     }
 }

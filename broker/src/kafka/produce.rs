@@ -14,9 +14,12 @@ use sluice_replication::{Acks, PartitionError};
 use super::metadata::topic_error_code;
 use super::{err, frame::encode_response, Ctx, Reply};
 
-fn partition_error_code(e: &PartitionError) -> i16 {
+/// Kafka's error code for a replica's refusal (one mapping for every Kafka handler).
+pub fn partition_error_code(e: &PartitionError) -> i16 {
     err(match e {
-        PartitionError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
+        PartitionError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
+        PartitionError::NotEnoughReplicas { .. }
+        | PartitionError::ReplicationUnavailable { .. } => ResponseError::NotEnoughReplicas,
         PartitionError::Task(_) => ResponseError::UnknownServerError,
         PartitionError::Log(l) => match l {
             LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,

@@ -280,6 +280,11 @@ impl Driver {
             }
         }
         let applied_any = !out.committed.is_empty() || out.restored_from_snapshot.is_some();
+        // The image first: a proposer that wakes up must find its decision in it.
+        if applied_any {
+            self.image_tx
+                .send_replace(Arc::new(self.node.image().clone()));
+        }
         for c in out.committed {
             if let Some(p) = c.proposal.filter(|p| p.node == self.node.id()) {
                 if let Some(reply) = self.pending.remove(&p.seq) {
@@ -287,10 +292,6 @@ impl Driver {
                 }
             }
             let _ = self.committed.send(Arc::new(c));
-        }
-        if applied_any {
-            self.image_tx
-                .send_replace(Arc::new(self.node.image().clone()));
         }
         // A proposal made under an older term may never commit: its caller must not wait forever.
         let term = self.node.term();

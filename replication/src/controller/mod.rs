@@ -4,6 +4,8 @@
 //!   shutdown, leader election, AlterPartition validation, topic creation and deletion — pure
 //!   functions of the image, the time and injected randomness, returning metadata records.
 //!
+//! - [`api`]: the calls brokers make to the active controller; [`active`]: the active
+//!   controller at run time, deciding one call at a time and proposing through the quorum.
 //! - [`raft_storage`]: raft-rs's storage made durable under `data_dir/meta/raft/`.
 //! - [`raft_node`]: one voter of the metadata quorum (raft-rs `RawNode`), applying committed
 //!   decisions to the [`crate::metadata::MetadataImage`]; synchronous, so a seeded simulation
@@ -12,6 +14,8 @@
 //!   the broker proposes through; peers are reached through a [`driver::RaftTransport`] (gRPC in
 //!   the broker).
 
+pub mod active;
+pub mod api;
 pub mod driver;
 pub mod raft_node;
 pub mod raft_storage;
@@ -19,5 +23,6 @@ pub mod state_machine;
 
 pub use state_machine::{
     AlterPartition, ControllerConfig, ControllerError, ControllerState, Decision, Heartbeat,
-    HeartbeatReply, Randomness, RegisterBroker, SeededRandom, UNCLEAN_LEADER_ELECTION,
+    HeartbeatReply, ImportedTopic, Randomness, RegisterBroker, SeededRandom,
+    UNCLEAN_LEADER_ELECTION,
 };

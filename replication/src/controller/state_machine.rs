@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::metadata::{
@@ -56,7 +57,7 @@ impl Randomness for SeededRandom {
 }
 
 /// Why the controller refused an operation; the broker maps these to Kafka codes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ControllerError {
     #[error("broker {0} is already registered by another live process")]
     DuplicateBrokerRegistration(BrokerId),
@@ -99,7 +100,7 @@ fn decision<T>(records: Vec<MetadataRecord>, reply: T) -> Decision<T> {
     Decision { records, reply }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterBroker {
     pub broker_id: BrokerId,
     pub incarnation_id: Uuid,
@@ -107,7 +108,7 @@ pub struct RegisterBroker {
     pub rack: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub broker_id: BrokerId,
     pub broker_epoch: i64,
@@ -116,7 +117,7 @@ pub struct Heartbeat {
     pub want_shutdown: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReply {
     pub is_caught_up: bool,
     pub is_fenced: bool,
@@ -124,7 +125,7 @@ pub struct HeartbeatReply {
     pub should_shutdown: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlterPartition {
     pub broker_id: BrokerId,
     pub broker_epoch: i64,
@@ -133,6 +134,15 @@ pub struct AlterPartition {
     pub leader_epoch: i32,
     pub partition_epoch: i32,
     pub new_isr: Vec<BrokerId>,
+}
+
+/// A topic a broker held before it joined a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedTopic {
+    pub name: String,
+    pub topic_id: Uuid,
+    pub partitions: u32,
+    pub configs: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,6 +447,89 @@ impl ControllerState {
             vec![MetadataRecord::RemoveTopic { topic_id: t.id }],
             t.id,
         ))
+    }
+
+    /// Sets and removes configs of one resource (values were validated by the broker that took
+    /// the request; the controller checks the resource exists).
+    pub fn alter_configs(
+        &self,
+        image: &MetadataImage,
+        resource: &ConfigResource,
+        set: &BTreeMap<String, String>,
+        delete: &[String],
+    ) -> Result<Decision<()>, ControllerError> {
+        if let ConfigResource::Topic(name) = resource {
+            if image.topic(name).is_none() {
+                return Err(ControllerError::UnknownTopicOrPartition(name.clone()));
+            }
+        }
+        let mut records: Vec<MetadataRecord> = delete
+            .iter()
+            .filter(|k| !set.contains_key(*k))
+            .map(|k| MetadataRecord::Config {
+                resource: resource.clone(),
+                name: k.clone(),
+                value: None,
+            })
+            .collect();
+        records.extend(set.iter().map(|(k, v)| MetadataRecord::Config {
+            resource: resource.clone(),
+            name: k.clone(),
+            value: Some(v.clone()),
+        }));
+        Ok(decision(records, ()))
+    }
+
+    /// Takes over the topics a broker held before the cluster existed (its old `topics.json`):
+    /// each becomes a topic with its old id, its partitions hosted on that broker alone. Names
+    /// the cluster already has are skipped (that broker's copies become strays).
+    pub fn import_topics(
+        &self,
+        image: &MetadataImage,
+        broker: BrokerId,
+        topics: &[ImportedTopic],
+    ) -> Result<Decision<Vec<String>>, ControllerError> {
+        image
+            .broker(broker)
+            .ok_or(ControllerError::UnknownBroker(broker))?;
+        let leader = if image.is_usable(broker) {
+            broker
+        } else {
+            NO_LEADER
+        };
+        let mut records = Vec::new();
+        let mut imported = Vec::new();
+        for t in topics {
+            if image.topic(&t.name).is_some() || image.topics.contains_key(&t.topic_id) {
+                continue;
+            }
+            records.push(MetadataRecord::Topic {
+                name: t.name.clone(),
+                topic_id: t.topic_id,
+            });
+            for (k, v) in &t.configs {
+                records.push(MetadataRecord::Config {
+                    resource: ConfigResource::Topic(t.name.clone()),
+                    name: k.clone(),
+                    value: Some(v.clone()),
+                });
+            }
+            for p in 0..t.partitions {
+                records.push(MetadataRecord::Partition(PartitionRecord {
+                    topic_id: t.topic_id,
+                    partition: p,
+                    replicas: vec![broker],
+                    isr: vec![broker],
+                    leader,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                    adding: Vec::new(),
+                    removing: Vec::new(),
+                }));
+            }
+            imported.push(t.name.clone());
+        }
+        Ok(decision(records, imported))
     }
 
     // ---- AlterPartition -------------------------------------------------------------------

@@ -80,7 +80,7 @@ impl Broker {
         // A port picked free can be taken by someone else (a parallel test's client socket)
         // before the broker binds it: pick new ones and try again.
         for _ in 0..5 {
-            match b.try_launch() {
+            match b.try_launch(true) {
                 Ok(()) => return b,
                 Err(log) if log.contains("in use") => {
                     b.grpc_port = free_port();
@@ -121,13 +121,22 @@ impl Broker {
 
     /// Starts the process and waits for its "ready" log line.
     pub fn launch(&mut self) {
-        if let Err(log) = self.try_launch() {
+        if let Err(log) = self.try_launch(true) {
             panic!("broker did not become ready:\n{log}");
         }
     }
 
-    /// Starts the process; on failure returns its log.
-    fn try_launch(&mut self) -> Result<(), String> {
+    /// Starts the process and waits only for its listeners: a cluster member cannot be
+    /// unfenced before a quorum of voters is up.
+    pub fn launch_listening(&mut self) {
+        if let Err(log) = self.try_launch(false) {
+            panic!("broker did not start listening:\n{log}");
+        }
+    }
+
+    /// Starts the process; on failure returns its log. With `until_unfenced`, also waits until
+    /// the controller has unfenced it (a lone broker is its own controller: it may lead).
+    fn try_launch(&mut self, until_unfenced: bool) -> Result<(), String> {
         let mut child = Command::new(sluice_bin())
             .arg("serve")
             .arg("--data-dir")
@@ -152,6 +161,7 @@ impl Broker {
         let log = early_log.clone();
         std::thread::spawn(move || {
             let mut ready_sent = false;
+            let (mut listening, mut unfenced) = (false, !until_unfenced);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("SLUICE_TEST_LOGS").is_some() {
                     eprintln!("[broker] {line}");
@@ -159,7 +169,9 @@ impl Broker {
                 if !ready_sent {
                     log.lock().unwrap().push(line.clone());
                 }
-                if !ready_sent && line.contains("sluice broker ready") {
+                listening |= line.contains("sluice broker ready");
+                unfenced |= line.contains("broker is unfenced");
+                if !ready_sent && listening && unfenced {
                     let _ = tx.send(());
                     ready_sent = true;
                 }

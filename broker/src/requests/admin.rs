@@ -1,0 +1,200 @@
+//! Topic administration, once for both front-ends (and the group coordinator's own topic):
+//! validate here, decide at the active controller, answer once this broker has applied the
+//! decision — so the client's next request, to this broker, sees what it just did.
+//!
+//! What the controller cannot know is checked here: topic names, config keys and values (the
+//! broker's parser is the definition), partition-count bounds. The controller checks what needs
+//! the whole cluster: existence, the replication factor against registered brokers, placement.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_replication::controller::api::{ControllerAnswer, ControllerCall, ControllerFailure};
+use sluice_replication::controller::ControllerError;
+use sluice_replication::metadata::ConfigResource;
+
+use crate::cluster::controller_client::ControllerClient;
+use crate::config::BrokerConfig;
+use crate::topics::{validate_topic_name, TopicError, TopicManager, MAX_PARTITIONS};
+
+/// How long an admin request waits for the controller.
+const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long it then waits for this broker to apply the decision.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Admin {
+    pub config: Arc<BrokerConfig>,
+    pub topics: Arc<TopicManager>,
+    pub controller: Arc<ControllerClient>,
+}
+
+/// A created (or, with `validate_only`, a creatable) topic.
+#[derive(Debug, Clone, Copy)]
+pub struct CreatedTopic {
+    pub topic_id: uuid::Uuid,
+    pub partitions: u32,
+    pub replication_factor: u32,
+}
+
+fn controller_error(f: ControllerFailure) -> TopicError {
+    match f {
+        ControllerFailure::Refused(ControllerError::TopicAlreadyExists(n)) => {
+            TopicError::AlreadyExists(n)
+        }
+        ControllerFailure::Refused(ControllerError::UnknownTopicOrPartition(n)) => {
+            TopicError::UnknownTopic(n)
+        }
+        ControllerFailure::Refused(ControllerError::InvalidReplicationFactor {
+            requested,
+            available,
+        }) => TopicError::InvalidReplicationFactor {
+            requested: requested.clamp(0, i64::from(u32::MAX)) as u32,
+            available: available as u32,
+        },
+        other => TopicError::Controller(other),
+    }
+}
+
+impl Admin {
+    async fn call(&self, call: ControllerCall) -> Result<ControllerAnswer, TopicError> {
+        let (answer, offset) = self
+            .controller
+            .call(call, CONTROLLER_TIMEOUT)
+            .await
+            .map_err(controller_error)?;
+        self.wait_applied(offset).await;
+        Ok(answer)
+    }
+
+    /// Waits (bounded) until the replica manager has synced an image at `offset` or later.
+    pub async fn wait_applied(&self, offset: u64) {
+        let mut rx = self.topics.watch_synced();
+        let _ = tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|o| *o >= offset)).await;
+    }
+
+    /// `partitions` / `replication_factor` 0: the broker defaults (Kafka's -1).
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<CreatedTopic, TopicError> {
+        validate_topic_name(name)?;
+        let partitions = if partitions == 0 {
+            self.config.num_partitions
+        } else {
+            partitions
+        };
+        if partitions > MAX_PARTITIONS {
+            return Err(TopicError::InvalidPartitions(partitions));
+        }
+        let replication_factor = if replication_factor == 0 {
+            self.config.default_replication_factor
+        } else {
+            replication_factor
+        };
+        self.config.topic_settings(&configs)?;
+        match self
+            .call(ControllerCall::CreateTopic {
+                name: name.to_string(),
+                partitions: i64::from(partitions),
+                replication_factor: i64::from(replication_factor),
+                configs,
+                validate_only,
+            })
+            .await?
+        {
+            ControllerAnswer::TopicCreated {
+                topic_id,
+                partitions,
+                replication_factor,
+            } => Ok(CreatedTopic {
+                topic_id,
+                partitions,
+                replication_factor,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
+        self.call(ControllerCall::DeleteTopic {
+            name: name.to_string(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Grows `name` to `count` partitions.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        count: u32,
+        validate_only: bool,
+    ) -> Result<(), TopicError> {
+        if count > MAX_PARTITIONS {
+            return Err(TopicError::InvalidPartitions(count));
+        }
+        let current = self.topics.get(name)?.partition_count;
+        if count <= current {
+            return Err(TopicError::InvalidPartitions(count));
+        }
+        self.call(ControllerCall::CreatePartitions {
+            name: name.to_string(),
+            count: i64::from(count),
+            validate_only,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Replaces `name`'s overrides by `overrides` (validated as a whole first).
+    pub async fn set_topic_overrides(
+        &self,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), TopicError> {
+        let topic = self.topics.get(name)?;
+        self.config.topic_settings(&overrides)?;
+        if validate_only {
+            return Ok(());
+        }
+        let delete: Vec<String> = topic
+            .overrides()
+            .into_keys()
+            .filter(|k| !overrides.contains_key(k))
+            .collect();
+        self.call(ControllerCall::AlterConfigs {
+            resource: ConfigResource::Topic(name.to_string()),
+            set: overrides,
+            delete,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Sets and removes some of `name`'s overrides.
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        set: BTreeMap<String, String>,
+        delete: &[String],
+    ) -> Result<(), TopicError> {
+        let mut overrides = self.topics.get(name)?.overrides();
+        for k in delete {
+            overrides.remove(k);
+        }
+        overrides.extend(set);
+        self.set_topic_overrides(name, overrides, false).await
+    }
+}
+
+fn unexpected(a: ControllerAnswer) -> TopicError {
+    TopicError::Controller(ControllerFailure::Unavailable(format!(
+        "unexpected controller answer {a:?}"
+    )))
+}
