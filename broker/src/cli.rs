@@ -11,6 +11,8 @@ use sluice_proto::v1::consumer_client::ConsumerClient;
 use sluice_proto::v1::producer_client::ProducerClient;
 use tonic::transport::Channel;
 
+use crate::leaders::Leaders;
+
 /// Where the broker is.
 #[derive(Args, Clone, Debug)]
 pub struct ConnArgs {
@@ -413,7 +415,16 @@ const PRODUCE_BATCH_RECORDS: usize = 1000;
 const PRODUCE_BATCH_BYTES: usize = 1 << 20;
 
 async fn produce(args: ProduceArgs) -> Result<(), String> {
-    let mut client = producer(&args.conn.broker).await?;
+    let mut leaders = Leaders::load(&args.conn.broker, &args.topic).await?;
+    if let Some(p) = args.partition {
+        if p >= leaders.partition_count() {
+            return Err(format!(
+                "NotFound: topic {:?} has no partition {p} (it has {})",
+                args.topic,
+                leaders.partition_count()
+            ));
+        }
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<String, String>>(1024);
     // stdin is blocking: read it on its own thread.
     std::thread::spawn(move || {
@@ -465,27 +476,86 @@ async fn produce(args: ProduceArgs) -> Result<(), String> {
             let records = std::mem::take(&mut pending);
             pending_bytes = 0;
             let n = records.len() as u64;
-            client
-                .produce(pb::ProduceRequest {
-                    topic: args.topic.clone(),
-                    records,
-                    acks: args.acks.to_proto() as i32,
-                    timeout_ms: 0,
-                    correlation_id: sent,
-                })
+            send_to_leaders(&mut leaders, &args, records)
                 .await
-                .map_err(|s| {
-                    format!(
-                        "produce failed after {sent} record(s): {}",
-                        status_message(s)
-                    )
-                })?;
+                .map_err(|e| format!("produce failed after {sent} record(s): {e}"))?;
             sent += n;
         }
         if done {
             return Ok(());
         }
     }
+}
+
+/// Partitions `records` as the broker would (explicit partition, key hash, or one sticky
+/// partition for the unkeyed ones of this batch), then sends each partition's records to its
+/// leader; a partition whose leader moved is retried at the new one.
+async fn send_to_leaders(
+    leaders: &mut Leaders,
+    args: &ProduceArgs,
+    records: Vec<pb::Record>,
+) -> Result<(), String> {
+    let count = leaders.partition_count();
+    let mut sticky = None;
+    let mut by_partition: BTreeMap<u32, Vec<pb::Record>> = BTreeMap::new();
+    for mut r in records {
+        let p = match (r.partition, &r.key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => crate::partitioner::partition_for_key(k, count),
+            (None, None) => {
+                *sticky.get_or_insert_with(|| crate::partitioner::sticky_partition(count))
+            }
+        };
+        r.partition = Some(p);
+        by_partition.entry(p).or_default().push(r);
+    }
+    let deadline = tokio::time::Instant::now() + crate::leaders::LEADER_WAIT;
+    for (p, records) in by_partition {
+        loop {
+            let outcome = match leaders.channel_to_leader(p).await {
+                // No leader right now, or it cannot be reached: look again.
+                Err(e) => Attempt::Retry(e),
+                Ok(channel) => {
+                    let mut client = ProducerClient::new(channel)
+                        .max_decoding_message_size(CLIENT_MAX_MESSAGE)
+                        .max_encoding_message_size(CLIENT_MAX_MESSAGE);
+                    match client
+                        .produce(pb::ProduceRequest {
+                            topic: args.topic.clone(),
+                            records: records.clone(),
+                            acks: args.acks.to_proto() as i32,
+                            timeout_ms: 0,
+                            correlation_id: 0,
+                        })
+                        .await
+                    {
+                        Ok(_) => Attempt::Done,
+                        Err(s) if crate::leaders::is_leadership_change(&s) => {
+                            Attempt::Retry(status_message(s))
+                        }
+                        Err(s) => Attempt::Fail(status_message(s)),
+                    }
+                }
+            };
+            match outcome {
+                Attempt::Done => break,
+                Attempt::Retry(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    *leaders = Leaders::load(leaders.reload_source(), &args.topic).await?;
+                }
+                Attempt::Retry(e) | Attempt::Fail(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One try at a partition's leader.
+enum Attempt {
+    Done,
+    /// Not the leader any more, or no leader reachable: reload the map and try again.
+    Retry(String),
+    Fail(String),
 }
 
 // ---- consume ----------------------------------------------------------------------------------
@@ -564,16 +634,8 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
     if let Some(group) = args.group.clone() {
         return crate::group_consume::consume(args, group).await;
     }
-    let mut admin = admin(&args.conn.broker).await?;
-    let d = admin
-        .describe_topic(pb::DescribeTopicRequest {
-            name: args.topic.clone(),
-        })
-        .await
-        .map_err(status_message)?
-        .into_inner()
-        .topic
-        .ok_or("broker returned no topic description")?;
+    let leaders = Leaders::load(&args.conn.broker, &args.topic).await?;
+    let d = leaders.topic.clone();
     let partitions: Vec<u32> = match args.partition {
         Some(p) if (p as usize) < d.partitions.len() => vec![p],
         Some(p) => {
@@ -585,7 +647,6 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
         }
         None => d.partitions.iter().map(|p| p.partition).collect(),
     };
-    let client = consumer(&args.conn.broker).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(u32, pb::FetchResponse), String>>(16);
     for p in partitions {
         let desc = &d.partitions[p as usize];
@@ -596,17 +657,40 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
         };
         // Without --follow, stop at the end of the log as it is now.
         let end = desc.high_watermark;
-        let mut client = client.clone();
         let tx = tx.clone();
         let topic = args.topic.clone();
         let follow = args.follow;
+        let mut leaders = leaders.clone();
         tokio::spawn(async move {
             let mut offset = start;
+            let mut client: Option<ConsumerClient<Channel>> = None;
+            let mut lost_since: Option<tokio::time::Instant> = None;
             loop {
                 if !follow && offset >= end {
                     return;
                 }
-                let r = client
+                // Fetch from the partition's leader; when it moves, find the new one.
+                let c = match &mut client {
+                    Some(c) => c,
+                    None => match leaders.channel_to_leader(p).await {
+                        Ok(ch) => client.insert(
+                            ConsumerClient::new(ch).max_decoding_message_size(CLIENT_MAX_MESSAGE),
+                        ),
+                        Err(e) => {
+                            let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
+                            if since.elapsed() > crate::leaders::LEADER_WAIT {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                            if let Ok(l) = Leaders::load(leaders.reload_source(), &topic).await {
+                                leaders = l;
+                            }
+                            continue;
+                        }
+                    },
+                };
+                let r = c
                     .fetch(pb::FetchRequest {
                         topic: topic.clone(),
                         partition: p,
@@ -627,11 +711,20 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
                             return;
                         }
                     }
+                    Err(s) if crate::leaders::is_leadership_change(&s) => {
+                        client = None;
+                        lost_since.get_or_insert_with(tokio::time::Instant::now);
+                        if let Ok(l) = Leaders::load(leaders.reload_source(), &topic).await {
+                            leaders = l;
+                        }
+                        continue;
+                    }
                     Err(s) => {
                         let _ = tx.send(Err(status_message(s))).await;
                         return;
                     }
                 }
+                lost_since = None;
             }
         });
     }
@@ -1011,10 +1104,78 @@ pub enum ClusterCommand {
     /// The metadata quorum as the broker sees it: voters, active controller, Raft term, and the
     /// metadata log's commit / applied / snapshot offsets.
     Status,
+    /// The brokers: id, addresses, rack, alive or fenced, partitions led.
+    Brokers,
 }
 
 pub async fn cluster(args: ClusterArgs) -> Result<(), String> {
     match args.command {
+        ClusterCommand::Brokers => {
+            let c = admin(&args.conn.broker)
+                .await?
+                .describe_cluster(pb::DescribeClusterRequest {})
+                .await
+                .map_err(status_message)?
+                .into_inner();
+            let state = |b: &pb::BrokerDescription| {
+                if b.fenced {
+                    "fenced"
+                } else if b.in_controlled_shutdown {
+                    "shutting-down"
+                } else {
+                    "alive"
+                }
+            };
+            if args.conn.output == Output::Json {
+                let v = serde_json::json!({
+                    "controller_id": (c.controller_id != 0).then_some(c.controller_id),
+                    "metadata_offset": c.metadata_offset,
+                    "brokers": c.brokers.iter().map(|b| serde_json::json!({
+                        "id": b.id,
+                        "kafka_address": b.kafka_address,
+                        "grpc_address": b.grpc_address,
+                        "controller_address": b.controller_address,
+                        "rack": b.rack,
+                        "state": state(b),
+                        "fenced": b.fenced,
+                        "broker_epoch": b.broker_epoch,
+                        "leaders": b.leaders,
+                        "replicas": b.replicas,
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{v}");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = c
+                .brokers
+                .iter()
+                .map(|b| {
+                    vec![
+                        format!(
+                            "{}{}",
+                            b.id,
+                            if b.id as u64 == c.controller_id {
+                                "*"
+                            } else {
+                                ""
+                            }
+                        ),
+                        b.kafka_address.clone(),
+                        b.grpc_address.clone(),
+                        b.rack.clone().unwrap_or_else(|| "-".into()),
+                        state(b).to_string(),
+                        b.leaders.to_string(),
+                        b.replicas.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["ID", "KAFKA", "GRPC", "RACK", "STATE", "LEADS", "REPLICAS"],
+                &rows,
+            );
+            println!("* active controller");
+            Ok(())
+        }
         ClusterCommand::Status => {
             let q = admin(&args.conn.broker)
                 .await?

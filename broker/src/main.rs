@@ -17,6 +17,7 @@ mod groups;
 mod grpc;
 mod http;
 mod kafka;
+mod leaders;
 mod partitioner;
 mod quorum;
 mod requests;

@@ -376,7 +376,9 @@ async fn a_full_disk_gives_storage_errors_not_a_crash_and_recovers() {
     // takes them again once there is room.
     let filler = fs.fill();
     b.kill9();
-    b.launch();
+    // Listening is all it can do: registering with the controller needs a metadata-log write,
+    // which waits for space (its image from before the crash says it leads, so reads go on).
+    b.launch_listening();
     let port = b.kafka_port;
     assert_eq!(kcat_consume(port, "warm"), vec!["0:0", "1:1"]);
     let r = produce_until(port, "warm", "x", |r| r.error_code != 0);

@@ -89,6 +89,41 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn describe_cluster(
+        &self,
+        _req: Request<pb::DescribeClusterRequest>,
+    ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        let image = self.quorum.image();
+        let brokers = image
+            .brokers
+            .values()
+            .map(|b| {
+                let (mut leaders, mut replicas) = (0, 0);
+                for (_, _, p) in image.partitions() {
+                    leaders += u32::from(p.leader == b.broker_id);
+                    replicas += u32::from(p.replicas.contains(&b.broker_id));
+                }
+                pb::BrokerDescription {
+                    id: b.broker_id,
+                    kafka_address: b.endpoints.kafka.clone(),
+                    grpc_address: b.endpoints.grpc.clone(),
+                    controller_address: b.endpoints.controller.clone(),
+                    rack: b.rack.clone(),
+                    fenced: b.fenced,
+                    in_controlled_shutdown: b.in_controlled_shutdown,
+                    broker_epoch: b.broker_epoch,
+                    leaders,
+                    replicas,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::DescribeClusterResponse {
+            controller_id: self.quorum.status().leader.unwrap_or(0),
+            metadata_offset: image.offset,
+            brokers,
+        }))
+    }
+
     async fn create_topic(
         &self,
         req: Request<pb::CreateTopicRequest>,

@@ -72,6 +72,8 @@ enum Command {
 #[derive(Clone)]
 pub struct QuorumHandle {
     tx: SyncSender<Command>,
+    /// Set at stop: a write retrying on a full disk gives up.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     image: watch::Receiver<Arc<MetadataImage>>,
     status: watch::Receiver<QuorumStatus>,
     committed: tokio::sync::broadcast::Sender<Arc<Committed>>,
@@ -129,6 +131,8 @@ impl QuorumHandle {
     /// Stops the driver thread (the node's state is all on disk already). Blocks while the
     /// command queue is full: call it from a blocking context.
     pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         let _ = self.tx.send(Command::Stop);
     }
 }
@@ -153,7 +157,7 @@ impl Default for DriverConfig {
 
 /// Starts the driver thread for `node`.
 pub fn spawn(
-    node: MetadataNode,
+    mut node: MetadataNode,
     voters: Vec<u64>,
     transport: Arc<dyn RaftTransport>,
     config: DriverConfig,
@@ -162,8 +166,11 @@ pub fn spawn(
     let (image_tx, image) = watch::channel(Arc::new(node.image().clone()));
     let (status_tx, status) = watch::channel(QuorumStatus::default());
     let (committed, _) = tokio::sync::broadcast::channel(1024);
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    node.retry_failed_writes(stopping.clone());
     let handle = QuorumHandle {
         tx,
+        stopping,
         image,
         status,
         committed: committed.clone(),

@@ -12,6 +12,9 @@
 //! once that entry is applied. The image is snapshotted (and the log compacted) every
 //! `snapshot_every` applied entries; a restarted or lagging voter starts from the snapshot.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use raft::prelude::{Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
@@ -122,6 +125,8 @@ pub struct MetadataNode {
     /// Seeded election timeouts for simulations (raft-rs draws its own otherwise).
     election_rng: Option<Box<dyn Randomness + Send>>,
     last_timeout: usize,
+    /// Set: failed storage writes are retried until they succeed or this flag is set.
+    retry_writes: Option<Arc<AtomicBool>>,
 }
 
 /// raft-rs logs through slog; forward to tracing.
@@ -203,6 +208,7 @@ impl MetadataNode {
             config,
             election_rng: None,
             last_timeout: 0,
+            retry_writes: None,
         };
         node.apply(known_committed, &mut ReadyOutput::default());
         Ok(node)
@@ -320,14 +326,16 @@ impl MetadataNode {
         }
         let committed = rd.take_committed_entries();
         self.apply(committed, &mut out);
-        self.storage.append(rd.entries())?;
+        let storage = self.storage.clone();
+        let stop = self.retry_writes.clone();
+        durably(stop.as_deref(), || storage.append(rd.entries()))?;
         if let Some(hs) = rd.hs() {
-            self.storage.set_hard_state(hs)?;
+            durably(stop.as_deref(), || storage.set_hard_state(hs))?;
         }
         out.messages.extend(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.storage.set_commit(commit)?;
+            durably(stop.as_deref(), || storage.set_commit(commit))?;
         }
         out.messages.extend(light.take_messages());
         let committed = light.take_committed_entries();
@@ -335,10 +343,27 @@ impl MetadataNode {
         self.raw.advance_apply();
         if self.applied >= self.snapshot_index + self.config.snapshot_every {
             let data = self.image.encode().map_err(MetadataNodeError::Snapshot)?;
-            self.storage.compact_to(self.applied, data)?;
-            self.snapshot_index = self.applied;
+            match self.storage.compact_to(self.applied, data) {
+                Ok(()) => self.snapshot_index = self.applied,
+                // A snapshot is an optimisation: on a full disk, the log just stays longer.
+                Err(RaftStorageError::Io { .. }) if self.retry_writes.is_some() => {
+                    tracing::warn!(
+                        index = self.applied,
+                        "metadata snapshot not written (disk full?); retrying later"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(out)
+    }
+
+    /// Makes failed writes of the metadata log (a full disk, typically) block and retry until
+    /// they succeed, instead of failing the node, unless `stop` is set (shutdown). The broker's
+    /// voter uses this: a full disk stalls metadata changes but does not kill the quorum member,
+    /// which carries on once space is freed. Simulations leave it off.
+    pub fn retry_failed_writes(&mut self, stop: Arc<AtomicBool>) {
+        self.retry_writes = Some(stop);
     }
 
     fn apply(&mut self, entries: Vec<Entry>, out: &mut ReadyOutput) {
@@ -373,6 +398,38 @@ impl MetadataNode {
                 proposal: ProposalId::decode(&e.context),
                 changes,
             });
+        }
+    }
+}
+
+/// Runs a metadata-log write; an I/O failure is retried (with backoff, blocking this thread)
+/// until it succeeds or `stop` is set. Retrying is safe: every write either rewrites a whole
+/// file atomically or first truncates the log back to where the failed append began.
+fn durably<T>(
+    stop: Option<&AtomicBool>,
+    mut write: impl FnMut() -> Result<T, RaftStorageError>,
+) -> Result<T, MetadataNodeError> {
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut failing = false;
+    loop {
+        match write() {
+            Ok(v) => {
+                if failing {
+                    tracing::info!("metadata log writes succeed again");
+                }
+                return Ok(v);
+            }
+            Err(e @ RaftStorageError::Io { .. })
+                if stop.is_some_and(|s| !s.load(Ordering::Acquire)) =>
+            {
+                if !failing {
+                    tracing::error!(error = %e, "metadata log write failed; metadata changes stall and the write is retried until it succeeds");
+                    failing = true;
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(1));
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }

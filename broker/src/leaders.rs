@@ -1,0 +1,97 @@
+//! Client side: where each partition's leader is, so `sluice produce` and `sluice consume` send
+//! to the broker that leads, as Kafka clients do, whichever broker they were pointed at.
+//!
+//! The map comes from the broker given with `--broker`: DescribeTopic (leader per partition),
+//! DescribeCluster (each broker's advertised gRPC address) and DescribeQuorum (which broker
+//! answered: that one is reached at the address the user gave, which works even when its
+//! advertised address does not, e.g. a wildcard listen address). A refusal that names another
+//! leader (FAILED_PRECONDITION with `sluice-leader-id`) or an unreachable leader makes the caller
+//! reload the map and try again.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sluice_proto::v1 as pb;
+use tonic::transport::Channel;
+
+use crate::cli::{admin, channel, status_message};
+
+/// How long a command keeps looking for a partition's leader before it gives up.
+pub const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct Leaders {
+    bootstrap: String,
+    pub topic: pb::TopicDescription,
+    /// Broker id -> gRPC address to use.
+    addresses: HashMap<i32, String>,
+}
+
+impl Leaders {
+    pub async fn load(bootstrap: &str, topic: &str) -> Result<Leaders, String> {
+        let mut a = admin(bootstrap).await?;
+        let d = a
+            .describe_topic(pb::DescribeTopicRequest {
+                name: topic.to_string(),
+            })
+            .await
+            .map_err(status_message)?
+            .into_inner()
+            .topic
+            .ok_or("broker returned no topic description")?;
+        let cluster = a
+            .describe_cluster(pb::DescribeClusterRequest {})
+            .await
+            .map_err(status_message)?
+            .into_inner();
+        let me = a
+            .describe_quorum(pb::DescribeQuorumRequest {})
+            .await
+            .map_err(status_message)?
+            .into_inner()
+            .node_id as i32;
+        let mut addresses: HashMap<i32, String> = cluster
+            .brokers
+            .into_iter()
+            .map(|b| (b.id, b.grpc_address))
+            .collect();
+        addresses.insert(me, bootstrap.to_string());
+        Ok(Leaders {
+            bootstrap: bootstrap.to_string(),
+            topic: d,
+            addresses,
+        })
+    }
+
+    pub fn reload_source(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.topic.partitions.len() as u32
+    }
+
+    /// The leader's broker id and address, if it has one.
+    pub fn leader(&self, partition: u32) -> Option<(i32, String)> {
+        let p = self.topic.partitions.get(partition as usize)?;
+        if p.leader < 0 {
+            return None;
+        }
+        Some((p.leader, self.addresses.get(&p.leader)?.clone()))
+    }
+
+    pub async fn channel_to_leader(&self, partition: u32) -> Result<Channel, String> {
+        let (id, addr) = self
+            .leader(partition)
+            .ok_or_else(|| format!("partition {partition} of {} has no leader", self.topic.name))?;
+        channel(&addr)
+            .await
+            .map_err(|e| format!("leader {id} of partition {partition}: {e}"))
+    }
+}
+
+/// A refusal after which the map should be reloaded and the request sent again: the broker does
+/// not lead (any more).
+pub fn is_leadership_change(s: &tonic::Status) -> bool {
+    s.metadata().get("sluice-leader-id").is_some()
+}
