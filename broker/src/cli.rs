@@ -908,15 +908,52 @@ fn parse_datetime_ms(s: &str) -> Result<i64, String> {
 
 pub async fn group(args: GroupArgs) -> Result<(), String> {
     use sluice_proto::v1::groups_client::GroupsClient;
-    let mut c = GroupsClient::new(channel(&args.conn.broker).await?);
+    // A group's requests go to its coordinator; listing asks every broker.
+    let target = match &args.command {
+        GroupCommand::List => args.conn.broker.clone(),
+        GroupCommand::Describe { group }
+        | GroupCommand::Lag { group }
+        | GroupCommand::ResetOffsets { group, .. }
+        | GroupCommand::Delete { group } => {
+            crate::leaders::coordinator(&args.conn.broker, group).await
+        }
+    };
+    let mut c = GroupsClient::new(channel(&target).await?);
     let json = args.conn.output == Output::Json;
     match args.command {
         GroupCommand::List => {
-            let r = c
+            let mut r = c
                 .list_groups(pb::ListGroupsRequest {})
                 .await
                 .map_err(status_message)?
                 .into_inner();
+            // Each broker lists the groups it coordinates: ask the others too.
+            let cluster = admin(&args.conn.broker)
+                .await?
+                .describe_cluster(pb::DescribeClusterRequest {})
+                .await
+                .map_err(status_message)?
+                .into_inner();
+            let me = admin(&args.conn.broker)
+                .await?
+                .describe_quorum(pb::DescribeQuorumRequest {})
+                .await
+                .map_err(status_message)?
+                .into_inner()
+                .node_id as i32;
+            for b in cluster.brokers.iter().filter(|b| b.id != me && !b.fenced) {
+                let listed = async {
+                    GroupsClient::new(channel(&b.grpc_address).await?)
+                        .list_groups(pb::ListGroupsRequest {})
+                        .await
+                        .map_err(status_message)
+                };
+                match listed.await {
+                    Ok(more) => r.groups.extend(more.into_inner().groups),
+                    Err(e) => eprintln!("broker {} did not answer: {e}", b.id),
+                }
+            }
+            r.groups.sort_by(|a, b| a.group.cmp(&b.group));
             if json {
                 let v: Vec<_> = r.groups.iter().map(|g| serde_json::json!({"group": g.group, "state": g.state, "protocol_type": g.protocol_type, "members": g.members})).collect();
                 println!("{}", serde_json::Value::Array(v));
@@ -975,11 +1012,23 @@ pub async fn group(args: GroupArgs) -> Result<(), String> {
             }
         }
         GroupCommand::Lag { group } => {
-            let l = c
+            let mut l = c
                 .group_lag(pb::GroupLagRequest { group })
                 .await
                 .map_err(status_message)?
                 .into_inner();
+            // The coordinator knows the log end only of partitions it holds: ask each leader.
+            let mut total = 0;
+            for p in &mut l.partitions {
+                if let Ok(end) =
+                    crate::leaders::log_end_offset(&args.conn.broker, &p.topic, p.partition).await
+                {
+                    p.log_end_offset = end;
+                    p.lag = p.committed_offset.map(|c| end.saturating_sub(c));
+                }
+                total += p.lag.unwrap_or(0);
+            }
+            l.total_lag = total;
             let mut per_topic: BTreeMap<String, u64> = BTreeMap::new();
             for p in &l.partitions {
                 *per_topic.entry(p.topic.clone()).or_default() += p.lag.unwrap_or(0);

@@ -26,12 +26,21 @@ use crate::cli::{status_message, ConsumeArgs};
 
 type Tp = (String, u32);
 
-/// The broker is unreachable or went away mid-call: worth retrying, not worth exiting over.
+/// The broker is unreachable or went away mid-call, or the group's coordinator (or a
+/// partition's leader) moved: worth retrying, not worth exiting over.
 fn transient(s: &tonic::Status) -> bool {
     matches!(
         s.code(),
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-    )
+    ) || moved(s)
+}
+
+/// The broker asked is not the group's coordinator, or not the partition's leader.
+fn moved(s: &tonic::Status) -> bool {
+    s.metadata()
+        .get(crate::leaders::COORDINATOR_ID_KEY)
+        .is_some()
+        || crate::leaders::is_leadership_change(s)
 }
 
 const RETRY: Duration = Duration::from_millis(250);
@@ -46,7 +55,8 @@ enum Ended {
 
 struct Member {
     groups: GroupsClient<Channel>,
-    consumer: ConsumerClient<Channel>,
+    /// The broker given with `--broker`: where leaders and the coordinator are looked up.
+    bootstrap: String,
     group: String,
     member_id: String,
     generation: i32,
@@ -135,8 +145,9 @@ impl Member {
         } else {
             pb::OffsetSpec::Latest
         };
-        let r = self
-            .consumer
+        let leaders = crate::leaders::Leaders::load(&self.bootstrap, &tp.0).await?;
+        let mut consumer = ConsumerClient::new(leaders.channel_to_leader(tp.1).await?);
+        let r = consumer
             .list_offsets(pb::ListOffsetsRequest {
                 topic: tp.0.clone(),
                 partition: tp.1,
@@ -151,14 +162,30 @@ impl Member {
 }
 
 /// A partition's fetch loop: long polls from `offset` until `stop`, sending each non-empty
-/// response. An offset that fell below the log start (retention) restarts at the earliest.
+/// response, from the partition's leader (found again when it moves). An offset that fell below
+/// the log start (retention) restarts at the earliest.
 async fn fetch_partition(
-    mut client: ConsumerClient<Channel>,
+    bootstrap: String,
     tp: Tp,
     mut offset: u64,
     tx: mpsc::Sender<Result<(Tp, pb::FetchResponse), String>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut client = loop {
+        let found = match crate::leaders::Leaders::load(&bootstrap, &tp.0).await {
+            Ok(l) => l.channel_to_leader(tp.1).await,
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(ch) => break ConsumerClient::new(ch).max_decoding_message_size(256 << 20),
+            Err(_) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
     loop {
         let req = pb::FetchRequest {
             topic: tp.0.clone(),
@@ -202,6 +229,10 @@ async fn fetch_partition(
                     }
                 }
             }
+            Err(s) if crate::leaders::is_leadership_change(&s) => {
+                // The leader moved: fetch from the new one (the same offset).
+                return Box::pin(fetch_partition(bootstrap, tp, offset, tx, stop)).await;
+            }
             Err(s) if transient(&s) => {
                 tokio::select! {
                     _ = tokio::time::sleep(RETRY) => {}
@@ -217,10 +248,12 @@ async fn fetch_partition(
 }
 
 pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
-    let channel = crate::cli::channel(&args.conn.broker).await?;
+    let bootstrap = args.conn.broker.clone();
+    let channel =
+        crate::cli::channel(&crate::leaders::coordinator(&bootstrap, &group).await).await?;
     let mut m = Member {
         groups: GroupsClient::new(channel.clone()),
-        consumer: crate::cli::consumer(&args.conn.broker).await?,
+        bootstrap: bootstrap.clone(),
         group,
         member_id: String::new(),
         generation: -1,
@@ -245,8 +278,15 @@ pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
             }) => match r {
                 Ok(r) => r.into_inner(),
                 Err(s) if transient(&s) => {
+                    let coordinator_moved = moved(&s);
                     eprintln!("join {}: {} (retrying)", m.group, status_message(s));
                     tokio::time::sleep(RETRY).await;
+                    if coordinator_moved {
+                        // Find the coordinator again and talk to it from now on.
+                        if let Ok(ch) = crate::cli::channel(&crate::leaders::coordinator(&bootstrap, &m.group).await).await {
+                            m.groups = GroupsClient::new(ch);
+                        }
+                    }
                     continue;
                 }
                 Err(s) => return Err(status_message(s)),
@@ -289,7 +329,7 @@ pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
         let (tx, mut rx) = mpsc::channel(16);
         for (tp, start) in starts {
             tokio::spawn(fetch_partition(
-                m.consumer.clone(),
+                bootstrap.clone(),
                 tp,
                 start,
                 tx.clone(),
@@ -331,7 +371,7 @@ pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
                     // A failed commit keeps its offsets pending for the next tick.
                     match m.commit().await {
                         Ok(()) => {}
-                        Err(s) if s.code() == tonic::Code::Aborted => break Ended::Rejoin,
+                        Err(s) if s.code() == tonic::Code::Aborted || moved(&s) => break Ended::Rejoin,
                         Err(s) if transient(&s) => {}
                         Err(s) => return Err(status_message(s)),
                     }
@@ -343,6 +383,7 @@ pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
                         generation: m.generation,
                     }).await {
                         Ok(r) => r.into_inner().status(),
+                        Err(s) if moved(&s) => break Ended::Rejoin,
                         Err(s) if transient(&s) => continue,
                         Err(s) => return Err(status_message(s)),
                     };

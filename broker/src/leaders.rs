@@ -90,8 +90,42 @@ impl Leaders {
     }
 }
 
+/// Metadata key naming the group's coordinator on a NOT_COORDINATOR refusal.
+pub const COORDINATOR_ID_KEY: &str = "sluice-coordinator-id";
+
 /// A refusal after which the map should be reloaded and the request sent again: the broker does
 /// not lead (any more).
 pub fn is_leadership_change(s: &tonic::Status) -> bool {
     s.metadata().get("sluice-leader-id").is_some()
+}
+
+/// The gRPC address of `group`'s coordinator (the leader of its `__consumer_offsets`
+/// partition), or `bootstrap` while that is not known yet (the topic is created on first use).
+pub async fn coordinator(bootstrap: &str, group: &str) -> String {
+    let p = crate::groups::offsets_log::partition_for(group);
+    match Leaders::load(bootstrap, crate::groups::offsets_log::TOPIC).await {
+        Ok(l) => l
+            .leader(p)
+            .map_or_else(|| bootstrap.to_string(), |(_, a)| a),
+        Err(_) => bootstrap.to_string(),
+    }
+}
+
+/// The log-end offset (high watermark) of a partition, asked of its leader.
+pub async fn log_end_offset(bootstrap: &str, topic: &str, partition: u32) -> Result<u64, String> {
+    let l = Leaders::load(bootstrap, topic).await?;
+    let mut c = sluice_proto::v1::consumer_client::ConsumerClient::new(
+        l.channel_to_leader(partition).await?,
+    );
+    let r = c
+        .list_offsets(pb::ListOffsetsRequest {
+            topic: topic.to_string(),
+            partition,
+            spec: pb::OffsetSpec::Latest as i32,
+            timestamp_ms: 0,
+        })
+        .await
+        .map_err(status_message)?
+        .into_inner();
+    Ok(r.offset.unwrap_or(0))
 }

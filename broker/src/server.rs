@@ -122,10 +122,11 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
                 config.offsets_retention_check_interval_ms,
             ),
         };
-        tokio::task::spawn_blocking(move || crate::groups::GroupCoordinator::open(a, settings))
-            .await
-            .map_err(|e| ServeError::Server(e.to_string()))?
+        crate::groups::GroupCoordinator::open(a, settings)
     };
+    // The groups of the __consumer_offsets partitions led here are loaded before clients come.
+    groups.follow().await;
+    let group_follower = tokio::spawn(groups.clone().run_follower(stop_rx.clone()));
     let grpc = tokio::spawn(crate::grpc::serve(
         grpc_listener,
         config.clone(),
@@ -185,6 +186,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     let _ = http.await;
     let _ = kafka.await;
     let _ = ticker.await;
+    let _ = group_follower.await;
     let _ = duties.await;
     // In-flight requests have drained (serve_with_shutdown waits for them): close the logs.
     node.stop().await;

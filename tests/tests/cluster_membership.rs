@@ -559,3 +559,106 @@ fn a_single_node_data_directory_from_before_the_cluster_is_taken_over() {
     );
     assert_eq!(d["partitions"][1]["log_end_offset"], 2);
 }
+
+#[test]
+fn consumer_groups_work_whichever_broker_clients_start_from() {
+    let bs = cluster(&[]);
+    wait_for("three alive brokers", Duration::from_secs(60), || {
+        all_alive(&bs[0], &[1, 2, 3]).then_some(())
+    });
+    let out = bs[0].cli(
+        &[
+            "topic",
+            "create",
+            "events",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "1",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("events everywhere", Duration::from_secs(30), || {
+        bs.iter()
+            .all(|b| layout(b, "events").is_some_and(|l| l.len() == 3))
+            .then_some(())
+    });
+    let kafka = |i: usize| format!("127.0.0.1:{}", bs[i].kafka_port);
+    for p in 0..3 {
+        let lines: String = (0..10).map(|i| format!("e{p}-{i}\n")).collect();
+        kcat(
+            &["-b", &kafka(1), "-P", "-t", "events", "-p", &p.to_string()],
+            Some(&lines),
+        )
+        .expect("kcat produce");
+    }
+    // librdkafka's balanced consumer, bootstrapped from broker 3: FindCoordinator sends it to
+    // the leader of the group's __consumer_offsets partition, wherever that is.
+    let out = kcat(
+        &[
+            "-b",
+            &kafka(2),
+            "-G",
+            "kcat-cluster",
+            "-X",
+            "auto.offset.reset=earliest",
+            "-c",
+            "30",
+            "-f",
+            "%s\n",
+            "events",
+        ],
+        None,
+    )
+    .expect("kcat -G");
+    assert_eq!(out.lines().count(), 30);
+    // sluice's own group consumer, bootstrapped from broker 1.
+    let out = bs[0].cli(
+        &[
+            "consume",
+            "events",
+            "--group",
+            "cli-cluster",
+            "--from-beginning",
+            "--max-messages",
+            "30",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 30);
+    // Both groups' commits are seen from broker 2, whoever coordinates them.
+    for g in ["kcat-cluster", "cli-cluster"] {
+        let lag = wait_for("committed offsets", Duration::from_secs(30), || {
+            let v = json(&bs[1], &["group", "lag", g])?;
+            (v["total_lag"] == 0
+                && v["partitions"].as_array()?.len() == 3
+                && v["partitions"]
+                    .as_array()?
+                    .iter()
+                    .all(|p| p["committed_offset"] == 10 && p["log_end_offset"] == 10))
+            .then_some(v)
+        });
+        eprintln!("{g}: {lag}");
+    }
+    let listed = wait_for("both groups listed", Duration::from_secs(30), || {
+        let v = json(&bs[2], &["group", "list"])?;
+        let names: Vec<String> = v
+            .as_array()?
+            .iter()
+            .filter_map(|g| g["group"].as_str().map(String::from))
+            .collect();
+        (names.contains(&"kcat-cluster".to_string()) && names.contains(&"cli-cluster".to_string()))
+            .then_some(names)
+    });
+    assert_eq!(listed.len(), 2, "{listed:?}");
+}

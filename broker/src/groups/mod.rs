@@ -17,7 +17,7 @@ pub mod offsets_log;
 
 pub use consumer_protocol::decode_assignment;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,9 @@ pub mod code {
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
     pub const INVALID_SESSION_TIMEOUT: i16 = 26;
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const NOT_COORDINATOR: i16 = 16;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const NON_EMPTY_GROUP: i16 = 68;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
@@ -382,6 +384,10 @@ fn now_ms() -> i64 {
 
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
+    /// The `__consumer_offsets` partitions whose groups are loaded here (this broker leads them).
+    owned: Mutex<BTreeSet<u32>>,
+    /// Serialises loading and unloading.
+    loading: tokio::sync::Mutex<()>,
     /// `__consumer_offsets` is created through the controller on first use.
     admin: Arc<Admin>,
     settings: GroupSettings,
@@ -389,34 +395,150 @@ pub struct GroupCoordinator {
 }
 
 impl GroupCoordinator {
-    /// Creates the coordinator and rebuilds groups (membership and committed offsets) from
-    /// `__consumer_offsets`.
+    /// Creates the coordinator. It serves the groups of the `__consumer_offsets` partitions this
+    /// broker leads: [`GroupCoordinator::follow`] loads a partition's groups (membership and
+    /// committed offsets) when it becomes the leader and drops them when it stops being it.
     pub fn open(admin: Arc<Admin>, settings: GroupSettings) -> Arc<GroupCoordinator> {
-        let mut groups: HashMap<String, Group> = HashMap::new();
-        match offsets_log::replay(&admin.topics) {
-            Ok(replayed) => {
-                for (name, snapshot) in replayed.groups {
-                    groups.insert(name, Group::restore(snapshot));
-                }
-                for ((group, topic, partition), c) in replayed.offsets {
-                    groups
-                        .entry(group)
-                        .or_default()
-                        .offsets
-                        .insert((topic, partition), c);
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "could not replay __consumer_offsets"),
-        }
-        if !groups.is_empty() {
-            tracing::info!(groups = groups.len(), "rebuilt consumer groups");
-        }
         Arc::new(GroupCoordinator {
-            groups: Mutex::new(groups),
+            groups: Mutex::new(HashMap::new()),
+            owned: Mutex::new(BTreeSet::new()),
+            loading: tokio::sync::Mutex::new(()),
             admin,
             settings,
             next_member: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    fn owned(&self) -> MutexGuard<'_, BTreeSet<u32>> {
+        self.owned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes on the groups of the `__consumer_offsets` partitions this broker now leads, and
+    /// drops those of partitions it no longer leads (their new leader loads them).
+    pub async fn follow(&self) {
+        let _one_at_a_time = self.loading.lock().await;
+        let leading: BTreeMap<u32, Arc<sluice_replication::Partition>> =
+            match self.admin.topics.get(offsets_log::TOPIC) {
+                Ok(t) => t
+                    .partitions
+                    .iter()
+                    .filter(|(_, p)| p.is_leader())
+                    .map(|(i, p)| (*i, p.clone()))
+                    .collect(),
+                Err(_) => BTreeMap::new(),
+            };
+        let owned = self.owned().clone();
+        let lost: Vec<u32> = owned
+            .iter()
+            .filter(|p| !leading.contains_key(p))
+            .copied()
+            .collect();
+        if !lost.is_empty() {
+            let mut groups = self.lock();
+            groups.retain(|name, _| !lost.contains(&offsets_log::partition_for(name)));
+            self.owned().retain(|p| !lost.contains(p));
+            tracing::info!(partitions = ?lost, "no longer the group coordinator of these __consumer_offsets partitions");
+        }
+        let mut loaded = Vec::new();
+        for (index, p) in leading {
+            if owned.contains(&index) {
+                continue;
+            }
+            let replayed = match tokio::task::spawn_blocking(move || {
+                offsets_log::replay_partition(&p)
+            })
+            .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    tracing::error!(partition = index, error = %e, "could not load __consumer_offsets partition");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(partition = index, error = %e, "loading task failed");
+                    continue;
+                }
+            };
+            let mut groups = self.lock();
+            for (name, snapshot) in replayed.groups {
+                groups.insert(name, Group::restore(snapshot));
+            }
+            for ((group, topic, partition), c) in replayed.offsets {
+                groups
+                    .entry(group)
+                    .or_default()
+                    .offsets
+                    .insert((topic, partition), c);
+            }
+            drop(groups);
+            self.owned().insert(index);
+            loaded.push(index);
+        }
+        if !loaded.is_empty() {
+            tracing::info!(
+                partitions = loaded.len(),
+                groups = self.lock().len(),
+                "loaded consumer groups as their coordinator"
+            );
+        }
+    }
+
+    /// Follows every change of this broker's replicas (as the replica manager syncs them).
+    pub async fn run_follower(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut synced = self.admin.topics.watch_synced();
+        loop {
+            self.follow().await;
+            tokio::select! {
+                r = synced.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Whether this broker coordinates `group`: `Err` carries Kafka's code for "ask elsewhere"
+    /// (NOT_COORDINATOR) or "not yet" (COORDINATOR_LOAD_IN_PROGRESS). The first group operation
+    /// of a cluster creates `__consumer_offsets`, as Kafka's FindCoordinator does.
+    pub async fn check(&self, group: &str) -> Result<(), i16> {
+        let p = offsets_log::partition_for(group);
+        if self.owned().contains(&p) {
+            return Ok(());
+        }
+        if self.admin.topics.get(offsets_log::TOPIC).is_err() {
+            // First use anywhere: create it (through the controller) and take what is ours.
+            if let Err(e) = offsets_log::ensure_topic(&self.admin).await {
+                tracing::warn!(error = %e, "cannot create __consumer_offsets");
+                return Err(code::COORDINATOR_NOT_AVAILABLE);
+            }
+            self.follow().await;
+            if self.owned().contains(&p) {
+                return Ok(());
+            }
+        }
+        match self.owner_error(group) {
+            // Led here but not loaded yet: load now (waits for a load under way) and look again.
+            Some(code::COORDINATOR_LOAD_IN_PROGRESS) => {
+                self.follow().await;
+                self.owner_error(group).map_or(Ok(()), Err)
+            }
+            other => other.map_or(Ok(()), Err),
+        }
+    }
+
+    /// `Some(code)` unless this broker coordinates `group` (its partition is loaded here).
+    /// Before `__consumer_offsets` exists no group exists anywhere: `None`, and the operation
+    /// finds no group.
+    pub fn owner_error(&self, group: &str) -> Option<i16> {
+        let p = offsets_log::partition_for(group);
+        if self.owned().contains(&p) {
+            return None;
+        }
+        match self.admin.topics.get(offsets_log::TOPIC) {
+            Err(_) => None,
+            Ok(t) => match t.partitions.get(&p) {
+                Some(part) if part.is_leader() => Some(code::COORDINATOR_LOAD_IN_PROGRESS),
+                _ => Some(code::NOT_COORDINATOR),
+            },
+        }
     }
 
     /// `<client id>-<uuid>-<n>`, as Kafka names members.
@@ -448,6 +570,12 @@ impl GroupCoordinator {
         {
             return JoinResult {
                 error: code::INVALID_SESSION_TIMEOUT,
+                ..Default::default()
+            };
+        }
+        if let Err(error) = self.check(&req.group).await {
+            return JoinResult {
+                error,
                 ..Default::default()
             };
         }
@@ -573,6 +701,12 @@ impl GroupCoordinator {
         member: &str,
         assignments: Vec<(String, Bytes)>,
     ) -> SyncResult {
+        if let Some(error) = self.owner_error(group) {
+            return SyncResult {
+                error,
+                ..Default::default()
+            };
+        }
         let rx = {
             let mut groups = self.lock();
             let Some(g) = groups.get_mut(group) else {
@@ -641,6 +775,9 @@ impl GroupCoordinator {
     }
 
     pub fn heartbeat(&self, group: &str, generation: i32, member: &str) -> i16 {
+        if let Some(e) = self.owner_error(group) {
+            return e;
+        }
         let mut groups = self.lock();
         let Some(g) = groups.get_mut(group) else {
             return code::UNKNOWN_MEMBER_ID;
@@ -661,6 +798,9 @@ impl GroupCoordinator {
     }
 
     pub fn leave(&self, group: &str, member: &str) -> i16 {
+        if let Some(e) = self.owner_error(group) {
+            return e;
+        }
         let mut groups = self.lock();
         match groups.get_mut(group) {
             Some(g) if g.members.contains_key(member) => {
@@ -680,6 +820,9 @@ impl GroupCoordinator {
         member: &str,
         offsets: Vec<(String, i32, Committed)>,
     ) -> i16 {
+        if let Err(e) = self.check(group).await {
+            return e;
+        }
         {
             let mut groups = self.lock();
             let g = groups.entry(group.to_string()).or_default();
@@ -765,6 +908,9 @@ impl GroupCoordinator {
 
     /// Deletes an inactive group and its committed offsets (tombstoned in `__consumer_offsets`).
     pub async fn delete_group(&self, group: &str) -> i16 {
+        if let Some(e) = self.owner_error(group) {
+            return e;
+        }
         let keys: Vec<(String, i32)> = {
             let groups = self.lock();
             match groups.get(group) {
@@ -796,6 +942,9 @@ impl GroupCoordinator {
         group: &str,
         partitions: Vec<(String, i32)>,
     ) -> Result<Vec<i16>, i16> {
+        if let Some(e) = self.owner_error(group) {
+            return Err(e);
+        }
         let (codes, doomed) = {
             let groups = self.lock();
             let Some(g) = groups.get(group) else {
@@ -997,9 +1146,8 @@ mod tests {
     async fn open_with(dir: &std::path::Path, settings: GroupSettings) -> Opened {
         let node = crate::cluster::node::Node::start_for_tests(dir).await;
         let admin = node.admin.clone();
-        let c = tokio::task::spawn_blocking(move || GroupCoordinator::open(admin, settings))
-            .await
-            .unwrap();
+        let c = GroupCoordinator::open(admin, settings);
+        c.follow().await;
         Opened { node, c }
     }
 

@@ -23,7 +23,7 @@ use sluice_replication::Acks;
 
 use super::Committed;
 use crate::requests::admin::Admin;
-use crate::topics::{TopicError, TopicManager};
+use crate::topics::TopicError;
 
 pub const TOPIC: &str = "__consumer_offsets";
 pub const PARTITIONS: u32 = 50;
@@ -275,7 +275,9 @@ pub fn decode_value(mut b: Bytes) -> Option<Committed> {
 
 /// The `__consumer_offsets` topic, created (compacted, 50 partitions) on first use, through the
 /// controller like any topic.
-async fn ensure_topic(admin: &Admin) -> Result<std::sync::Arc<crate::topics::Topic>, TopicError> {
+pub async fn ensure_topic(
+    admin: &Admin,
+) -> Result<std::sync::Arc<crate::topics::Topic>, TopicError> {
     match admin.topics.get(TOPIC) {
         Ok(t) => Ok(t),
         Err(TopicError::UnknownTopic(_)) => {
@@ -288,7 +290,21 @@ async fn ensure_topic(admin: &Admin) -> Result<std::sync::Arc<crate::topics::Top
                 .create_topic(TOPIC, PARTITIONS, 1, configs, false)
                 .await
             {
-                Ok(_) | Err(TopicError::AlreadyExists(_)) => admin.topics.get(TOPIC),
+                Ok(_) => admin.topics.get(TOPIC),
+                // Someone else created it just now: wait (bounded) until this broker has it.
+                Err(TopicError::AlreadyExists(_)) => {
+                    let mut synced = admin.topics.watch_synced();
+                    let appeared = async {
+                        while admin.topics.get(TOPIC).is_err() {
+                            if synced.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), appeared).await;
+                    admin.topics.get(TOPIC)
+                }
                 Err(e) => Err(e),
             }
         }
@@ -367,45 +383,40 @@ pub struct Replayed {
     pub groups: BTreeMap<String, GroupSnapshot>,
 }
 
-/// Reads `__consumer_offsets` from the start of every partition.
-pub fn replay(topics: &TopicManager) -> Result<Replayed, String> {
+/// Reads one `__consumer_offsets` partition from its start: the state of every group it holds.
+pub fn replay_partition(p: &sluice_replication::Partition) -> Result<Replayed, String> {
     let mut out = Replayed::default();
-    let Ok(topic) = topics.get(TOPIC) else {
-        return Ok(out);
-    };
-    for p in topic.partitions.values() {
-        let log = p.log();
-        let mut offset = log.log_start_offset();
-        loop {
-            let (data, info) = log
-                .read_bytes(offset, 1 << 20, Some(p.high_watermark()))
-                .map_err(|e| e.to_string())?;
-            if info.regions.is_empty() {
-                break;
-            }
-            for r in sluice_log::decode_batches(&data, 64 << 20).map_err(|e| e.to_string())? {
-                match r.key.and_then(decode_key) {
-                    Some(Key::Offset(g, t, p)) => match r.value.and_then(decode_value) {
-                        Some(c) => {
-                            out.offsets.insert((g, t, p), c);
-                        }
-                        None => {
-                            out.offsets.remove(&(g, t, p));
-                        }
-                    },
-                    Some(Key::Group(g)) => match r.value.and_then(decode_group_value) {
-                        Some(snapshot) => {
-                            out.groups.insert(g, snapshot);
-                        }
-                        None => {
-                            out.groups.remove(&g);
-                        }
-                    },
-                    None => {}
-                }
-            }
-            offset = info.next_offset;
+    let log = p.log();
+    let mut offset = log.log_start_offset();
+    loop {
+        let (data, info) = log
+            .read_bytes(offset, 1 << 20, Some(p.high_watermark()))
+            .map_err(|e| e.to_string())?;
+        if info.regions.is_empty() {
+            break;
         }
+        for r in sluice_log::decode_batches(&data, 64 << 20).map_err(|e| e.to_string())? {
+            match r.key.and_then(decode_key) {
+                Some(Key::Offset(g, t, p)) => match r.value.and_then(decode_value) {
+                    Some(c) => {
+                        out.offsets.insert((g, t, p), c);
+                    }
+                    None => {
+                        out.offsets.remove(&(g, t, p));
+                    }
+                },
+                Some(Key::Group(g)) => match r.value.and_then(decode_group_value) {
+                    Some(snapshot) => {
+                        out.groups.insert(g, snapshot);
+                    }
+                    None => {
+                        out.groups.remove(&g);
+                    }
+                },
+                None => {}
+            }
+        }
+        offset = info.next_offset;
     }
     Ok(out)
 }

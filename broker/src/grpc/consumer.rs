@@ -187,6 +187,8 @@ impl Consumer for ConsumerService {
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
         let r = req.into_inner();
         let p = self.topics.partition(&r.topic, r.partition)?;
+        p.check_leader()
+            .map_err(|e| status::from_partition_error(&e))?;
         let (offset, timestamp_ms) = match pb::OffsetSpec::try_from(r.spec) {
             Ok(pb::OffsetSpec::Earliest) => (Some(p.log().log_start_offset()), -1),
             Ok(pb::OffsetSpec::Latest) => (Some(p.high_watermark()), -1),

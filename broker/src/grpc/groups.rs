@@ -25,10 +25,20 @@ fn now_ms() -> i64 {
 }
 
 impl GroupsService {
+    /// Refuses unless this broker coordinates `group` (a status naming the coordinator, so
+    /// clients go there).
+    fn here(&self, group: &str) -> Result<(), Status> {
+        match self.groups.owner_error(group) {
+            None => Ok(()),
+            Some(code) => Err(coordinator_status(&self.topics, code, group)),
+        }
+    }
+
     fn state_of(
         &self,
         group: &str,
     ) -> Result<(String, String, String, Vec<crate::groups::Member>), Status> {
+        self.here(group)?;
         match self.groups.describe(group) {
             Some((state, ptype, protocol, members)) => {
                 Ok((state.name().to_string(), ptype, protocol, members))
@@ -36,6 +46,28 @@ impl GroupsService {
             None => Err(Status::not_found(format!("unknown group {group:?}"))),
         }
     }
+}
+
+/// NOT_COORDINATOR (with the coordinator's id when this broker knows it, under
+/// `sluice-coordinator-id`) or COORDINATOR_LOAD_IN_PROGRESS, as statuses.
+fn coordinator_status(topics: &TopicManager, code: i16, group: &str) -> Status {
+    if code == code::COORDINATOR_LOAD_IN_PROGRESS {
+        return Status::unavailable(format!(
+            "group {group:?}: its coordinator is loading it; retry"
+        ));
+    }
+    let p = crate::groups::offsets_log::partition_for(group);
+    let mut st = Status::failed_precondition(format!(
+        "this broker is not the coordinator of group {group:?} (the leader of __consumer_offsets partition {p} is)"
+    ));
+    let leader = topics
+        .partition(crate::groups::offsets_log::TOPIC, p)
+        .map_or(-1, |part| part.leader());
+    if let Ok(v) = leader.to_string().parse() {
+        st.metadata_mut()
+            .insert(crate::leaders::COORDINATOR_ID_KEY, v);
+    }
+    st
 }
 
 /// The status for a group-protocol error code on a member's request.
@@ -59,6 +91,14 @@ fn member_status(code: i16, what: &str) -> Status {
         )),
         code::KAFKA_STORAGE_ERROR => {
             Status::unavailable(format!("{what}: could not write __consumer_offsets"))
+        }
+        code::NOT_COORDINATOR => Status::failed_precondition(format!(
+            "{what}: this broker is not the group's coordinator"
+        )),
+        code::COORDINATOR_LOAD_IN_PROGRESS | code::COORDINATOR_NOT_AVAILABLE => {
+            Status::unavailable(format!(
+                "{what}: the group's coordinator is not ready; retry"
+            ))
         }
         other => Status::internal(format!("{what}: Kafka error {other}")),
     }
@@ -109,6 +149,9 @@ impl Groups for GroupsService {
                     continue;
                 }
                 code::REBALANCE_IN_PROGRESS => continue,
+                c @ (code::NOT_COORDINATOR | code::COORDINATOR_LOAD_IN_PROGRESS) => {
+                    return Err(coordinator_status(&self.topics, c, &r.group))
+                }
                 other => return Err(member_status(other, "join")),
             }
             member_id = joined.member_id.clone();
@@ -160,6 +203,9 @@ impl Groups for GroupsService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
         let status = match self.groups.heartbeat(&r.group, r.generation, &r.member_id) {
+            c @ (code::NOT_COORDINATOR | code::COORDINATOR_LOAD_IN_PROGRESS) => {
+                return Err(coordinator_status(&self.topics, c, &r.group))
+            }
             code::NONE => pb::MemberStatus::Ok,
             code::REBALANCE_IN_PROGRESS => pb::MemberStatus::Rebalance,
             _ => pb::MemberStatus::Fenced,
@@ -176,6 +222,9 @@ impl Groups for GroupsService {
         let r = req.into_inner();
         match self.groups.leave(&r.group, &r.member_id) {
             code::NONE => Ok(Response::new(pb::LeaveGroupResponse {})),
+            c @ (code::NOT_COORDINATOR | code::COORDINATOR_LOAD_IN_PROGRESS) => {
+                Err(coordinator_status(&self.topics, c, &r.group))
+            }
             _ => Err(Status::not_found(format!(
                 "group {:?} has no member {:?}",
                 r.group, r.member_id
@@ -212,6 +261,9 @@ impl Groups for GroupsService {
             .await
         {
             code::NONE => Ok(Response::new(pb::CommitOffsetsResponse {})),
+            c @ (code::NOT_COORDINATOR | code::COORDINATOR_LOAD_IN_PROGRESS) => {
+                Err(coordinator_status(&self.topics, c, &r.group))
+            }
             other => Err(member_status(other, "commit")),
         }
     }
@@ -221,6 +273,7 @@ impl Groups for GroupsService {
         req: Request<pb::FetchOffsetsRequest>,
     ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
         let r = req.into_inner();
+        self.here(&r.group)?;
         let wanted = (!r.partitions.is_empty()).then(|| {
             r.partitions
                 .into_iter()
@@ -342,6 +395,7 @@ impl Groups for GroupsService {
         req: Request<pb::ResetOffsetsRequest>,
     ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
         let r = req.into_inner();
+        self.here(&r.group)?;
         if !self.groups.is_inactive(&r.group) {
             return Err(Status::failed_precondition(format!(
                 "group {:?} has active members: stop its consumers before resetting offsets",
@@ -417,6 +471,7 @@ impl Groups for GroupsService {
         req: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         let group = req.into_inner().group;
+        self.here(&group)?;
         match self.groups.delete_group(&group).await {
             code::NONE => Ok(Response::new(pb::DeleteGroupResponse {})),
             code::GROUP_ID_NOT_FOUND => Err(Status::not_found(format!("unknown group {group:?}"))),

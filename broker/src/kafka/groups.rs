@@ -26,7 +26,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::{frame::encode_response, Ctx};
-use crate::groups::{code, Committed, JoinRequest};
+use crate::groups::{code, offsets_log, Committed, JoinRequest};
 
 fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
@@ -38,43 +38,72 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-pub fn find_coordinator(
+/// The coordinator of a group: the leader of its `__consumer_offsets` partition (created on
+/// first use, as Kafka does), from the metadata image.
+async fn coordinator_of(ctx: &Ctx, group: &str) -> (i16, i32, String, i32) {
+    let none = |e| (e, -1, String::new(), -1);
+    if ctx.topics.get(offsets_log::TOPIC).is_err() {
+        if let Err(e) = offsets_log::ensure_topic(&ctx.admin).await {
+            tracing::warn!(error = %e, "cannot create __consumer_offsets");
+            return none(code::COORDINATOR_NOT_AVAILABLE);
+        }
+    }
+    let image = ctx.quorum.image();
+    let leader = image
+        .topic(offsets_log::TOPIC)
+        .and_then(|t| t.partitions.get(&offsets_log::partition_for(group)))
+        .map_or(-1, |p| p.leader);
+    if leader == ctx.config.node_id {
+        return (
+            code::NONE,
+            leader,
+            ctx.advertised_host.clone(),
+            ctx.advertised_port,
+        );
+    }
+    let endpoint = image.broker(leader).filter(|b| !b.fenced).and_then(|b| {
+        b.endpoints
+            .kafka
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_string(), p.parse::<i32>()))
+    });
+    match endpoint {
+        Some((host, Ok(port))) => (code::NONE, leader, host, port),
+        _ => none(code::COORDINATOR_NOT_AVAILABLE),
+    }
+}
+
+pub async fn find_coordinator(
     ctx: &Ctx,
     corr: i32,
     version: i16,
     req: FindCoordinatorRequest,
 ) -> Result<BytesMut, String> {
     // key_type 0 = group; transactions (1) are not coordinated yet.
-    let error = if req.key_type == 0 {
-        code::NONE
-    } else {
-        code::COORDINATOR_NOT_AVAILABLE
-    };
-    let (node, host, port) = if error == code::NONE {
-        (
-            ctx.config.node_id,
-            ctx.advertised_host.clone(),
-            ctx.advertised_port,
-        )
-    } else {
-        (-1, String::new(), -1)
+    let answer = |key: String| async move {
+        if req.key_type == 0 {
+            coordinator_of(ctx, &key).await
+        } else {
+            (code::COORDINATOR_NOT_AVAILABLE, -1, String::new(), -1)
+        }
     };
     let mut resp = FindCoordinatorResponse::default();
     if version >= 4 {
-        resp = resp.with_coordinators(
-            req.coordinator_keys
-                .into_iter()
-                .map(|k| {
-                    Coordinator::default()
-                        .with_key(k)
-                        .with_node_id(node.into())
-                        .with_host(s(host.clone()))
-                        .with_port(port)
-                        .with_error_code(error)
-                })
-                .collect(),
-        );
+        let mut coordinators = Vec::with_capacity(req.coordinator_keys.len());
+        for k in req.coordinator_keys.iter() {
+            let (error, node, host, port) = answer(k.to_string()).await;
+            coordinators.push(
+                Coordinator::default()
+                    .with_key(k.clone())
+                    .with_node_id(node.into())
+                    .with_host(s(host))
+                    .with_port(port)
+                    .with_error_code(error),
+            );
+        }
+        resp = resp.with_coordinators(coordinators);
     } else {
+        let (error, node, host, port) = answer(req.key.to_string()).await;
         resp = resp
             .with_error_code(error)
             .with_node_id(node.into())
@@ -296,6 +325,28 @@ pub fn offset_fetch(
             })
             .collect::<Vec<_>>()
     });
+    if let Some(e) = ctx.groups.owner_error(&group) {
+        // The group-level error (v2+), and on every requested partition for older clients.
+        let topics = wanted
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, p)| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(TopicName(s(t)))
+                    .with_partitions(vec![OffsetFetchResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_committed_offset(-1)
+                        .with_error_code(e)])
+            })
+            .collect();
+        return encode_response(
+            corr,
+            version,
+            &OffsetFetchResponse::default()
+                .with_error_code(e)
+                .with_topics(topics),
+        );
+    }
     let mut by_topic: std::collections::BTreeMap<String, Vec<OffsetFetchResponsePartition>> =
         Default::default();
     for (topic, partition, c) in ctx.groups.fetch_offsets(&group, wanted) {
@@ -438,6 +489,9 @@ pub fn describe_groups(
         .into_iter()
         .map(|g| {
             let d = DescribedGroup::default().with_group_id(g.clone());
+            if let Some(e) = ctx.groups.owner_error(&g.0) {
+                return d.with_error_code(e);
+            }
             match ctx.groups.describe(&g.0) {
                 None => d.with_group_state(s("Dead")),
                 Some((state, ptype, protocol, members)) => d

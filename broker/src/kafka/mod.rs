@@ -224,12 +224,9 @@ async fn handle(ctx: &Ctx, mut frame: Frame, peer: &str) -> Result<Reply, String
             version,
             frame::decode_body(body, version)?,
         )),
-        ApiKey::FindCoordinator => reply(groups::find_coordinator(
-            ctx,
-            corr,
-            version,
-            frame::decode_body(body, version)?,
-        )),
+        ApiKey::FindCoordinator => reply(
+            groups::find_coordinator(ctx, corr, version, frame::decode_body(body, version)?).await,
+        ),
         ApiKey::JoinGroup => {
             let client_id = frame.header.client_id.as_deref().unwrap_or("").to_string();
             let req = frame::decode_body(body, version)?;
@@ -357,17 +354,14 @@ mod fuzz {
                     .await
                     .unwrap();
                 let admin = node.admin.clone();
-                let groups = tokio::task::spawn_blocking(move || {
-                    crate::groups::GroupCoordinator::open(
-                        admin,
-                        crate::groups::GroupSettings {
-                            initial_delay: std::time::Duration::from_millis(10),
-                            ..Default::default()
-                        },
-                    )
-                })
-                .await
-                .unwrap();
+                let groups = crate::groups::GroupCoordinator::open(
+                    admin,
+                    crate::groups::GroupSettings {
+                        initial_delay: std::time::Duration::from_millis(10),
+                        ..Default::default()
+                    },
+                );
+                groups.follow().await;
                 let ctx = Ctx {
                     groups,
                     topics: node.topics.clone(),
