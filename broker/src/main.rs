@@ -4,21 +4,17 @@
 //! - [`grpc`]: the `sluice.v1` gRPC services; [`kafka`]: the Kafka wire protocol;
 //!   [`http`]: health, metrics, topics JSON.
 //! - [`topics`]: the topic registry over the replication layer's partitions.
-//! - [`partitioner`]: Kafka's default partitioner (murmur2).
-//! - [`cli`]: client commands (`topic`, `produce`, `consume`) and [`bench`] (load generator).
+//! - [`cluster`]: this broker as a cluster member (controller client, lifecycle, node core);
+//!   [`requests`]: the admin request layer both front-ends call.
+//! - The client commands live in the `sluice-cli` crate (a client of the gRPC API and the
+//!   Kafka protocol); this binary only dispatches to them.
 
-mod bench;
-mod bench_kafka;
-mod cli;
 mod cluster;
 mod config;
-mod group_consume;
 mod groups;
 mod grpc;
 mod http;
 mod kafka;
-mod leaders;
-mod partitioner;
 mod quorum;
 mod requests;
 mod server;
@@ -27,6 +23,8 @@ mod topics;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use sluice_cli as cli;
+use sluice_cli::bench;
 
 #[derive(Parser)]
 #[command(

@@ -12,6 +12,8 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sluice_descriptor");
 }
 
+pub mod routing;
+
 /// The broker-to-broker service (not a public API).
 #[allow(clippy::all, missing_docs)]
 pub mod internal {

@@ -25,18 +25,10 @@ use super::Committed;
 use crate::requests::admin::Admin;
 use crate::topics::TopicError;
 
-pub const TOPIC: &str = "__consumer_offsets";
-pub const PARTITIONS: u32 = 50;
-
-/// Java's `String.hashCode`, then Kafka's `Utils.abs`, modulo the partition count.
-pub fn partition_for(group: &str) -> u32 {
-    // Java chars are unsigned UTF-16 code units.
-    let h = group.encode_utf16().fold(0i32, |h, unit| {
-        h.wrapping_mul(31).wrapping_add(i32::from(unit))
-    });
-    let abs = if h == i32::MIN { 0 } else { h.abs() };
-    abs as u32 % PARTITIONS
-}
+pub use sluice_proto::routing::{
+    group_partition as partition_for, CONSUMER_OFFSETS_PARTITIONS as PARTITIONS,
+    CONSUMER_OFFSETS_TOPIC as TOPIC,
+};
 
 fn put_string(b: &mut BytesMut, s: &str) {
     b.put_i16(s.len().min(i16::MAX as usize) as i16);

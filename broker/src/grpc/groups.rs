@@ -65,7 +65,7 @@ fn coordinator_status(topics: &TopicManager, code: i16, group: &str) -> Status {
         .map_or(-1, |part| part.leader());
     if let Ok(v) = leader.to_string().parse() {
         st.metadata_mut()
-            .insert(crate::leaders::COORDINATOR_ID_KEY, v);
+            .insert(sluice_proto::routing::COORDINATOR_ID_METADATA, v);
     }
     st
 }

@@ -16,8 +16,8 @@ use sluice_replication::Acks;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::grpc::status;
-use crate::partitioner;
 use crate::topics::TopicManager;
+use sluice_proto::routing as partitioner;
 
 #[derive(Clone)]
 pub struct ProducerService {

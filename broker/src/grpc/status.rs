@@ -38,7 +38,7 @@ pub fn from_topic_error(e: TopicError) -> Status {
 
 /// Metadata key naming the partition's leader (broker id) on a NOT_LEADER refusal, so a client
 /// can go there (`sluice cluster brokers` / DescribeCluster map ids to addresses).
-pub const LEADER_ID_KEY: &str = "sluice-leader-id";
+use sluice_proto::routing::LEADER_ID_METADATA as LEADER_ID_KEY;
 
 pub fn from_partition_error(e: &PartitionError) -> Status {
     let code = match e {

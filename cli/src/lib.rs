@@ -1,5 +1,37 @@
-//! Client commands: they talk gRPC to a broker. Results go to stdout (tables, or JSON with
-//! `--output json`); progress and errors go to stderr; failures exit non-zero.
+//! Sluice's client commands: they talk gRPC (and, for `bench --protocol kafka`, the Kafka
+//! protocol) to brokers, and know nothing of the server's internals. Results go to stdout
+//! (tables, or JSON with `--output json`); progress and errors go to stderr; failures exit
+//! non-zero.
+//!
+//! - this file: `topic`, `produce`, `consume`, `group`, `cluster`;
+//! - [`leaders`]: where each partition's leader and each group's coordinator are;
+//! - [`group_consume`]: `consume --group`, a consumer-group member;
+//! - [`bench`] and `bench_kafka`: the load generator.
+
+pub mod bench;
+mod bench_kafka;
+
+/// Resolves on SIGINT or SIGTERM (a long-running consume stops cleanly).
+pub async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        r = tokio::signal::ctrl_c() => {
+            if r.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+    }
+}
+pub mod group_consume;
+pub mod leaders;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -501,9 +533,9 @@ async fn send_to_leaders(
     for mut r in records {
         let p = match (r.partition, &r.key) {
             (Some(p), _) => p,
-            (None, Some(k)) => crate::partitioner::partition_for_key(k, count),
+            (None, Some(k)) => sluice_proto::routing::partition_for_key(k, count),
             (None, None) => {
-                *sticky.get_or_insert_with(|| crate::partitioner::sticky_partition(count))
+                *sticky.get_or_insert_with(|| sluice_proto::routing::sticky_partition(count))
             }
         };
         r.partition = Some(p);

@@ -22,7 +22,7 @@ use sluice_proto::v1::groups_client::GroupsClient;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-use crate::cli::{status_message, ConsumeArgs};
+use crate::{status_message, ConsumeArgs};
 
 type Tp = (String, u32);
 
@@ -38,7 +38,7 @@ fn transient(s: &tonic::Status) -> bool {
 /// The broker asked is not the group's coordinator, or not the partition's leader.
 fn moved(s: &tonic::Status) -> bool {
     s.metadata()
-        .get(crate::leaders::COORDINATOR_ID_KEY)
+        .get(sluice_proto::routing::COORDINATOR_ID_METADATA)
         .is_some()
         || crate::leaders::is_leadership_change(s)
 }
@@ -249,8 +249,7 @@ async fn fetch_partition(
 
 pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
     let bootstrap = args.conn.broker.clone();
-    let channel =
-        crate::cli::channel(&crate::leaders::coordinator(&bootstrap, &group).await).await?;
+    let channel = crate::channel(&crate::leaders::coordinator(&bootstrap, &group).await).await?;
     let mut m = Member {
         groups: GroupsClient::new(channel.clone()),
         bootstrap: bootstrap.clone(),
@@ -263,7 +262,7 @@ pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
     let commit_every = Duration::from_millis(args.commit_interval_ms);
     let max = args.max_messages.unwrap_or(u64::MAX);
     let mut count = 0u64;
-    let signal = crate::server::shutdown_signal();
+    let signal = crate::interrupted();
     tokio::pin!(signal);
     loop {
         let joined = tokio::select! {
@@ -283,7 +282,7 @@ pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
                     tokio::time::sleep(RETRY).await;
                     if coordinator_moved {
                         // Find the coordinator again and talk to it from now on.
-                        if let Ok(ch) = crate::cli::channel(&crate::leaders::coordinator(&bootstrap, &m.group).await).await {
+                        if let Ok(ch) = crate::channel(&crate::leaders::coordinator(&bootstrap, &m.group).await).await {
                             m.groups = GroupsClient::new(ch);
                         }
                     }
@@ -354,7 +353,7 @@ pub async fn consume(args: ConsumeArgs, group: String) -> Result<(), String> {
                     let (tp, resp) = item?;
                     // Flushed before it counts as printed: only then may it be committed.
                     let Some((n, next)) =
-                        crate::cli::print_records(&args, tp.1, &resp.records, max - count)?
+                        crate::print_records(&args, tp.1, &resp.records, max - count)?
                     else {
                         // stdout closed: stop as on a signal.
                         break Ended::Done;

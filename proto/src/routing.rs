@@ -1,6 +1,33 @@
-//! Kafka's default partitioner, so a key lands on the same partition whichever client sent it:
-//! `(murmur2(key) & 0x7fffffff) % partitions`; records without a key stick to one partition per
-//! request (Kafka's sticky partitioning for null keys).
+//! How a request finds its partition and its broker: facts every client and every broker must
+//! agree on, so they live with the API contract.
+//!
+//! - Kafka's default partitioner: murmur2 of the key (bit for bit Kafka's), a sticky partition
+//!   for unkeyed records.
+//! - A consumer group's coordinator is the leader of `__consumer_offsets` partition
+//!   `abs(javaHash(group)) % 50`.
+//! - A refusal because another broker leads names it in gRPC metadata.
+
+/// Metadata key naming the partition's leader (broker id) on a NOT_LEADER refusal.
+pub const LEADER_ID_METADATA: &str = "sluice-leader-id";
+/// Metadata key naming the group's coordinator (broker id) on a NOT_COORDINATOR refusal.
+pub const COORDINATOR_ID_METADATA: &str = "sluice-coordinator-id";
+
+/// The topic holding committed offsets and group membership.
+pub const CONSUMER_OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Its partition count (Kafka's `offsets.topic.num.partitions`).
+pub const CONSUMER_OFFSETS_PARTITIONS: u32 = 50;
+
+/// The `__consumer_offsets` partition of `group`: Java's `String.hashCode`, then Kafka's
+/// `Utils.abs`, modulo the partition count.
+pub fn group_partition(group: &str) -> u32 {
+    // Java chars are unsigned UTF-16 code units.
+    let h = group.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    // Kafka's Utils.abs: Integer.MIN_VALUE maps to 0, not to itself.
+    let abs = if h == i32::MIN { 0 } else { h.abs() };
+    abs as u32 % CONSUMER_OFFSETS_PARTITIONS
+}
 
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), bit for bit.
 pub fn murmur2(data: &[u8]) -> i32 {

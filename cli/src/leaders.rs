@@ -14,7 +14,7 @@ use std::time::Duration;
 use sluice_proto::v1 as pb;
 use tonic::transport::Channel;
 
-use crate::cli::{admin, channel, status_message};
+use crate::{admin, channel, status_message};
 
 /// How long a command keeps looking for a partition's leader before it gives up.
 pub const LEADER_WAIT: Duration = Duration::from_secs(30);
@@ -90,20 +90,19 @@ impl Leaders {
     }
 }
 
-/// Metadata key naming the group's coordinator on a NOT_COORDINATOR refusal.
-pub const COORDINATOR_ID_KEY: &str = "sluice-coordinator-id";
-
 /// A refusal after which the map should be reloaded and the request sent again: the broker does
 /// not lead (any more).
 pub fn is_leadership_change(s: &tonic::Status) -> bool {
-    s.metadata().get("sluice-leader-id").is_some()
+    s.metadata()
+        .get(sluice_proto::routing::LEADER_ID_METADATA)
+        .is_some()
 }
 
 /// The gRPC address of `group`'s coordinator (the leader of its `__consumer_offsets`
 /// partition), or `bootstrap` while that is not known yet (the topic is created on first use).
 pub async fn coordinator(bootstrap: &str, group: &str) -> String {
-    let p = crate::groups::offsets_log::partition_for(group);
-    match Leaders::load(bootstrap, crate::groups::offsets_log::TOPIC).await {
+    let p = sluice_proto::routing::group_partition(group);
+    match Leaders::load(bootstrap, sluice_proto::routing::CONSUMER_OFFSETS_TOPIC).await {
         Ok(l) => l
             .leader(p)
             .map_or_else(|| bootstrap.to_string(), |(_, a)| a),

@@ -16,7 +16,8 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use sluice_proto::v1 as pb;
 
-use crate::cli::{self, AcksArg, ConnArgs, Output};
+use crate as cli;
+use crate::{AcksArg, ConnArgs, Output};
 
 #[derive(Args)]
 pub struct BenchArgs {
