@@ -41,6 +41,7 @@ pub mod compression;
 pub mod config;
 pub mod error;
 pub mod index;
+pub mod leader_epoch;
 mod log;
 pub mod log_dir;
 pub mod record;
@@ -53,6 +54,7 @@ pub use crate::config::{
     Clock, LogConfig, ManualClock, MonotonicClock, SystemClock, LOG_CONFIG_KEYS,
 };
 pub use crate::error::{BatchError, LogError, RecordError, Result};
+pub use crate::leader_epoch::EpochEntry;
 pub use crate::log::{AppendInfo, CleanStats, CleanerOptions, Log, ReadInfo, MAP_ENTRY_OVERHEAD};
 pub use crate::log_dir::LogDirHealth;
 pub use crate::record::{

@@ -22,6 +22,7 @@ use crate::batch::{self, BatchFrames, BatchHeader, TimestampType};
 use crate::checkpoint::{self, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};
 use crate::config::{Clock, LogConfig, SystemClock};
 use crate::error::{IoContext, LogError, Result};
+use crate::leader_epoch::{EpochEntry, LeaderEpochCache};
 use crate::segment::{self, FileRegion, LogSegment};
 use crate::validator::{validate_records, RecordRules, RecordsRejected};
 
@@ -88,6 +89,8 @@ pub struct Log {
     maintenance: Mutex<()>,
     /// Compaction's dirty section starts here (persisted in `cleaner-offset-checkpoint`).
     first_dirty_offset: AtomicU64,
+    /// Leader epoch -> first offset (persisted in `leader-epoch-checkpoint`).
+    epochs: Mutex<LeaderEpochCache>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -205,7 +208,16 @@ impl Log {
             .unwrap_or(None)
             .unwrap_or(start)
             .min(leo);
+        let loaded_epochs = match LeaderEpochCache::load(&dir) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "unreadable leader-epoch checkpoint; rebuilding it from the log");
+                None
+            }
+        };
+        let rebuild_epochs = loaded_epochs.is_none() && leo > start;
         let log = Log {
+            epochs: Mutex::new(loaded_epochs.unwrap_or_else(|| LeaderEpochCache::empty(&dir))),
             maintenance: Mutex::new(()),
             first_dirty_offset: AtomicU64::new(first_dirty),
             flush_state: Arc::new(FlushState {
@@ -228,7 +240,59 @@ impl Log {
             high_watermark: AtomicU64::new(leo),
             background: Mutex::new(Vec::new()),
         };
+        if rebuild_epochs {
+            log.rebuild_epochs()?;
+        } else {
+            let mut epochs = lock(&log.epochs);
+            if epochs.truncate_from_end(leo) {
+                epochs.persist()?;
+            }
+        }
         Ok(log)
+    }
+
+    /// Builds the leader-epoch cache from the batches' headers (a log written before the cache
+    /// existed, or whose checkpoint was unreadable).
+    fn rebuild_epochs(&self) -> Result<()> {
+        let mut cache = LeaderEpochCache::empty(&self.dir);
+        let mut offset = self.log_start_offset();
+        let end = self.log_end_offset();
+        while offset < end {
+            let (data, info) = self.read_bytes(offset, 1 << 20, None)?;
+            let mut pos = 0;
+            while pos + batch::HEADER_LEN <= data.len() {
+                let Ok(h) = BatchHeader::parse(&data[pos..]) else {
+                    break;
+                };
+                cache.observe(h.partition_leader_epoch, h.base_offset.max(0) as u64);
+                pos += h.total_size();
+            }
+            if info.next_offset <= offset {
+                break;
+            }
+            offset = info.next_offset;
+        }
+        cache.persist()?;
+        *lock(&self.epochs) = cache;
+        Ok(())
+    }
+
+    // ---- leader epochs -----------------------------------------------------------------------
+
+    /// Where `epoch` ends in this log (Kafka's OffsetForLeaderEpoch): the largest epoch ≤
+    /// `epoch` this log holds and the offset after its last record. `None`: no such epoch.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, u64)> {
+        lock(&self.epochs).end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// The newest epoch that wrote to this log, and its first offset.
+    pub fn latest_epoch(&self) -> Option<EpochEntry> {
+        lock(&self.epochs).latest()
+    }
+
+    /// Every (epoch, first offset) of this log, oldest first.
+    pub fn epoch_entries(&self) -> Vec<EpochEntry> {
+        lock(&self.epochs).entries().to_vec()
     }
 
     pub fn dir(&self) -> &Path {
@@ -410,6 +474,16 @@ impl Log {
         active.append(data, &headers, config.index_interval_bytes)?;
         self.log_end_offset
             .store(last_offset + 1, Ordering::Release);
+        {
+            let mut epochs = lock(&self.epochs);
+            let mut changed = false;
+            for h in &headers {
+                changed |= epochs.observe(h.partition_leader_epoch, h.base_offset.max(0) as u64);
+            }
+            if changed {
+                epochs.persist()?;
+            }
+        }
 
         let record_count: u64 = headers.iter().map(|h| h.record_count as u64).sum();
         st.unflushed_messages += record_count;
@@ -752,6 +826,12 @@ impl Log {
         floor.resize_indexes(config.segment_index_bytes)?;
         let leo = floor.next_offset();
         self.log_end_offset.store(leo, Ordering::Release);
+        {
+            let mut epochs = lock(&self.epochs);
+            if epochs.truncate_from_end(leo) {
+                epochs.persist()?;
+            }
+        }
         self.high_watermark.fetch_min(leo, Ordering::AcqRel);
         self.first_dirty_offset.fetch_min(leo, Ordering::AcqRel);
         self.flush_state
@@ -791,6 +871,12 @@ impl Log {
             .insert(offset, Arc::new(seg));
         self.log_start_offset.store(offset, Ordering::Release);
         self.log_end_offset.store(offset, Ordering::Release);
+        {
+            let mut epochs = lock(&self.epochs);
+            if epochs.clear() {
+                epochs.persist()?;
+            }
+        }
         self.high_watermark.store(offset, Ordering::Release);
         self.first_dirty_offset.store(offset, Ordering::Release);
         self.flush_state

@@ -186,8 +186,15 @@ impl Lifecycle {
             want_shutdown,
         };
         match self.client.call(call, CALL_TIMEOUT).await {
-            Ok((ControllerAnswer::Heartbeat(r), _)) => {
+            Ok((ControllerAnswer::Heartbeat(r), offset)) => {
                 let before = self.state();
+                if before.fenced && !r.is_fenced {
+                    // Unfenced: act on it (the replica manager takes the leadership that came
+                    // with it) before saying so.
+                    let mut synced = self.topics.watch_synced();
+                    let _ =
+                        tokio::time::timeout(CALL_TIMEOUT, synced.wait_for(|o| *o >= offset)).await;
+                }
                 let now = BrokerState {
                     broker_epoch: Some(epoch),
                     fenced: r.is_fenced,
