@@ -73,6 +73,17 @@ pub struct BrokerConfig {
     pub leader_imbalance_check_interval_ms: u64,
     /// How long a SIGTERM waits for leadership to move away before the process exits anyway.
     pub controlled_shutdown_timeout_ms: u64,
+    /// A follower that has not caught up with its leader for this long leaves the ISR
+    /// (Kafka `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
+    /// Bytes a follower asks for per partition per fetch (Kafka `replica.fetch.max.bytes`).
+    pub replica_fetch_max_bytes: u32,
+    /// Bytes a follower's fetch response may carry in all (Kafka
+    /// `replica.fetch.response.max.bytes`).
+    pub replica_fetch_response_max_bytes: u32,
+    /// How long a leader holds a follower's fetch that finds nothing new (Kafka
+    /// `replica.fetch.wait.max.ms`).
+    pub replica_fetch_wait_max_ms: u32,
     /// Partitions of a topic created without a count (Kafka `num.partitions`).
     pub num_partitions: u32,
     /// Replication factor of a topic created without one (Kafka `default.replication.factor`).
@@ -133,6 +144,10 @@ impl Default for BrokerConfig {
             auto_leader_rebalance_enable: true,
             leader_imbalance_check_interval_ms: 300_000,
             controlled_shutdown_timeout_ms: 30_000,
+            replica_lag_time_max_ms: 30_000,
+            replica_fetch_max_bytes: 1 << 20,
+            replica_fetch_response_max_bytes: 10 << 20,
+            replica_fetch_wait_max_ms: 500,
             num_partitions: 1,
             default_replication_factor: 1,
             max_request_bytes: 100 << 20,

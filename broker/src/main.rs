@@ -16,6 +16,7 @@ mod grpc;
 mod http;
 mod kafka;
 mod quorum;
+mod replica_fetch;
 mod requests;
 mod server;
 mod topics;
@@ -99,6 +100,9 @@ struct ServeArgs {
     /// How often leadership is moved back to preferred leaders, ms [default: 300000].
     #[arg(long)]
     leader_imbalance_check_interval_ms: Option<u64>,
+    /// A follower not caught up for this long leaves the ISR, ms [default: 30000].
+    #[arg(long)]
+    replica_lag_time_max_ms: Option<u64>,
 }
 
 fn init_tracing(default_filter: &str) {
@@ -157,6 +161,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(v) = args.leader_imbalance_check_interval_ms {
         config.leader_imbalance_check_interval_ms = v;
     }
+    if let Some(v) = args.replica_lag_time_max_ms {
+        config.replica_lag_time_max_ms = v;
+    }
     config.validate().map_err(|e| e.to_string())?;
     init_tracing(&config.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -171,6 +178,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A client command piped into `head` should end quietly when the pipe closes, as Unix
+        // tools do, not panic in println!.
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Topic(args) => cli::run(cli::Client::Topic(args)),

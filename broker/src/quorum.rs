@@ -52,6 +52,7 @@ impl Quorum {
     pub async fn start(
         config: &BrokerConfig,
         listener: TcpListener,
+        topics: Arc<crate::topics::TopicManager>,
     ) -> Result<Quorum, QuorumError> {
         let voters = config.quorum_voters()?;
         let id = config.node_id as u64;
@@ -107,7 +108,7 @@ impl Quorum {
                 }
             })
         };
-        let svc = internal::server(handle.clone(), controller.clone());
+        let svc = internal::server(handle.clone(), controller.clone(), Some(topics));
         // Peers hold their Raft streams open for good, so a graceful server shutdown would wait
         // forever: the server is aborted at shutdown instead (the process exits right after).
         let server = tokio::spawn(async move {

@@ -147,8 +147,14 @@ pub struct ProduceArgs {
     /// Header added to every record: --header k=v (repeatable).
     #[arg(long = "header", value_parser = parse_kv)]
     pub headers: Vec<(String, String)>,
-    #[arg(long, value_enum, default_value_t = AcksArg::One)]
+    /// all: every in-sync replica has the records before they are acknowledged (Kafka's
+    /// default since 3.0); 1: the leader has them; 0: do not wait.
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
     pub acks: AcksArg,
+    /// How long the leader may wait for the in-sync replicas (acks=all) before answering
+    /// REQUEST_TIMED_OUT (Kafka's request.timeout.ms).
+    #[arg(long, default_value_t = 30_000)]
+    pub request_timeout_ms: u32,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -556,7 +562,7 @@ async fn send_to_leaders(
                             topic: args.topic.clone(),
                             records: records.clone(),
                             acks: args.acks.to_proto() as i32,
-                            timeout_ms: 0,
+                            timeout_ms: args.request_timeout_ms,
                             correlation_id: 0,
                         })
                         .await
@@ -681,14 +687,21 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(u32, pb::FetchResponse), String>>(16);
     for p in partitions {
-        let desc = &d.partitions[p as usize];
+        // The leader's offsets (a follower's copy of the description may lag behind).
+        let (log_start, hw) = match leader_offsets(&leaders, &args.topic, p).await {
+            Some(o) => o,
+            None => {
+                let desc = &d.partitions[p as usize];
+                (desc.log_start_offset, desc.high_watermark)
+            }
+        };
         let start = match (args.offset, args.from_beginning) {
             (Some(o), _) => o,
-            (None, true) => desc.log_start_offset,
-            (None, false) => desc.high_watermark,
+            (None, true) => log_start,
+            (None, false) => hw,
         };
         // Without --follow, stop at the end of the log as it is now.
-        let end = desc.high_watermark;
+        let end = hw;
         let tx = tx.clone();
         let topic = args.topic.clone();
         let follow = args.follow;
@@ -774,6 +787,29 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// (log start, high watermark) of a partition, asked of its leader.
+async fn leader_offsets(leaders: &Leaders, topic: &str, partition: u32) -> Option<(u64, u64)> {
+    let c = ConsumerClient::new(leaders.channel_to_leader(partition).await.ok()?);
+    let ask = |spec: pb::OffsetSpec| {
+        let req = pb::ListOffsetsRequest {
+            topic: topic.to_string(),
+            partition,
+            spec: spec as i32,
+            timestamp_ms: 0,
+        };
+        let mut c = c.clone();
+        async move {
+            c.list_offsets(req)
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().offset)
+        }
+    };
+    let start = ask(pb::OffsetSpec::Earliest).await?;
+    let hw = ask(pb::OffsetSpec::Latest).await?;
+    Some((start, hw))
 }
 
 /// Prints up to `limit` of a partition's records in the chosen format and flushes. Returns how

@@ -10,18 +10,23 @@
 //! and a replica that does not lead refuses produce and consumer fetch
 //! ([`PartitionError::NotLeader`]) so clients go to the leader.
 //!
-//! Replication to followers is the next step (follower fetch, ISR shrink/expand, HW = min LEO
-//! over the ISR). Until it lands a leader can only commit what its ISR holds, which is all of it
-//! only when the ISR is the leader alone: then the HW follows the log end offset on every
-//! append. A partition whose ISR names other brokers refuses writes
-//! ([`PartitionError::ReplicationUnavailable`]) rather than acknowledge a copy that no follower
-//! will ever take.
+//! Replication (Kafka's `Partition`): as leader, it serves followers' fetches
+//! ([`Partition::fetch_for_follower`]) — checking their leader epoch (KIP-320) and their last
+//! fetched epoch against the leader-epoch cache, answering a divergence so they truncate
+//! (KIP-101/279/595) — and tracks each follower's log end offset and when it last caught up. The
+//! HW is the minimum log end offset over the ISR and only moves forward; `acks=all` waits for it
+//! to pass the batch. [`Partition::isr_change`] proposes dropping followers that have not caught
+//! up for `replica.lag.time.max.ms` and taking back those that have; the ISR changes only when
+//! the controller commits it (AlterPartition), which comes back through the image. As follower
+//! it appends the leader's batches with their offsets and takes the leader's HW.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_log::{AppendInfo, Log, LogConfig, LogDirHealth, LogError, ReadInfo};
+use sluice_log::{
+    AppendInfo, Clock, Log, LogConfig, LogDirHealth, LogError, MonotonicClock, ReadInfo,
+};
 use tokio::sync::watch;
 
 /// How many replicas must have a produce before it is acknowledged.
@@ -52,15 +57,39 @@ pub enum PartitionError {
         /// The leader per this broker's metadata, or -1 if none.
         leader: i32,
     },
-    #[error(
-        "{topic}-{partition} has in-sync followers {followers:?}, and this build does not \
-         replicate to followers yet: writes are refused rather than acknowledged unreplicated"
-    )]
-    ReplicationUnavailable {
-        topic: String,
-        partition: u32,
-        followers: Vec<i32>,
-    },
+    #[error("leader epoch {got} is older than the current {current}")]
+    FencedLeaderEpoch { got: i32, current: i32 },
+    #[error("leader epoch {got} is newer than the {current} this broker knows")]
+    UnknownLeaderEpoch { got: i32, current: i32 },
+    #[error("broker {0} is not a replica of this partition")]
+    UnknownReplica(i32),
+    #[error("acks=all: the batch was not replicated to the ISR within {timeout_ms} ms")]
+    Timeout { timeout_ms: u64 },
+    #[error("appended, but the ISR shrank to {isr} below min.insync.replicas={min_isr} before it was replicated")]
+    NotEnoughReplicasAfterAppend { isr: usize, min_isr: usize },
+}
+
+/// A follower as its leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FollowerState {
+    /// Its log end offset: the offset it last fetched from.
+    pub log_end_offset: u64,
+    /// The last time it had everything the leader had (Kafka's lastCaughtUpTimeMs).
+    pub last_caught_up_ms: i64,
+    /// The leader's log end offset and the time at its previous fetch.
+    last_fetch_leader_leo: u64,
+    last_fetch_ms: i64,
+}
+
+/// What a follower's fetch gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerFetch {
+    pub records: bytes::Bytes,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    pub log_end_offset: u64,
+    /// The follower's log diverges: truncate to (at most) the end of this epoch, then fetch again.
+    pub diverging: Option<(i32, u64)>,
 }
 
 /// The partition's registration in the metadata image, as this replica sees it.
@@ -108,6 +137,11 @@ pub struct Partition {
     log: Arc<Log>,
     leader_epoch: AtomicI32,
     state: std::sync::RwLock<ReplicaState>,
+    /// As leader: each follower's progress (reset when leadership changes).
+    followers: std::sync::Mutex<std::collections::HashMap<i32, FollowerState>>,
+    /// The log end offset, for followers' long polls.
+    leo_tx: watch::Sender<u64>,
+    clock: Arc<dyn Clock>,
     replica_config: std::sync::RwLock<ReplicaConfig>,
     hw_tx: watch::Sender<u64>,
     /// The write health of the log directory this replica lives in.
@@ -127,16 +161,22 @@ impl Partition {
         dir_health: Arc<LogDirHealth>,
     ) -> Result<Partition, PartitionError> {
         let log = Log::open(dir, log_config)?;
-        // Single replica: everything in the log is committed.
+        // Everything in the log is taken as committed at start (a replica that leads next
+        // defines the log; a follower's HW comes from its leader on the first fetch).
         let hw = log.set_high_watermark(log.log_end_offset());
         let (hw_tx, _) = watch::channel(hw);
+        let log = Arc::new(log);
+        let (leo_tx, _) = watch::channel(log.log_end_offset());
         Ok(Partition {
             topic: topic.to_string(),
             index,
             broker_id,
-            log: Arc::new(log),
+            log,
             leader_epoch: AtomicI32::new(0),
             state: std::sync::RwLock::new(ReplicaState::sole(broker_id)),
+            followers: std::sync::Mutex::new(std::collections::HashMap::new()),
+            leo_tx,
+            clock: Arc::new(MonotonicClock::default()),
             replica_config: std::sync::RwLock::new(replica_config),
             hw_tx,
             dir_health,
@@ -174,9 +214,66 @@ impl Partition {
                 if state.leader == self.broker_id { "leading" } else { "not leading" }
             );
         }
+        let new_leadership = cur.leader != state.leader || cur.leader_epoch != state.leader_epoch;
         self.leader_epoch
             .store(state.leader_epoch, Ordering::Release);
+        let leads = state.leader == self.broker_id;
         *cur = state;
+        let replicas = cur.replicas.clone();
+        drop(cur);
+        if new_leadership {
+            let mut f = self.followers();
+            f.clear();
+            if leads {
+                // Kafka's makeLeader: every follower starts unknown (log end 0) but counts as
+                // caught up now, so a new leader does not shrink the ISR before a first fetch.
+                let now = self.clock.now_ms();
+                for r in replicas.into_iter().filter(|r| *r != self.broker_id) {
+                    f.insert(
+                        r,
+                        FollowerState {
+                            last_caught_up_ms: now,
+                            last_fetch_ms: now,
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+        }
+        if leads {
+            self.maybe_advance_hw();
+        }
+    }
+
+    fn followers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<i32, FollowerState>> {
+        self.followers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Each follower's progress as this leader sees it.
+    pub fn follower_states(&self) -> Vec<(i32, FollowerState)> {
+        let mut v: Vec<_> = self.followers().iter().map(|(k, v)| (*k, *v)).collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// As leader: HW = the minimum log end offset over the ISR, moved forward only.
+    fn maybe_advance_hw(&self) {
+        let st = self.state();
+        if st.leader != self.broker_id {
+            return;
+        }
+        let mut hw = self.log.log_end_offset();
+        {
+            let f = self.followers();
+            for b in st.isr.iter().filter(|b| **b != self.broker_id) {
+                hw = hw.min(f.get(b).map_or(0, |s| s.log_end_offset));
+            }
+        }
+        if hw > self.high_watermark() {
+            self.set_high_watermark(hw);
+        }
     }
     pub fn leader(&self) -> i32 {
         self.state.read().unwrap_or_else(|e| e.into_inner()).leader
@@ -224,33 +321,23 @@ impl Partition {
             .unwrap_or_else(|e| e.into_inner()) = replica_config;
     }
 
-    /// Appends a producer's batches as leader and returns once `acks` is satisfied.
+    /// Appends a producer's batches as leader and returns once `acks` is satisfied: acks=1 after
+    /// the append, acks=all once the HW has passed the batch (every ISR member has it), or
+    /// [`PartitionError::Timeout`] after `timeout`.
     ///
-    /// `min.insync.replicas` is checked before the append (Kafka's NOT_ENOUGH_REPLICAS). The write
-    /// itself goes to the page cache; it runs under `block_in_place` because a topic's flush policy
-    /// may make it fsync.
+    /// `min.insync.replicas` is checked before the append (NOT_ENOUGH_REPLICAS) and again once
+    /// replicated (NOT_ENOUGH_REPLICAS_AFTER_APPEND). The write itself goes to the page cache; it
+    /// runs under `block_in_place` because a topic's flush policy may make it fsync.
     pub async fn append(
         &self,
         batches: &mut [u8],
         acks: Acks,
+        timeout: Duration,
     ) -> Result<AppendInfo, PartitionError> {
         self.check_leader()?;
-        let state = self.state();
-        if state.isr.iter().any(|b| *b != self.broker_id) {
-            return Err(PartitionError::ReplicationUnavailable {
-                topic: self.topic.clone(),
-                partition: self.index,
-                followers: state
-                    .isr
-                    .iter()
-                    .copied()
-                    .filter(|b| *b != self.broker_id)
-                    .collect(),
-            });
-        }
+        let min_isr = self.replica_config().min_insync_replicas;
         if acks == Acks::All {
-            let isr = state.isr.len();
-            let min_isr = self.replica_config().min_insync_replicas;
+            let isr = self.isr().len();
             if isr < min_isr {
                 return Err(PartitionError::NotEnoughReplicas { isr, min_isr });
             }
@@ -264,9 +351,219 @@ impl Partition {
                 self.dir_health
                     .record_failure(&format!("{}-{}", self.topic, self.index), e)
             })?;
-        // The ISR is this replica alone, so the append is committed as soon as it is written.
-        self.set_high_watermark(info.last_offset + 1);
+        self.leo_tx.send_replace(info.last_offset + 1);
+        // With the leader alone in the ISR this commits the batch at once.
+        self.maybe_advance_hw();
+        if acks != Acks::All {
+            return Ok(info);
+        }
+        let mut hw = self.hw_tx.subscribe();
+        let replicated =
+            tokio::time::timeout(timeout, hw.wait_for(|hw| *hw > info.last_offset)).await;
+        if !matches!(replicated, Ok(Ok(_))) {
+            return Err(PartitionError::Timeout {
+                timeout_ms: timeout.as_millis() as u64,
+            });
+        }
+        let isr = self.isr().len();
+        if isr < min_isr {
+            return Err(PartitionError::NotEnoughReplicasAfterAppend { isr, min_isr });
+        }
         Ok(info)
+    }
+
+    // ---- leader: serving followers ---------------------------------------------------------
+
+    /// A follower's fetch from `fetch_offset` (its log end offset), as leader.
+    pub fn fetch_for_follower(
+        &self,
+        replica: i32,
+        fetch_offset: u64,
+        current_leader_epoch: i32,
+        last_fetched_epoch: i32,
+        max_bytes: usize,
+    ) -> Result<FollowerFetch, PartitionError> {
+        self.check_leader()?;
+        let st = self.state();
+        if current_leader_epoch < st.leader_epoch {
+            return Err(PartitionError::FencedLeaderEpoch {
+                got: current_leader_epoch,
+                current: st.leader_epoch,
+            });
+        }
+        if current_leader_epoch > st.leader_epoch {
+            return Err(PartitionError::UnknownLeaderEpoch {
+                got: current_leader_epoch,
+                current: st.leader_epoch,
+            });
+        }
+        if replica == self.broker_id || !st.replicas.contains(&replica) {
+            return Err(PartitionError::UnknownReplica(replica));
+        }
+        let leo = self.log.log_end_offset();
+        let start = self.log.log_start_offset();
+        let answer = |records: bytes::Bytes, diverging| FollowerFetch {
+            records,
+            high_watermark: self.high_watermark(),
+            log_start_offset: start,
+            log_end_offset: leo,
+            diverging,
+        };
+        // Does the follower's log agree with ours up to where it is? Its last fetched epoch must
+        // end, here, at or after its log end (KIP-595's check in the fetch itself).
+        if last_fetched_epoch >= 0 {
+            match self.log.end_offset_for_epoch(last_fetched_epoch) {
+                Some((e, end)) if e == last_fetched_epoch && end >= fetch_offset => {}
+                Some((e, end)) => {
+                    return Ok(answer(
+                        bytes::Bytes::new(),
+                        Some((e, end.min(fetch_offset))),
+                    ))
+                }
+                None => return Ok(answer(bytes::Bytes::new(), Some((-1, start)))),
+            }
+        }
+        if fetch_offset > leo {
+            // Ahead without a known epoch: truncate to our end.
+            let latest = self.log.latest_epoch().map_or(-1, |e| e.epoch);
+            return Ok(answer(bytes::Bytes::new(), Some((latest, leo))));
+        }
+        let now = self.clock.now_ms();
+        {
+            let mut f = self.followers();
+            let s = f.entry(replica).or_default();
+            s.log_end_offset = fetch_offset.max(start);
+            if fetch_offset >= leo {
+                s.last_caught_up_ms = now;
+            } else if fetch_offset >= s.last_fetch_leader_leo {
+                s.last_caught_up_ms = s.last_caught_up_ms.max(s.last_fetch_ms);
+            }
+            s.last_fetch_leader_leo = leo;
+            s.last_fetch_ms = now;
+        }
+        self.maybe_advance_hw();
+        if fetch_offset < start {
+            // Retention moved on: the follower restarts at our log start.
+            return Ok(answer(bytes::Bytes::new(), None));
+        }
+        let (data, _) = self.log.read_bytes(fetch_offset, max_bytes, None)?;
+        Ok(answer(data, None))
+    }
+
+    /// The ISR this leader should propose (AlterPartition), if it should change: followers not
+    /// caught up for `lag_max_ms` leave; replicas that have caught up with the HW (and the
+    /// leader's current epoch) come back. `None` when nothing changes or this replica does not
+    /// lead.
+    pub fn isr_change(&self, lag_max_ms: i64) -> Option<Vec<i32>> {
+        let st = self.state();
+        if st.leader != self.broker_id {
+            return None;
+        }
+        let now = self.clock.now_ms();
+        let hw = self.high_watermark();
+        let epoch_start = self
+            .log
+            .latest_epoch()
+            .filter(|e| e.epoch == st.leader_epoch)
+            .map_or(0, |e| e.start_offset);
+        let f = self.followers();
+        let keep = |b: &i32| {
+            *b == self.broker_id
+                || f.get(b)
+                    .is_some_and(|s| now - s.last_caught_up_ms <= lag_max_ms)
+        };
+        let rejoin = |b: &i32| {
+            f.get(b).is_some_and(|s| {
+                s.log_end_offset >= hw
+                    && s.log_end_offset >= epoch_start
+                    && now - s.last_caught_up_ms <= lag_max_ms
+            })
+        };
+        let new: Vec<i32> = st
+            .replicas
+            .iter()
+            .copied()
+            .filter(|b| {
+                if st.isr.contains(b) {
+                    keep(b)
+                } else {
+                    rejoin(b)
+                }
+            })
+            .collect();
+        let mut old = st.isr.clone();
+        old.sort_unstable();
+        let mut sorted = new.clone();
+        sorted.sort_unstable();
+        (sorted != old && new.contains(&self.broker_id)).then_some(new)
+    }
+
+    /// Waits until the log end offset moves past `offset` or `timeout` passes (a follower's long
+    /// poll).
+    pub async fn wait_for_append(&self, offset: u64, timeout: Duration) -> bool {
+        let mut rx = self.leo_tx.subscribe();
+        let woke = matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|leo| *leo > offset)).await,
+            Ok(Ok(_))
+        );
+        woke
+    }
+
+    // ---- follower ----------------------------------------------------------------------------
+
+    /// Appends batches fetched from the leader, with the leader's offsets, and takes the leader's
+    /// HW (bounded by what this replica has).
+    pub fn append_as_follower(
+        &self,
+        batches: &[u8],
+        leader_hw: u64,
+    ) -> Result<Option<AppendInfo>, PartitionError> {
+        if self.is_leader() {
+            return Err(PartitionError::UnknownReplica(self.broker_id));
+        }
+        let info = if batches.is_empty() {
+            None
+        } else {
+            self.dir_health.check_writable()?;
+            let info = tokio::task::block_in_place(|| self.log.append_as_follower(batches))
+                .inspect_err(|e| {
+                    self.dir_health
+                        .record_failure(&format!("{}-{}", self.topic, self.index), e)
+                })?;
+            self.leo_tx.send_replace(info.last_offset + 1);
+            Some(info)
+        };
+        let hw = leader_hw.min(self.log.log_end_offset());
+        self.set_high_watermark(hw);
+        Ok(info)
+    }
+
+    /// The leader says this replica's log diverges after `epoch`, which ends at `leader_end` on
+    /// the leader: truncate to the end of the largest common epoch (KIP-279).
+    pub fn truncate_diverging(&self, epoch: i32, leader_end: u64) -> Result<u64, PartitionError> {
+        let mine = if epoch < 0 {
+            Some((epoch, self.log.log_start_offset()))
+        } else {
+            self.log.end_offset_for_epoch(epoch)
+        };
+        let to = match mine {
+            Some((e, end)) if e == epoch => end.min(leader_end),
+            Some((_, end)) => end.min(leader_end),
+            None => self.log.log_start_offset().min(leader_end),
+        };
+        tokio::task::block_in_place(|| self.log.truncate_to(to))?;
+        self.leo_tx.send_replace(self.log.log_end_offset());
+        self.hw_tx.send_replace(self.high_watermark());
+        tracing::info!(topic = %self.topic, partition = self.index, epoch, to, "truncated a diverging tail");
+        Ok(to)
+    }
+
+    /// The leader's log starts after this replica's end (retention): start over there.
+    pub fn restart_at(&self, offset: u64) -> Result<(), PartitionError> {
+        tokio::task::block_in_place(|| self.log.truncate_fully_and_start_at(offset))?;
+        self.leo_tx.send_replace(offset);
+        self.set_high_watermark(offset);
+        Ok(())
     }
 
     /// Moves the high watermark and wakes consumers waiting for data.
@@ -349,7 +646,9 @@ mod tests {
             tokio::spawn(async move { p.wait_for_data(0, Duration::from_secs(10)).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        p.append(&mut batch(), Acks::Leader).await.unwrap();
+        p.append(&mut batch(), Acks::Leader, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert!(waiter.await.unwrap());
         assert_eq!(p.high_watermark(), 1);
         assert_eq!(p.read(0, 1000).unwrap().next_offset, 1);
@@ -371,10 +670,183 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            p.append(&mut batch(), Acks::All).await,
+            p.append(&mut batch(), Acks::All, Duration::from_secs(5))
+                .await,
             Err(PartitionError::NotEnoughReplicas { isr: 1, min_isr: 2 })
         ));
         assert_eq!(p.log().log_end_offset(), 0, "nothing appended");
-        p.append(&mut batch(), Acks::Leader).await.unwrap();
+        p.append(&mut batch(), Acks::Leader, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+
+    fn replica(dir: &std::path::Path, broker: i32, state: &ReplicaState) -> Arc<Partition> {
+        let p = Partition::open(
+            "t",
+            0,
+            broker,
+            dir,
+            LogConfig::default(),
+            ReplicaConfig {
+                min_insync_replicas: 2,
+            },
+            Arc::new(LogDirHealth::new(dir)),
+        )
+        .unwrap();
+        p.set_replica_state(state.clone());
+        Arc::new(p)
+    }
+
+    fn led_by(leader: i32, epoch: i32, isr: Vec<i32>) -> ReplicaState {
+        ReplicaState {
+            leader,
+            leader_epoch: epoch,
+            partition_epoch: epoch,
+            replicas: vec![1, 2],
+            isr,
+        }
+    }
+
+    /// One follower fetch round: what the follower asks, what the leader answers, applied.
+    fn fetch_round(leader: &Partition, follower: &Partition, follower_id: i32) -> FollowerFetch {
+        let f = leader
+            .fetch_for_follower(
+                follower_id,
+                follower.log().log_end_offset(),
+                follower.leader_epoch(),
+                follower.log().latest_epoch().map_or(-1, |e| e.epoch),
+                1 << 20,
+            )
+            .unwrap();
+        match f.diverging {
+            Some((e, end)) => {
+                follower.truncate_diverging(e, end).unwrap();
+            }
+            None => {
+                follower
+                    .append_as_follower(&f.records, f.high_watermark)
+                    .unwrap();
+            }
+        }
+        f
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hw_is_the_isrs_minimum_and_acks_all_waits_for_it() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let state = led_by(1, 1, vec![1, 2]);
+        let leader = replica(a.path(), 1, &state);
+        let follower = replica(b.path(), 2, &state);
+        leader
+            .append(&mut batch(), Acks::Leader, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(leader.high_watermark(), 0, "the follower has nothing yet");
+        assert!(
+            leader.read(0, 1000).unwrap().regions.is_empty(),
+            "consumers see nothing above the HW"
+        );
+        fetch_round(&leader, &follower, 2);
+        assert_eq!(follower.log().log_end_offset(), 1);
+        assert_eq!(leader.high_watermark(), 0, "known only at the next fetch");
+        fetch_round(&leader, &follower, 2);
+        assert_eq!(leader.high_watermark(), 1);
+        fetch_round(&leader, &follower, 2);
+        assert_eq!(
+            follower.high_watermark(),
+            1,
+            "followers take the leader's HW"
+        );
+
+        // acks=all returns once the follower has fetched past the batch.
+        let waiting = {
+            let leader = leader.clone();
+            tokio::spawn(async move {
+                leader
+                    .append(&mut batch(), Acks::All, Duration::from_secs(10))
+                    .await
+            })
+        };
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !waiting.is_finished() {
+            assert!(std::time::Instant::now() < end, "acks=all never completed");
+            fetch_round(&leader, &follower, 2);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(waiting.await.unwrap().unwrap().last_offset, 1);
+        assert_eq!(leader.high_watermark(), 2);
+        // Without the follower fetching, acks=all times out (the record stays, uncommitted).
+        let r = leader
+            .append(&mut batch(), Acks::All, Duration::from_millis(50))
+            .await;
+        assert!(matches!(r, Err(PartitionError::Timeout { .. })), "{r:?}");
+        // A stale leader epoch is fenced, a future one unknown.
+        assert!(matches!(
+            leader.fetch_for_follower(2, 2, 0, 1, 1000),
+            Err(PartitionError::FencedLeaderEpoch { got: 0, current: 1 })
+        ));
+        assert!(matches!(
+            leader.fetch_for_follower(2, 2, 2, 1, 1000),
+            Err(PartitionError::UnknownLeaderEpoch { .. })
+        ));
+        assert!(matches!(
+            follower
+                .append(&mut batch(), Acks::Leader, Duration::from_secs(1))
+                .await,
+            Err(PartitionError::NotLeader { leader: 1, .. })
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_truncates_the_tail_that_diverges_from_the_new_leader() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // Broker 2 led epoch 1 and wrote 5 records; broker 1 got 3 of them.
+        let old = led_by(2, 1, vec![1, 2]);
+        let old_leader = replica(b.path(), 2, &old);
+        let new_leader = replica(a.path(), 1, &old);
+        for _ in 0..5 {
+            old_leader
+                .append(&mut batch(), Acks::Leader, Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        let (first3, _) = old_leader.log().read_bytes(0, 1 << 20, None).unwrap();
+        let headers: usize = (0..3)
+            .map(|_| ())
+            .fold((0usize, 0usize), |(pos, n), _| {
+                let h = sluice_log::BatchHeader::parse(&first3[pos..]).unwrap();
+                (pos + h.total_size(), n + 1)
+            })
+            .0;
+        new_leader
+            .append_as_follower(&first3[..headers], 0)
+            .unwrap();
+        assert_eq!(new_leader.log().log_end_offset(), 3);
+        // Broker 1 becomes leader in epoch 2 and writes 2 records of its own at offsets 3, 4.
+        let new = led_by(1, 2, vec![1, 2]);
+        new_leader.set_replica_state(new.clone());
+        old_leader.set_replica_state(new);
+        for _ in 0..2 {
+            new_leader
+                .append(&mut batch(), Acks::Leader, Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        // The old leader's offsets 3 and 4 (epoch 1) are not the new leader's (epoch 2): its
+        // fetch is answered with the divergence, it truncates to 3, then fetches epoch 2's.
+        let f = fetch_round(&new_leader, &old_leader, 2);
+        assert_eq!(f.diverging, Some((1, 3)));
+        assert_eq!(old_leader.log().log_end_offset(), 3);
+        fetch_round(&new_leader, &old_leader, 2);
+        assert_eq!(old_leader.log().log_end_offset(), 5);
+        assert_eq!(
+            old_leader.log().read_bytes(0, 1 << 20, None).unwrap().0,
+            new_leader.log().read_bytes(0, 1 << 20, None).unwrap().0,
+            "the replicas hold the same bytes"
+        );
+        assert_eq!(
+            old_leader.log().epoch_entries(),
+            new_leader.log().epoch_entries()
+        );
     }
 }

@@ -49,7 +49,7 @@ impl Node {
             .await
             .map_err(|e| NodeError::Task(e.to_string()))??;
         let topics = Arc::new(topics);
-        let quorum = Quorum::start(&config, controller_listener).await?;
+        let quorum = Quorum::start(&config, controller_listener, topics.clone()).await?;
         let client = Arc::new(ControllerClient::new(
             config.node_id as u64,
             quorum.handle.clone(),
@@ -89,7 +89,28 @@ impl Node {
             Duration::from_millis(config.broker_heartbeat_interval_ms),
             Duration::from_millis(config.controlled_shutdown_timeout_ms),
         ));
-        tasks.push(tokio::spawn(lifecycle.clone().run(stop_rx)));
+        tasks.push(tokio::spawn(lifecycle.clone().run(stop_rx.clone())));
+        let settings = crate::replica_fetch::ReplicaSettings {
+            fetch_max_bytes: config.replica_fetch_max_bytes,
+            response_max_bytes: config.replica_fetch_response_max_bytes,
+            fetch_wait_max_ms: config.replica_fetch_wait_max_ms,
+            lag_time_max_ms: config.replica_lag_time_max_ms as i64,
+        };
+        let fetchers = crate::replica_fetch::ReplicaFetchers::new(
+            config.node_id,
+            topics.clone(),
+            quorum.handle.clone(),
+            settings,
+        );
+        tasks.push(tokio::spawn(fetchers.run(stop_rx.clone())));
+        tasks.push(tokio::spawn(crate::replica_fetch::maintain_isr(
+            topics.clone(),
+            admin.controller.clone(),
+            lifecycle.clone(),
+            config.node_id,
+            settings.lag_time_max_ms,
+            stop_rx,
+        )));
         Ok(Node {
             topics,
             admin,

@@ -362,7 +362,9 @@ pub async fn append_records(
         return Ok(());
     };
     partition
-        .append(&mut batch, Acks::Leader)
+        // Commits are acks=all (Kafka's offsets.commit.required.acks): a commit acknowledged
+        // to a client survives the coordinator's broker.
+        .append(&mut batch, Acks::All, std::time::Duration::from_secs(10))
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())

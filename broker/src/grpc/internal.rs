@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use sluice_proto::internal::v1::broker_internal_client::BrokerInternalClient;
 use sluice_proto::internal::v1::broker_internal_server::{BrokerInternal, BrokerInternalServer};
-use sluice_proto::internal::v1::{ControllerReply, ControllerRequest, RaftAck, RaftMessage};
+use sluice_proto::internal::v1::{
+    ControllerReply, ControllerRequest, RaftAck, RaftMessage, ReplicaFetchRequest,
+    ReplicaFetchResponse,
+};
 use sluice_replication::controller::active::ActiveController;
 use sluice_replication::controller::api::ControllerCall;
 use sluice_replication::controller::driver::{QuorumHandle, RaftTransport};
@@ -27,6 +30,8 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct InternalService {
     pub quorum: QuorumHandle,
     pub controller: Arc<ActiveController>,
+    /// This broker's replicas (for followers' fetches); `None` in quorum-only tests.
+    pub topics: Option<Arc<crate::topics::TopicManager>>,
 }
 
 #[tonic::async_trait]
@@ -50,6 +55,32 @@ impl BrokerInternal for InternalService {
         Ok(Response::new(RaftAck {}))
     }
 
+    async fn replica_fetch(
+        &self,
+        request: Request<ReplicaFetchRequest>,
+    ) -> Result<Response<ReplicaFetchResponse>, Status> {
+        let topics = self
+            .topics
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("this node holds no replicas"))?;
+        let req = request.into_inner();
+        let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(10_000)));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (resp, any_data, waits) = crate::replica_fetch::serve(topics, &req);
+            if any_data || waits.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(resp));
+            }
+            // Nothing new anywhere: wait for an append to any of them (a long poll).
+            let polls = waits.iter().map(|(p, offset)| {
+                let p = p.clone();
+                let offset = *offset;
+                Box::pin(async move { p.wait_for_append(offset, wait).await })
+            });
+            let _ = tokio::time::timeout_at(deadline, futures::future::select_all(polls)).await;
+        }
+    }
+
     async fn controller(
         &self,
         request: Request<ControllerRequest>,
@@ -69,10 +100,16 @@ impl BrokerInternal for InternalService {
 pub fn server(
     quorum: QuorumHandle,
     controller: Arc<ActiveController>,
+    topics: Option<Arc<crate::topics::TopicManager>>,
 ) -> BrokerInternalServer<InternalService> {
-    // Snapshots of a large image can exceed tonic's 4 MiB default.
-    BrokerInternalServer::new(InternalService { quorum, controller })
-        .max_decoding_message_size(256 << 20)
+    // Snapshots of a large image and replica fetches can exceed tonic's 4 MiB default.
+    BrokerInternalServer::new(InternalService {
+        quorum,
+        controller,
+        topics,
+    })
+    .max_decoding_message_size(256 << 20)
+    .max_encoding_message_size(256 << 20)
 }
 
 /// Outgoing Raft messages, one bounded queue and stream per peer.
@@ -266,7 +303,7 @@ mod tests {
             Default::default(),
             id,
         ));
-        let svc = server(handle.clone(), controller);
+        let svc = server(handle.clone(), controller, None);
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
             let _ = tonic::transport::Server::builder()

@@ -88,6 +88,12 @@ impl ProducerService {
             }
         };
         let count = topic.partition_count;
+        // How long acks=all waits for the ISR (0: Kafka's default request.timeout.ms, 30 s).
+        let timeout = std::time::Duration::from_millis(if req.timeout_ms == 0 {
+            30_000
+        } else {
+            u64::from(req.timeout_ms)
+        });
         let settings = topic.settings();
         let compression = settings.compression.unwrap_or_default();
         // Leave room under max.message.bytes for the batch header and compression overhead.
@@ -139,7 +145,7 @@ impl ProducerService {
             let partition = topic.partition(index)?;
             let mut data = batches.finish();
             let info = partition
-                .append(&mut data, acks)
+                .append(&mut data, acks, timeout)
                 .await
                 .map_err(|e| status::from_partition_error(&e))?;
             results.push(pb::PartitionProduceResult {

@@ -50,7 +50,12 @@ pub fn from_partition_error(e: &PartitionError) -> Status {
             return st;
         }
         PartitionError::NotEnoughReplicas { .. }
-        | PartitionError::ReplicationUnavailable { .. } => Code::Unavailable,
+        | PartitionError::NotEnoughReplicasAfterAppend { .. }
+        | PartitionError::UnknownLeaderEpoch { .. } => Code::Unavailable,
+        PartitionError::Timeout { .. } => Code::DeadlineExceeded,
+        PartitionError::FencedLeaderEpoch { .. } | PartitionError::UnknownReplica(_) => {
+            Code::FailedPrecondition
+        }
         PartitionError::Task(_) => Code::Internal,
         PartitionError::Log(l) => match l {
             LogError::OffsetOutOfRange { .. } => Code::OutOfRange,

@@ -11,7 +11,7 @@ mod fetch;
 pub mod frame;
 mod groups;
 mod metadata;
-mod produce;
+pub mod produce;
 mod unserved;
 pub mod zero_copy;
 

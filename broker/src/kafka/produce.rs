@@ -18,8 +18,14 @@ use super::{err, frame::encode_response, Ctx, Reply};
 pub fn partition_error_code(e: &PartitionError) -> i16 {
     err(match e {
         PartitionError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
-        PartitionError::NotEnoughReplicas { .. }
-        | PartitionError::ReplicationUnavailable { .. } => ResponseError::NotEnoughReplicas,
+        PartitionError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
+        PartitionError::NotEnoughReplicasAfterAppend { .. } => {
+            ResponseError::NotEnoughReplicasAfterAppend
+        }
+        PartitionError::Timeout { .. } => ResponseError::RequestTimedOut,
+        PartitionError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+        PartitionError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
+        PartitionError::UnknownReplica(_) => ResponseError::ReplicaNotAvailable,
         PartitionError::Task(_) => ResponseError::UnknownServerError,
         PartitionError::Log(l) => match l {
             LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
@@ -97,7 +103,8 @@ pub async fn produce(
             // The log assigns offsets in place, so it needs the bytes to itself. The request
             // buffer is shared by every partition's slice, so this is one copy of the batch.
             let mut data = BytesMut::from(&records[..]);
-            match partition.append(&mut data, acks).await {
+            let timeout = std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
+            match partition.append(&mut data, acks, timeout).await {
                 Ok(info) => {
                     r = r
                         .with_base_offset(info.first_offset as i64)

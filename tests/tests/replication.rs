@@ -1,0 +1,312 @@
+//! Replication on real processes: three brokers, replication factor 3, min.insync.replicas 2.
+//! acks=all records survive kill -9 of their leader and are read from the new one; the killed
+//! broker comes back, catches up and rejoins the ISR with the same bytes; a paused (SIGSTOP)
+//! follower leaves the ISR and returns after SIGCONT; with two of three brokers down, acks=all is
+//! refused with NOT_ENOUGH_REPLICAS while acks=1 still works.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::Broker;
+
+fn cluster(extra: &[&str]) -> Vec<Broker> {
+    let mut bs: Vec<Broker> = (0..3).map(|_| Broker::unstarted(None, vec![])).collect();
+    let voters = bs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{}@127.0.0.1:{}", i + 1, b.controller_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (i, b) in bs.iter_mut().enumerate() {
+        b.extra_args = vec![
+            "--node-id".into(),
+            (i + 1).to_string(),
+            "--controller-quorum-voters".into(),
+            voters.clone(),
+            "--broker-session-timeout-ms".into(),
+            "3000".into(),
+            "--broker-heartbeat-interval-ms".into(),
+            "500".into(),
+        ];
+        b.extra_args.extend(extra.iter().map(|s| s.to_string()));
+        b.launch_listening();
+    }
+    bs
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn json(b: &Broker, args: &[&str]) -> Option<serde_json::Value> {
+    let mut a = args.to_vec();
+    a.extend(["--output", "json"]);
+    let out = b.cli(&a, None);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+fn alive(b: &Broker, ids: &[i64]) -> bool {
+    json(b, &["cluster", "brokers"]).is_some_and(|v| {
+        ids.iter().all(|id| {
+            v["brokers"]
+                .as_array()
+                .is_some_and(|bs| bs.iter().any(|x| x["id"] == *id && x["state"] == "alive"))
+        })
+    })
+}
+
+/// Partition 0 of `topic` as `b` describes it: (leader, ISR, this broker's log end offset).
+fn p0(b: &Broker, topic: &str) -> Option<(i64, Vec<i64>, u64)> {
+    let v = json(b, &["topic", "describe", topic])?;
+    let p = &v["partitions"][0];
+    Some((
+        p["leader"].as_i64()?,
+        p["isr"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| i.as_i64())
+            .collect(),
+        p["log_end_offset"].as_u64()?,
+    ))
+}
+
+fn produce(b: &Broker, topic: &str, from: u64, to: u64, acks: &str) -> std::process::Output {
+    let lines: String = (from..to).map(|i| format!("{i}\n")).collect();
+    b.cli(
+        &["produce", topic, "--partition", "0", "--acks", acks],
+        Some(&lines),
+    )
+}
+
+fn consume(b: &Broker, topic: &str) -> Vec<u64> {
+    let out = b.cli(
+        &["consume", topic, "--partition", "0", "--from-beginning"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+fn create(b: &Broker, topic: &str) {
+    let out = b.cli(
+        &[
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+            "--config",
+            "min.insync.replicas=2",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn acks_all_records_survive_killing_their_leader_and_it_rejoins_with_the_same_log() {
+    let mut bs = cluster(&["--replica-lag-time-max-ms", "3000"]);
+    wait_for("three alive brokers", Duration::from_secs(60), || {
+        alive(&bs[0], &[1, 2, 3]).then_some(())
+    });
+    create(&bs[0], "r");
+    let out = produce(&bs[1], "r", 0, 500, "all");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (leader, isr, _) = p0(&bs[0], "r").unwrap();
+    assert_eq!(isr.len(), 3, "{isr:?}");
+
+    let li = leader as usize - 1;
+    let survivor = (0..3).find(|i| *i != li).unwrap();
+    let killed = Instant::now();
+    bs[li].kill9();
+    let new_leader = wait_for("a new leader", Duration::from_secs(30), || {
+        p0(&bs[survivor], "r").filter(|(l, _, _)| *l > 0 && *l != leader)
+    })
+    .0;
+    eprintln!(
+        "leader {leader} killed: {new_leader} leads after {:?}",
+        killed.elapsed()
+    );
+    // Every acknowledged record is there, once, in order.
+    let got = wait_for(
+        "the records from the new leader",
+        Duration::from_secs(30),
+        || {
+            let v = consume(&bs[survivor], "r");
+            (v.len() >= 500).then_some(v)
+        },
+    );
+    assert_eq!(got, (0..500).collect::<Vec<_>>());
+    // Two in sync of three, min.insync.replicas=2: acks=all goes on.
+    let out = wait_for(
+        "acks=all on the new leader",
+        Duration::from_secs(30),
+        || {
+            let o = produce(&bs[survivor], "r", 500, 700, "all");
+            o.status.success().then_some(o)
+        },
+    );
+    drop(out);
+
+    // The old leader comes back, catches up, and rejoins the ISR; all three logs end alike.
+    bs[li].launch_listening();
+    wait_for("all three back in the ISR", Duration::from_secs(60), || {
+        let (_, isr, _) = p0(&bs[survivor], "r")?;
+        (isr.len() == 3).then_some(())
+    });
+    let ends: Vec<u64> = wait_for("equal log ends", Duration::from_secs(30), || {
+        let ends: Vec<u64> = bs
+            .iter()
+            .map(|b| p0(b, "r").map(|p| p.2))
+            .collect::<Option<_>>()?;
+        ends.iter().all(|e| *e == 700).then_some(ends)
+    });
+    assert_eq!(ends, vec![700; 3]);
+    assert_eq!(consume(&bs[li], "r"), (0..700).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_paused_follower_leaves_the_isr_and_returns_and_two_down_refuse_acks_all() {
+    let mut bs = cluster(&["--replica-lag-time-max-ms", "2000"]);
+    wait_for("three alive brokers", Duration::from_secs(60), || {
+        alive(&bs[0], &[1, 2, 3]).then_some(())
+    });
+    create(&bs[0], "s");
+    let (leader, _, _) = wait_for("a leader", Duration::from_secs(30), || {
+        p0(&bs[0], "s").filter(|p| p.0 > 0)
+    });
+    let li = leader as usize - 1;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+    let paused = followers[0];
+    let paused_id = paused as i64 + 1;
+
+    // SIGSTOP a follower: its session expires (it is fenced) and it leaves the ISR; acks=all
+    // keeps working with two in sync.
+    bs[paused].signal("STOP");
+    let stopped = Instant::now();
+    wait_for(
+        "the paused follower out of the ISR",
+        Duration::from_secs(30),
+        || {
+            let (_, isr, _) = p0(&bs[li], "s")?;
+            (!isr.contains(&paused_id)).then_some(())
+        },
+    );
+    eprintln!(
+        "paused follower {paused_id} left the ISR after {:?}",
+        stopped.elapsed()
+    );
+    let out = produce(&bs[li], "s", 0, 100, "all");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bs[paused].signal("CONT");
+    wait_for(
+        "the resumed follower back in the ISR",
+        Duration::from_secs(60),
+        || {
+            let (_, isr, _) = p0(&bs[li], "s")?;
+            (isr.len() == 3).then_some(())
+        },
+    );
+
+    // One follower down: two in sync. Asking for three in sync is refused before the append.
+    bs[followers[1]].kill9();
+    wait_for(
+        "the killed follower out of the ISR",
+        Duration::from_secs(30),
+        || {
+            let (_, isr, _) = p0(&bs[li], "s")?;
+            (isr.len() == 2).then_some(())
+        },
+    );
+    let out = bs[li].cli(
+        &["topic", "alter", "s", "--config", "min.insync.replicas=3"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = wait_for("NOT_ENOUGH_REPLICAS", Duration::from_secs(30), || {
+        let o = produce(&bs[li], "s", 100, 101, "all");
+        String::from_utf8_lossy(&o.stderr)
+            .contains("not enough in-sync replicas")
+            .then_some(o)
+    });
+    assert!(!out.status.success());
+
+    // Both followers down (and with them the metadata quorum's majority: nothing can shrink the
+    // ISR now): acks=all is never acknowledged, it times out; acks=1 is.
+    let out = bs[li].cli(
+        &["topic", "alter", "s", "--config", "min.insync.replicas=2"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bs[followers[0]].kill9();
+    let lines = "100\n";
+    let out = bs[li].cli(
+        &[
+            "produce",
+            "s",
+            "--partition",
+            "0",
+            "--acks",
+            "all",
+            "--request-timeout-ms",
+            "2000",
+        ],
+        Some(lines),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("DeadlineExceeded"),
+        "{err}"
+    );
+    let out = produce(&bs[li], "s", 101, 110, "1");
+    assert!(
+        out.status.success(),
+        "acks=1 still works: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The timed-out record is in the leader's log but not acknowledged; nothing is below the
+    // HW that the lone leader holds alone (the HW waits for the ISR), so consumers see 0..100.
+    let got: BTreeMap<u64, ()> = consume(&bs[li], "s").into_iter().map(|v| (v, ())).collect();
+    assert_eq!(got.len(), 100, "{:?}", got.keys().last());
+}
