@@ -109,6 +109,9 @@ pub struct BrokerConfig {
     /// How long a new consumer group waits for more members before its first rebalance completes
     /// (Kafka `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
+    /// Replicas of `__consumer_offsets` when it is created, capped at the live brokers then
+    /// (Kafka `offsets.topic.replication.factor`).
+    pub offsets_topic_replication_factor: u32,
     /// How long an empty consumer group keeps its committed offsets, counted from when it
     /// emptied and from the commit (Kafka `offsets.retention.minutes`).
     pub offsets_retention_minutes: u64,
@@ -159,6 +162,7 @@ impl Default for BrokerConfig {
             log_cleaner_io_max_bytes_per_second: 0,
             log_cleaner_dedupe_buffer_size: 128 << 20,
             group_initial_rebalance_delay_ms: 3_000,
+            offsets_topic_replication_factor: 3,
             offsets_retention_minutes: 10_080,
             offsets_retention_check_interval_ms: 600_000,
             log_dir_recheck_interval_ms: 5_000,
@@ -259,6 +263,11 @@ impl BrokerConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.offsets_topic_replication_factor == 0 {
+            return Err(ConfigError::Invalid(
+                "offsets_topic_replication_factor must be >= 1".into(),
+            ));
+        }
         if self.num_partitions == 0 {
             return Err(ConfigError::Invalid("num_partitions must be >= 1".into()));
         }

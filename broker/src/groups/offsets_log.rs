@@ -279,7 +279,13 @@ pub async fn ensure_topic(
             ]
             .into();
             match admin
-                .create_topic(TOPIC, PARTITIONS, 1, configs, false)
+                .create_topic(
+                    TOPIC,
+                    PARTITIONS,
+                    offsets_replication_factor(admin),
+                    configs,
+                    false,
+                )
                 .await
             {
                 Ok(_) => admin.topics.get(TOPIC),
@@ -302,6 +308,23 @@ pub async fn ensure_topic(
         }
         Err(e) => Err(e),
     }
+}
+
+/// `offsets_topic_replication_factor`, capped at the brokers that can take a replica now (Kafka
+/// refuses instead; a one-broker start would then have no groups until more brokers join).
+fn offsets_replication_factor(admin: &Admin) -> u32 {
+    let usable = admin
+        .controller
+        .quorum()
+        .image()
+        .brokers
+        .values()
+        .filter(|b| b.is_usable())
+        .count() as u32;
+    admin
+        .config
+        .offsets_topic_replication_factor
+        .min(usable.max(1))
 }
 
 /// The record storing (or, with `None`, deleting) a committed offset.
@@ -377,14 +400,17 @@ pub struct Replayed {
     pub groups: BTreeMap<String, GroupSnapshot>,
 }
 
-/// Reads one `__consumer_offsets` partition from its start: the state of every group it holds.
+/// Reads one `__consumer_offsets` partition from its start to its end: the state of every group
+/// it holds. Called by the partition's leader, whose log is the truth (a leader never truncates
+/// its own log), so it reads past the HW as Kafka's coordinator does: commits the previous
+/// leader wrote but had not yet seen replicated are not lost to the new one.
 pub fn replay_partition(p: &sluice_replication::Partition) -> Result<Replayed, String> {
     let mut out = Replayed::default();
     let log = p.log();
     let mut offset = log.log_start_offset();
     loop {
         let (data, info) = log
-            .read_bytes(offset, 1 << 20, Some(p.high_watermark()))
+            .read_bytes(offset, 1 << 20, None)
             .map_err(|e| e.to_string())?;
         if info.regions.is_empty() {
             break;
