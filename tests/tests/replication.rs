@@ -321,3 +321,89 @@ fn a_paused_follower_leaves_the_isr_and_returns_and_two_down_refuse_acks_all() {
     let got: BTreeMap<u64, ()> = consume(&bs[li], "s").into_iter().map(|v| (v, ())).collect();
     assert_eq!(got.len(), 100, "{:?}", got.keys().last());
 }
+
+/// The group coordinator's broker is killed: `__consumer_offsets` is replicated, so the new
+/// leader of the group's partition has the commits and a member resumes where the group was.
+#[test]
+fn a_group_survives_its_coordinators_broker_being_killed() {
+    let mut bs = cluster(&[]);
+    wait_for("three alive brokers", Duration::from_secs(60), || {
+        alive(&bs[0], &[1, 2, 3]).then_some(())
+    });
+    create(&bs[0], "g");
+    let out = produce(&bs[0], "g", 0, 50, "all");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let consume_group = |b: &Broker, max: &str| {
+        b.cli(
+            &[
+                "consume",
+                "g",
+                "--group",
+                "grp",
+                "--from-beginning",
+                "--max-messages",
+                max,
+                "--session-timeout-ms",
+                "6000",
+            ],
+            None,
+        )
+    };
+    let out = consume_group(&bs[1], "50");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 50);
+
+    // Who coordinates "grp": the leader of its __consumer_offsets partition (replicated 3 ways).
+    let partition = sluice_proto::routing::group_partition("grp");
+    let offsets = json(&bs[0], &["topic", "describe", "__consumer_offsets"]).unwrap();
+    let p = &offsets["partitions"][partition as usize];
+    assert_eq!(p["replicas"].as_array().unwrap().len(), 3, "{p}");
+    let coordinator = p["leader"].as_i64().unwrap();
+    let ci = coordinator as usize - 1;
+    let other = (0..3).find(|i| *i != ci).unwrap();
+    bs[ci].kill9();
+    let killed = Instant::now();
+
+    // The commits are there at the new coordinator, and a member resumes after them.
+    let lag = wait_for(
+        "the group's offsets at the new coordinator",
+        Duration::from_secs(60),
+        || {
+            let v = json(&bs[other], &["group", "lag", "grp"])?;
+            (v["partitions"][0]["committed_offset"] == 50).then_some(v)
+        },
+    );
+    eprintln!(
+        "coordinator {coordinator} killed: offsets served again after {:?}: {lag}",
+        killed.elapsed()
+    );
+    let out = produce(&bs[other], "g", 50, 60, "all");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = consume_group(&bs[other], "10");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        (50..60).collect::<Vec<_>>(),
+        "resumed after the committed offset"
+    );
+}
