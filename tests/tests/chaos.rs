@@ -1,0 +1,244 @@
+//! Faults on real processes while a real Kafka client (confluent-kafka) produces with acks=all:
+//! three brokers, a topic with replication factor 3 and min.insync.replicas=2; each round kills
+//! (kill -9, then restart) or pauses (SIGSTOP, then SIGCONT) a random broker — the active
+//! controller and partition leaders included — and waits for the cluster to heal. At the end
+//! every acknowledged record must be in the log at the offset it was acknowledged at, and every
+//! partition's offsets contiguous. Duplicates (a retried batch whose first attempt was written)
+//! are counted, not failed: without idempotent producers Kafka has them too.
+//!
+//! The suite runs a few rounds; `CHAOS_ROUNDS=50 CHAOS_SEED=7 scripts/chaos.sh` runs long ones.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Broker;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_PYTHON") {
+        return p.into();
+    }
+    let venv =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-test/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
+fn client() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/chaos_client.py")
+}
+
+fn json(b: &Broker, args: &[&str]) -> Option<serde_json::Value> {
+    let mut a = args.to_vec();
+    a.extend(["--output", "json"]);
+    let out = b.cli(&a, None);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// All three brokers alive and every partition of `topic` fully in sync, as `b` sees it.
+fn healthy(b: &Broker, topic: &str) -> bool {
+    let alive = json(b, &["cluster", "brokers"]).is_some_and(|v| {
+        v["brokers"]
+            .as_array()
+            .is_some_and(|bs| bs.len() == 3 && bs.iter().all(|x| x["state"] == "alive"))
+    });
+    alive
+        && json(b, &["topic", "describe", topic]).is_some_and(|v| {
+            v["partitions"].as_array().is_some_and(|ps| {
+                ps.iter().all(|p| {
+                    p["leader"].as_i64().is_some_and(|l| l > 0)
+                        && p["isr"].as_array().is_some_and(|i| i.len() == 3)
+                })
+            })
+        })
+}
+
+fn acked_lines(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+#[test]
+fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
+    let rounds: u64 = std::env::var("CHAOS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut rng = Rng(seed);
+    let mut bs: Vec<Broker> = (0..3).map(|_| Broker::unstarted(None, vec![])).collect();
+    let voters = bs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{}@127.0.0.1:{}", i + 1, b.controller_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (i, b) in bs.iter_mut().enumerate() {
+        b.extra_args = [
+            "--node-id",
+            &(i + 1).to_string(),
+            "--controller-quorum-voters",
+            &voters,
+            "--broker-session-timeout-ms",
+            "3000",
+            "--broker-heartbeat-interval-ms",
+            "500",
+            "--replica-lag-time-max-ms",
+            "5000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        b.launch_listening();
+    }
+    let heal = |bs: &[Broker], what: &str| {
+        let end = Instant::now() + Duration::from_secs(90);
+        let started = Instant::now();
+        loop {
+            if bs.iter().any(|b| healthy(b, "chaos")) {
+                return started.elapsed();
+            }
+            assert!(
+                Instant::now() < end,
+                "the cluster did not heal after {what}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = bs[0].cli(
+            &[
+                "topic",
+                "create",
+                "chaos",
+                "--partitions",
+                "3",
+                "--replication-factor",
+                "3",
+                "--config",
+                "min.insync.replicas=2",
+            ],
+            None,
+        );
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    heal(&bs, "creating the topic");
+
+    let work = tempfile::tempdir().unwrap();
+    let acked = work.path().join("acked");
+    let stop = work.path().join("stop");
+    let bootstrap = bs
+        .iter()
+        .map(|b| format!("127.0.0.1:{}", b.kafka_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut producer = Command::new(python())
+        .arg(client())
+        .args(["produce", &bootstrap, "chaos"])
+        .arg(&acked)
+        .arg(&stop)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run python ({e}): run scripts/install-test-deps.sh"));
+    let progress = |min: usize, what: &str| {
+        let end = Instant::now() + Duration::from_secs(90);
+        loop {
+            let n = acked_lines(&acked);
+            if n >= min {
+                return n;
+            }
+            assert!(
+                Instant::now() < end,
+                "no acknowledgements after {what} ({n} so far)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut acked_so_far = progress(200, "starting");
+    let mut heal_times = Vec::new();
+    for round in 0..rounds {
+        let victim = rng.below(3) as usize;
+        let kill = rng.below(2) == 0;
+        let pause_ms = 1000 + rng.below(4000);
+        let what = if kill {
+            format!("round {round}: kill -9 broker {}", victim + 1)
+        } else {
+            format!(
+                "round {round}: SIGSTOP broker {} for {pause_ms} ms",
+                victim + 1
+            )
+        };
+        eprintln!("{what}");
+        if kill {
+            bs[victim].kill9();
+            // The fault's length, not a wait for a condition.
+            std::thread::sleep(Duration::from_millis(pause_ms / 2));
+            bs[victim].launch_listening();
+        } else {
+            bs[victim].signal("STOP");
+            std::thread::sleep(Duration::from_millis(pause_ms));
+            bs[victim].signal("CONT");
+        }
+        let healed = heal(&bs, &what);
+        heal_times.push(healed);
+        acked_so_far = progress(acked_so_far + 100, &what);
+    }
+    std::fs::write(&stop, b"").unwrap();
+    let out = producer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = Command::new(python())
+        .arg(client())
+        .args(["verify", &bootstrap, "chaos"])
+        .arg(&acked)
+        .arg("3")
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&verify.stdout);
+    heal_times.sort();
+    eprintln!(
+        "chaos: seed {seed}, {rounds} rounds; producer {}; verify {summary}; heal times {heal_times:?}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    assert!(
+        verify.status.success(),
+        "acknowledged records lost or moved: {summary} {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
