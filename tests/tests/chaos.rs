@@ -164,7 +164,7 @@ fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
         .map(|b| format!("127.0.0.1:{}", b.kafka_port))
         .collect::<Vec<_>>()
         .join(",");
-    let mut producer = Command::new(python())
+    let producer = Command::new(python())
         .arg(client())
         .args(["produce", &bootstrap, "chaos"])
         .arg(&acked)
