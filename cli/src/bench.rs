@@ -249,6 +249,8 @@ async fn produce(
     throughput: u64,
 ) -> Result<(), String> {
     let partitions = ensure_topic(&opts.conn, &opts.topic, partitions).await?;
+    // Each producer talks to the leader of its partition (in a cluster, not the broker given).
+    let leaders = crate::leaders::Leaders::load(&opts.conn.broker, &opts.topic).await?;
     let value = Bytes::from(
         (0..opts.record_size)
             .map(|i| (i % 251) as u8)
@@ -260,7 +262,10 @@ async fn produce(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..concurrency {
-        let mut client = cli::producer(&opts.conn.broker).await?;
+        let leader = leaders
+            .leader(i as u32 % partitions)
+            .map_or_else(|| opts.conn.broker.clone(), |(_, addr)| addr);
+        let mut client = cli::producer(&leader).await?;
         let topic = opts.topic.clone();
         let value = value.clone();
         let value_len = value.len() as u64;
