@@ -789,6 +789,34 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Each voter's replicated index, as the Raft leader (broker `leader`) knows it.
+async fn leader_progress(
+    bootstrap: &str,
+    leader: u64,
+) -> Option<std::collections::HashMap<u64, Option<u64>>> {
+    let cluster = admin(bootstrap)
+        .await
+        .ok()?
+        .describe_cluster(pb::DescribeClusterRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    let addr = cluster
+        .brokers
+        .iter()
+        .find(|b| b.id as u64 == leader)?
+        .grpc_address
+        .clone();
+    let q = admin(&addr)
+        .await
+        .ok()?
+        .describe_quorum(pb::DescribeQuorumRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    (q.node_id == leader).then(|| q.voters.iter().map(|v| (v.id, v.matched_index)).collect())
+}
+
 /// (log start, high watermark) of a partition, asked of its leader.
 async fn leader_offsets(leaders: &Leaders, topic: &str, partition: u32) -> Option<(u64, u64)> {
     let c = ConsumerClient::new(leaders.channel_to_leader(partition).await.ok()?);
@@ -1294,12 +1322,20 @@ pub async fn cluster(args: ClusterArgs) -> Result<(), String> {
             Ok(())
         }
         ClusterCommand::Status => {
-            let q = admin(&args.conn.broker)
+            let mut q = admin(&args.conn.broker)
                 .await?
                 .describe_quorum(pb::DescribeQuorumRequest {})
                 .await
                 .map_err(status_message)?
                 .into_inner();
+            // Only the leader knows how far each voter is: ask it for that part.
+            if q.leader_id != 0 && q.leader_id != q.node_id {
+                if let Some(progress) = leader_progress(&args.conn.broker, q.leader_id).await {
+                    for v in &mut q.voters {
+                        v.matched_index = progress.get(&v.id).copied().flatten();
+                    }
+                }
+            }
             if args.conn.output == Output::Json {
                 let v = serde_json::json!({
                     "node_id": q.node_id,
@@ -1309,7 +1345,8 @@ pub async fn cluster(args: ClusterArgs) -> Result<(), String> {
                     "applied_index": q.applied_index,
                     "snapshot_index": q.snapshot_index,
                     "voters": q.voters.iter().map(|v| serde_json::json!({
-                        "id": v.id, "address": v.address,
+                        "id": v.id, "address": v.address, "matched_index": v.matched_index,
+                        "lag": v.matched_index.map(|m| q.commit_index.saturating_sub(m)),
                     })).collect::<Vec<_>>(),
                 });
                 println!("{v}");
@@ -1329,15 +1366,26 @@ pub async fn cluster(args: ClusterArgs) -> Result<(), String> {
                 q.snapshot_index,
                 q.commit_index.saturating_sub(q.applied_index)
             );
-            println!("{:<6} {:<24} ROLE", "VOTER", "ADDRESS");
-            for v in &q.voters {
-                let role = if v.id == q.leader_id {
-                    "leader"
-                } else {
-                    "follower"
-                };
-                println!("{:<6} {:<24} {role}", v.id, v.address);
-            }
+            let rows: Vec<Vec<String>> = q
+                .voters
+                .iter()
+                .map(|v| {
+                    let role = if v.id == q.leader_id {
+                        "leader"
+                    } else {
+                        "follower"
+                    };
+                    let dash = |x: Option<u64>| x.map_or("-".to_string(), |x| x.to_string());
+                    vec![
+                        v.id.to_string(),
+                        v.address.clone(),
+                        role.to_string(),
+                        dash(v.matched_index),
+                        dash(v.matched_index.map(|m| q.commit_index.saturating_sub(m))),
+                    ]
+                })
+                .collect();
+            print_table(&["VOTER", "ADDRESS", "ROLE", "MATCHED", "LAG"], &rows);
             Ok(())
         }
     }

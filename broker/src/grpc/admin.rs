@@ -84,6 +84,11 @@ impl Admin for AdminService {
                 .map(|(id, address)| pb::QuorumVoter {
                     id: *id,
                     address: address.clone(),
+                    matched_index: s
+                        .voter_progress
+                        .iter()
+                        .find(|(v, _)| v == id)
+                        .map(|(_, m)| *m),
                 })
                 .collect(),
         }))

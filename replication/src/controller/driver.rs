@@ -52,6 +52,8 @@ pub struct QuorumStatus {
     pub commit_index: u64,
     pub applied_index: u64,
     pub snapshot_index: u64,
+    /// As leader: (voter, highest index replicated on it). Empty on followers.
+    pub voter_progress: Vec<(u64, u64)>,
 }
 
 enum Command {
@@ -317,6 +319,7 @@ impl Driver {
             commit_index: self.node.commit_index(),
             applied_index: self.node.applied_index(),
             snapshot_index: self.node.snapshot_index(),
+            voter_progress: self.node.voter_progress(),
         };
         self.status_tx.send_if_modified(|s| {
             let changed = *s != status;

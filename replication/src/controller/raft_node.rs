@@ -260,6 +260,22 @@ impl MetadataNode {
         self.snapshot_index
     }
 
+    /// As leader: the highest log index known replicated on each voter (raft-rs's progress).
+    pub fn voter_progress(&self) -> Vec<(u64, u64)> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let mut v: Vec<(u64, u64)> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, p)| (*id, p.matched))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     pub fn tick(&mut self) {
         self.raw.tick();
         self.reseed_timeout(false);
