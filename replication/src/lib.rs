@@ -16,4 +16,4 @@ pub mod controller;
 pub mod metadata;
 pub mod partition;
 
-pub use partition::{Acks, Partition, PartitionError, ReplicaConfig, ReplicaState};
+pub use partition::{Acks, OffsetQuery, Partition, PartitionError, ReplicaConfig, ReplicaState};

@@ -69,6 +69,18 @@ pub enum PartitionError {
     NotEnoughReplicasAfterAppend { isr: usize, min_isr: usize },
 }
 
+/// What ListOffsets asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetQuery {
+    Earliest,
+    /// The high watermark (the end of what consumers may read).
+    Latest,
+    /// The offset of the record with the largest timestamp (Kafka's -3).
+    MaxTimestamp,
+    /// The first offset whose timestamp is at or after this.
+    Timestamp(i64),
+}
+
 /// A follower as its leader sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FollowerState {
@@ -582,6 +594,36 @@ impl Partition {
         Ok(self
             .log
             .read(offset, max_bytes, Some(self.high_watermark()))?)
+    }
+
+    /// Committed batches from `offset` as bytes (a consumer's read, from the leader).
+    pub fn read_committed_bytes(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<(bytes::Bytes, ReadInfo), PartitionError> {
+        self.check_leader()?;
+        Ok(self
+            .log
+            .read_bytes(offset, max_bytes, Some(self.high_watermark()))?)
+    }
+
+    /// Kafka's ListOffsets on this partition, from the leader: (offset, timestamp) — the
+    /// timestamp is -1 for the log start and the HW. `None`: no record matches.
+    pub fn list_offset(&self, query: OffsetQuery) -> Result<Option<(u64, i64)>, PartitionError> {
+        self.check_leader()?;
+        let hw = self.high_watermark();
+        Ok(match query {
+            OffsetQuery::Earliest => Some((self.log.log_start_offset(), -1)),
+            OffsetQuery::Latest => Some((hw, -1)),
+            OffsetQuery::MaxTimestamp => {
+                tokio::task::block_in_place(|| self.log.offset_of_max_timestamp())?
+                    .filter(|(offset, _)| *offset < hw)
+            }
+            OffsetQuery::Timestamp(ts) => {
+                tokio::task::block_in_place(|| self.log.offset_for_timestamp(ts, Some(hw)))?
+            }
+        })
     }
 
     /// Waits until the HW passes `offset` or `timeout` elapses. Returns true if it did.

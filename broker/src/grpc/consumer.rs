@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use sluice_log::record::DEFAULT_DECOMPRESSED_LIMIT;
 use sluice_proto::v1::{self as pb, consumer_server::Consumer};
+use sluice_replication::OffsetQuery;
 use sluice_replication::Partition;
 use tonic::{Request, Response, Status};
 
@@ -29,11 +30,8 @@ fn read_records(
     offset: u64,
     max_bytes: usize,
 ) -> Result<pb::FetchResponse, Status> {
-    let (data, info) = tokio::task::block_in_place(|| {
-        p.log()
-            .read_bytes(offset, max_bytes, Some(p.high_watermark()))
-    })
-    .map_err(|e| status::from_partition_error(&e.into()))?;
+    let (data, info) = tokio::task::block_in_place(|| p.read_committed_bytes(offset, max_bytes))
+        .map_err(|e| status::from_partition_error(&e))?;
     let (records, next_offset) = decode_stored(&data, topic, p.index(), info.next_offset)?;
     let records: Vec<pb::ConsumedRecord> = records
         .into_iter()
@@ -187,28 +185,23 @@ impl Consumer for ConsumerService {
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
         let r = req.into_inner();
         let p = self.topics.partition(&r.topic, r.partition)?;
-        p.check_leader()
-            .map_err(|e| status::from_partition_error(&e))?;
-        let (offset, timestamp_ms) = match pb::OffsetSpec::try_from(r.spec) {
-            Ok(pb::OffsetSpec::Earliest) => (Some(p.log().log_start_offset()), -1),
-            Ok(pb::OffsetSpec::Latest) => (Some(p.high_watermark()), -1),
-            Ok(pb::OffsetSpec::Timestamp) => {
-                let found = tokio::task::block_in_place(|| {
-                    p.log()
-                        .offset_for_timestamp(r.timestamp_ms, Some(p.high_watermark()))
-                })
-                .map_err(|e| status::from_partition_error(&e.into()))?;
-                match found {
-                    Some((o, ts)) => (Some(o), ts),
-                    None => (None, -1),
-                }
-            }
+        let query = match pb::OffsetSpec::try_from(r.spec) {
+            Ok(pb::OffsetSpec::Earliest) => OffsetQuery::Earliest,
+            Ok(pb::OffsetSpec::Latest) => OffsetQuery::Latest,
+            Ok(pb::OffsetSpec::Timestamp) => OffsetQuery::Timestamp(r.timestamp_ms),
             Err(_) => {
                 return Err(Status::invalid_argument(format!(
                     "unknown offset spec {}",
                     r.spec
                 )))
             }
+        };
+        let (offset, timestamp_ms) = match p
+            .list_offset(query)
+            .map_err(|e| status::from_partition_error(&e))?
+        {
+            Some((o, ts)) => (Some(o), ts),
+            None => (None, -1),
         };
         Ok(Response::new(pb::ListOffsetsResponse {
             offset,

@@ -99,6 +99,12 @@ pub async fn fetch(ctx: &Ctx, corr: i32, version: i16, req: FetchRequest) -> Res
                             .partition(name, i)
                             .and_then(|p| p.check_leader().map(|_| p).map_err(Into::into))
                             .map_err(|e| topic_error_code(&e))
+                            .and_then(|part| {
+                                match super::metadata::epoch_error(p.current_leader_epoch, &part) {
+                                    Some(code) => Err(code),
+                                    None => Ok(part),
+                                }
+                            })
                     }),
             };
             wanted.push(Wanted {

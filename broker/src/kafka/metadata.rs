@@ -20,6 +20,7 @@ use kafka_protocol::ResponseError;
 use sluice_replication::controller::api::ControllerFailure;
 use sluice_replication::controller::ControllerError;
 use sluice_replication::metadata::MetadataImage;
+use sluice_replication::OffsetQuery;
 
 use super::{err, frame::encode_response, Ctx};
 use crate::topics::{validate_topic_name, TopicError};
@@ -73,6 +74,19 @@ pub fn controller_failure_code(f: &ControllerFailure) -> i16 {
             ControllerError::InvalidRequest(_) => ResponseError::InvalidRequest,
         },
     })
+}
+
+/// KIP-320: a client request naming a leader epoch older than the partition's is fenced, a newer
+/// one is from a future this broker has not seen yet (-1: the client does not say).
+pub fn epoch_error(current_leader_epoch: i32, p: &sluice_replication::Partition) -> Option<i16> {
+    let mine = p.leader_epoch();
+    if current_leader_epoch < 0 || current_leader_epoch == mine {
+        None
+    } else if current_leader_epoch < mine {
+        Some(err(ResponseError::FencedLeaderEpoch))
+    } else {
+        Some(err(ResponseError::UnknownLeaderEpoch))
+    }
 }
 
 /// The controller's id for clients: the Raft leader, or -1 while there is none.
@@ -232,39 +246,38 @@ pub fn list_offsets(
                     let partition = match u32::try_from(p.partition_index)
                         .map_err(|_| TopicError::UnknownTopic(name.clone()))
                         .and_then(|i| ctx.topics.partition(&name, i))
-                        .and_then(|p| p.check_leader().map(|_| p).map_err(TopicError::from))
                     {
                         Ok(partition) => partition,
                         Err(e) => return r.with_error_code(topic_error_code(&e)),
                     };
                     if version >= 4 {
                         r = r.with_leader_epoch(partition.leader_epoch());
+                        if let Some(code) = epoch_error(p.current_leader_epoch, &partition) {
+                            return r.with_error_code(code);
+                        }
                     }
-                    let hw = partition.high_watermark();
-                    match p.timestamp {
-                        LATEST => r.with_offset(hw as i64),
-                        EARLIEST => r.with_offset(partition.log().log_start_offset() as i64),
-                        MAX_TIMESTAMP if version >= 7 => match tokio::task::block_in_place(|| partition.log().offset_of_max_timestamp()) {
-                            Ok(Some((offset, ts))) if offset < hw => r.with_offset(offset as i64).with_timestamp(ts),
-                            Ok(_) => r,
-                            Err(e) => {
-                                tracing::error!(topic = %name, error = %e, "max-timestamp lookup failed");
-                                r.with_error_code(err(ResponseError::KafkaStorageError))
+                    let query = match p.timestamp {
+                        LATEST => OffsetQuery::Latest,
+                        EARLIEST => OffsetQuery::Earliest,
+                        MAX_TIMESTAMP if version >= 7 => OffsetQuery::MaxTimestamp,
+                        ts if ts >= 0 => OffsetQuery::Timestamp(ts),
+                        _ => return r.with_error_code(err(ResponseError::InvalidRequest)),
+                    };
+                    match partition.list_offset(query) {
+                        Ok(Some((offset, ts))) => r.with_offset(offset as i64).with_timestamp(ts),
+                        Ok(None) => r,
+                        Err(e) => {
+                            if !matches!(e, sluice_replication::PartitionError::NotLeader { .. }) {
+                                tracing::error!(topic = %name, error = %e, "offset lookup failed");
                             }
-                        },
-                        ts if ts >= 0 => match tokio::task::block_in_place(|| partition.log().offset_for_timestamp(ts, Some(hw))) {
-                            Ok(Some((offset, found_ts))) => r.with_offset(offset as i64).with_timestamp(found_ts),
-                            Ok(None) => r,
-                            Err(e) => {
-                                tracing::error!(topic = %name, error = %e, "offset lookup by timestamp failed");
-                                r.with_error_code(err(ResponseError::KafkaStorageError))
-                            }
-                        },
-                        _ => r.with_error_code(err(ResponseError::InvalidRequest)),
+                            r.with_error_code(super::produce::partition_error_code(&e))
+                        }
                     }
                 })
                 .collect();
-            ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(partitions)
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
         })
         .collect();
     encode_response(
