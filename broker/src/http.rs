@@ -55,6 +55,40 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
+    // Replication, cluster-wide from the image (the same on every broker).
+    let image = state.quorum.image();
+    let (mut offline, mut under) = (0u64, 0u64);
+    for (_, _, p) in image.partitions() {
+        offline += u64::from(!p.has_leader());
+        under += u64::from(p.isr.len() < p.replicas.len());
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_offline_partitions Partitions with no leader (no live in-sync replica).\n# TYPE sluice_offline_partitions gauge\nsluice_offline_partitions {offline}\n\
+         # HELP sluice_under_replicated_partitions Partitions whose ISR is smaller than their replica set.\n# TYPE sluice_under_replicated_partitions gauge\nsluice_under_replicated_partitions {under}\n\
+         # HELP sluice_isr_changes_total ISR shrinks and expands this broker proposed and the controller committed.\n# TYPE sluice_isr_changes_total counter\nsluice_isr_changes_total{{change=\"shrink\"}} {}\nsluice_isr_changes_total{{change=\"expand\"}} {}",
+        crate::replica_fetch::ISR_SHRINKS.load(std::sync::atomic::Ordering::Relaxed),
+        crate::replica_fetch::ISR_EXPANDS.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sluice_follower_lag_records How far each follower is behind this leader's log end.\n# TYPE sluice_follower_lag_records gauge"
+    );
+    for (t, p) in topics.replicas() {
+        if !p.is_leader() {
+            continue;
+        }
+        let leo = p.log().log_end_offset();
+        for (f, s) in p.follower_states() {
+            let _ = writeln!(
+                out,
+                "sluice_follower_lag_records{{topic=\"{}\",partition=\"{}\",follower=\"{f}\"}} {}",
+                t.name,
+                p.index(),
+                leo.saturating_sub(s.log_end_offset)
+            );
+        }
+    }
     let gauges: [(&str, &str); 4] = [
         (
             "sluice_partition_log_start_offset",

@@ -36,6 +36,10 @@ use crate::cluster::controller_client::ControllerClient;
 use crate::cluster::lifecycle::Lifecycle;
 use crate::topics::TopicManager;
 
+/// ISR changes this broker proposed that the controller committed (for `/metrics`).
+pub static ISR_SHRINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static ISR_EXPANDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Replication settings (`replica_*` in the broker config).
 #[derive(Debug, Clone, Copy)]
 pub struct ReplicaSettings {
@@ -356,6 +360,11 @@ pub async fn maintain_isr(
             };
             let st = p.state();
             tracing::info!(topic = %t.name, partition = p.index(), from = ?st.isr, to = ?new_isr, "proposing an ISR change");
+            let counter = if new_isr.len() < st.isr.len() {
+                &ISR_SHRINKS
+            } else {
+                &ISR_EXPANDS
+            };
             let call = ControllerCall::AlterPartition(AlterPartition {
                 broker_id: me,
                 broker_epoch,
@@ -367,6 +376,7 @@ pub async fn maintain_isr(
             });
             match controller.call(call, Duration::from_secs(5)).await {
                 Ok((_, offset)) => {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // Wait for it to come back through the image before judging again.
                     let mut synced = topics.watch_synced();
                     let _ = tokio::time::timeout(

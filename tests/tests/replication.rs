@@ -166,6 +166,16 @@ fn acks_all_records_survive_killing_their_leader_and_it_rejoins_with_the_same_lo
         },
     );
     assert_eq!(got, (0..500).collect::<Vec<_>>());
+    let metric = |b: &Broker, name: &str| -> Option<u64> {
+        b.http_get("/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+    };
+    wait_for(
+        "the partition reported under-replicated",
+        Duration::from_secs(30),
+        || (metric(&bs[survivor], "sluice_under_replicated_partitions")? >= 1).then_some(()),
+    );
     // Two in sync of three, min.insync.replicas=2: acks=all goes on.
     let out = wait_for(
         "acks=all on the new leader",
@@ -191,6 +201,15 @@ fn acks_all_records_survive_killing_their_leader_and_it_rejoins_with_the_same_lo
         ends.iter().all(|e| *e == 700).then_some(ends)
     });
     assert_eq!(ends, vec![700; 3]);
+    wait_for(
+        "no partition under-replicated",
+        Duration::from_secs(30),
+        || {
+            (metric(&bs[survivor], "sluice_under_replicated_partitions")? == 0
+                && metric(&bs[survivor], "sluice_offline_partitions")? == 0)
+                .then_some(())
+        },
+    );
     assert_eq!(consume(&bs[li], "r"), (0..700).collect::<Vec<_>>());
 }
 
