@@ -444,6 +444,9 @@ impl TopicManager {
 
     pub fn run_flush(&self) {
         for (t, p) in self.replicas() {
+            if let Err(e) = p.checkpoint_high_watermark() {
+                tracing::warn!(topic = %t.name, partition = p.index(), error = %e, "HW checkpoint failed");
+            }
             if let Err(e) = p.log().flush_if_due().and_then(|_| p.log().checkpoint()) {
                 self.dir_health
                     .record_failure(&format!("{}-{}", t.name, p.index()), &e);

@@ -69,6 +69,10 @@ pub enum PartitionError {
     NotEnoughReplicasAfterAppend { isr: usize, min_isr: usize },
 }
 
+/// The high watermark, checkpointed per replica (Kafka keeps one `replication-offset-checkpoint`
+/// per log directory; see docs/ARCHITECTURE.md).
+pub const HW_CHECKPOINT: &str = "high-watermark-checkpoint";
+
 /// What ListOffsets asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetQuery {
@@ -153,6 +157,8 @@ pub struct Partition {
     followers: std::sync::Mutex<std::collections::HashMap<i32, FollowerState>>,
     /// The log end offset, for followers' long polls.
     leo_tx: watch::Sender<u64>,
+    /// The HW last written to the checkpoint.
+    hw_checkpointed: std::sync::atomic::AtomicU64,
     clock: Arc<dyn Clock>,
     replica_config: std::sync::RwLock<ReplicaConfig>,
     hw_tx: watch::Sender<u64>,
@@ -173,9 +179,18 @@ impl Partition {
         dir_health: Arc<LogDirHealth>,
     ) -> Result<Partition, PartitionError> {
         let log = Log::open(dir, log_config)?;
-        // Everything in the log is taken as committed at start (a replica that leads next
-        // defines the log; a follower's HW comes from its leader on the first fetch).
-        let hw = log.set_high_watermark(log.log_end_offset());
+        // The HW as last checkpointed: a restarted replica must not expose records that were
+        // never committed (if it leads again before its followers catch up, and dies, those
+        // records would vanish from under the consumers that saw them). A log from before the
+        // checkpoint existed was a single replica's: everything in it is committed.
+        let hw = match sluice_log::checkpoint::read_offset(dir, HW_CHECKPOINT) {
+            Ok(Some(hw)) => log.set_high_watermark(hw),
+            Ok(None) => log.set_high_watermark(log.log_end_offset()),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "unreadable HW checkpoint; starting from the log start");
+                log.set_high_watermark(log.log_start_offset())
+            }
+        };
         let (hw_tx, _) = watch::channel(hw);
         let log = Arc::new(log);
         let (leo_tx, _) = watch::channel(log.log_end_offset());
@@ -188,6 +203,7 @@ impl Partition {
             state: std::sync::RwLock::new(ReplicaState::sole(broker_id)),
             followers: std::sync::Mutex::new(std::collections::HashMap::new()),
             leo_tx,
+            hw_checkpointed: std::sync::atomic::AtomicU64::new(u64::MAX),
             clock: Arc::new(MonotonicClock::default()),
             replica_config: std::sync::RwLock::new(replica_config),
             hw_tx,
@@ -214,6 +230,13 @@ impl Partition {
     pub fn set_replica_state(&self, state: ReplicaState) {
         let mut cur = self.state.write().unwrap_or_else(|e| e.into_inner());
         if *cur == state {
+            let leads = cur.leader == self.broker_id;
+            drop(cur);
+            if leads {
+                // A leader alone in its ISR commits what it has (a restart from a lagging HW
+                // checkpoint).
+                self.maybe_advance_hw();
+            }
             return;
         }
         if cur.leader != state.leader || cur.leader_epoch != state.leader_epoch {
@@ -596,6 +619,21 @@ impl Partition {
             .read(offset, max_bytes, Some(self.high_watermark()))?)
     }
 
+    /// Writes the HW to the replica's checkpoint if it moved since the last write.
+    pub fn checkpoint_high_watermark(&self) -> Result<(), PartitionError> {
+        let hw = self.high_watermark();
+        if self.hw_checkpointed.swap(hw, Ordering::AcqRel) == hw {
+            return Ok(());
+        }
+        sluice_log::checkpoint::write_offset(self.log.dir(), HW_CHECKPOINT, hw).inspect_err(
+            |_| {
+                // Try again next time.
+                self.hw_checkpointed.store(u64::MAX, Ordering::Release);
+            },
+        )?;
+        Ok(())
+    }
+
     /// Committed batches from `offset` as bytes (a consumer's read, from the leader).
     pub fn read_committed_bytes(
         &self,
@@ -889,6 +927,38 @@ mod tests {
         assert_eq!(
             old_leader.log().epoch_entries(),
             new_leader.log().epoch_entries()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_replica_keeps_its_checkpointed_hw_not_its_log_end() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let state = led_by(1, 1, vec![1, 2]);
+        let leader = replica(a.path(), 1, &state);
+        let follower = replica(b.path(), 2, &state);
+        leader
+            .append(&mut batch(), Acks::Leader, Duration::from_secs(1))
+            .await
+            .unwrap();
+        fetch_round(&leader, &follower, 2);
+        fetch_round(&leader, &follower, 2);
+        assert_eq!(leader.high_watermark(), 1);
+        // Two more records the follower never gets: not committed.
+        for _ in 0..2 {
+            leader
+                .append(&mut batch(), Acks::Leader, Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        leader.checkpoint_high_watermark().unwrap();
+        leader.log().close().unwrap();
+        drop(leader);
+        let reopened = replica(a.path(), 1, &state);
+        assert_eq!(reopened.log().log_end_offset(), 3);
+        assert_eq!(
+            reopened.high_watermark(),
+            1,
+            "uncommitted records stay hidden after a restart"
         );
     }
 }
