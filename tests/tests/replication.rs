@@ -130,7 +130,12 @@ fn create(b: &Broker, topic: &str) {
 
 #[test]
 fn acks_all_records_survive_killing_their_leader_and_it_rejoins_with_the_same_log() {
-    let mut bs = cluster(&["--replica-lag-time-max-ms", "3000"]);
+    let mut bs = cluster(&[
+        "--replica-lag-time-max-ms",
+        "3000",
+        "--leader-imbalance-check-interval-ms",
+        "1000",
+    ]);
     wait_for("three alive brokers", Duration::from_secs(60), || {
         alive(&bs[0], &[1, 2, 3]).then_some(())
     });
@@ -208,6 +213,16 @@ fn acks_all_records_survive_killing_their_leader_and_it_rejoins_with_the_same_lo
             (metric(&bs[survivor], "sluice_under_replicated_partitions")? == 0
                 && metric(&bs[survivor], "sluice_offline_partitions")? == 0)
                 .then_some(())
+        },
+    );
+    // It was the preferred leader (first replica): back in the ISR, leadership returns to it
+    // (auto_leader_rebalance_enable).
+    wait_for(
+        "leadership back at the preferred replica",
+        Duration::from_secs(30),
+        || {
+            let (l, _, _) = p0(&bs[survivor], "r")?;
+            (l == leader).then_some(())
         },
     );
     assert_eq!(consume(&bs[li], "r"), (0..700).collect::<Vec<_>>());
