@@ -17,19 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_log::{BatchBuilder, Compression, LogConfig, LogDirHealth, Record};
+use sluice_replication::controller::{Randomness, SeededRandom};
 use sluice_replication::{Acks, Partition, ReplicaConfig, ReplicaState};
 
-struct Rng(u64);
+/// The controller's seeded SplitMix64, with a bound.
+struct Rng(SeededRandom);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.next_u64() % n.max(1)
     }
 }
 
@@ -270,7 +265,7 @@ impl Sim {
 }
 
 async fn run(seed: u64, steps: usize) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SeededRandom(seed));
     let dirs: Vec<tempfile::TempDir> = (0..N).map(|_| tempfile::tempdir().unwrap()).collect();
     let replicas = dirs
         .iter()

@@ -13,7 +13,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Broker;
+use common::{start_cluster, Broker};
 
 struct Rng(u64);
 impl Rng {
@@ -29,42 +29,19 @@ impl Rng {
     }
 }
 
-fn python() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("SLUICE_PYTHON") {
-        return p.into();
-    }
-    let venv =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-test/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
-
 fn client() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/chaos_client.py")
 }
 
-fn json(b: &Broker, args: &[&str]) -> Option<serde_json::Value> {
-    let mut a = args.to_vec();
-    a.extend(["--output", "json"]);
-    let out = b.cli(&a, None);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
 /// All three brokers alive and every partition of `topic` fully in sync, as `b` sees it.
 fn healthy(b: &Broker, topic: &str) -> bool {
-    let alive = json(b, &["cluster", "brokers"]).is_some_and(|v| {
+    let alive = b.cli_json(&["cluster", "brokers"]).is_some_and(|v| {
         v["brokers"]
             .as_array()
             .is_some_and(|bs| bs.len() == 3 && bs.iter().all(|x| x["state"] == "alive"))
     });
     alive
-        && json(b, &["topic", "describe", topic]).is_some_and(|v| {
+        && b.cli_json(&["topic", "describe", topic]).is_some_and(|v| {
             v["partitions"].as_array().is_some_and(|ps| {
                 ps.iter().all(|p| {
                     p["leader"].as_i64().is_some_and(|l| l > 0)
@@ -89,31 +66,17 @@ fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let mut rng = Rng(seed);
-    let mut bs: Vec<Broker> = (0..3).map(|_| Broker::unstarted(None, vec![])).collect();
-    let voters = bs
-        .iter()
-        .enumerate()
-        .map(|(i, b)| format!("{}@127.0.0.1:{}", i + 1, b.controller_port))
-        .collect::<Vec<_>>()
-        .join(",");
-    for (i, b) in bs.iter_mut().enumerate() {
-        b.extra_args = [
-            "--node-id",
-            &(i + 1).to_string(),
-            "--controller-quorum-voters",
-            &voters,
+    let mut bs = start_cluster(
+        3,
+        &[
             "--broker-session-timeout-ms",
             "3000",
             "--broker-heartbeat-interval-ms",
             "500",
             "--replica-lag-time-max-ms",
             "5000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        b.launch_listening();
-    }
+        ],
+    );
     let heal = |bs: &[Broker], what: &str| {
         let end = Instant::now() + Duration::from_secs(90);
         let started = Instant::now();
@@ -164,7 +127,7 @@ fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
         .map(|b| format!("127.0.0.1:{}", b.kafka_port))
         .collect::<Vec<_>>()
         .join(",");
-    let producer = Command::new(python())
+    let producer = Command::new(common::python())
         .arg(client())
         .args(["produce", &bootstrap, "chaos"])
         .arg(&acked)
@@ -223,7 +186,7 @@ fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
         "producer failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let verify = Command::new(python())
+    let verify = Command::new(common::python())
         .arg(client())
         .args(["verify", &bootstrap, "chaos"])
         .arg(&acked)

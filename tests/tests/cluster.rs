@@ -57,23 +57,7 @@ fn wait_agreed_leader(bs: &[&Broker], deadline: Duration) -> (u64, u64) {
 }
 
 fn three_brokers() -> Vec<Broker> {
-    let mut bs: Vec<Broker> = (0..3).map(|_| Broker::unstarted(None, vec![])).collect();
-    let voters = bs
-        .iter()
-        .enumerate()
-        .map(|(i, b)| format!("{}@127.0.0.1:{}", i + 1, b.controller_port))
-        .collect::<Vec<_>>()
-        .join(",");
-    for (i, b) in bs.iter_mut().enumerate() {
-        b.extra_args = vec![
-            "--node-id".into(),
-            (i + 1).to_string(),
-            "--controller-quorum-voters".into(),
-            voters.clone(),
-        ];
-        b.launch_listening();
-    }
-    bs
+    common::start_cluster(3, &[])
 }
 
 #[test]

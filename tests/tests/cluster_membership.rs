@@ -8,60 +8,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Broker;
+use common::{kcat, start_cluster, wait_all_alive, wait_for, Broker};
 
 /// Session timeout the fencing tests run with (the default is 9 s).
 const SESSION_MS: u64 = 3_000;
 
-fn cluster(extra: &[&str]) -> Vec<Broker> {
-    let mut bs: Vec<Broker> = (0..3).map(|_| Broker::unstarted(None, vec![])).collect();
-    let voters = bs
-        .iter()
-        .enumerate()
-        .map(|(i, b)| format!("{}@127.0.0.1:{}", i + 1, b.controller_port))
-        .collect::<Vec<_>>()
-        .join(",");
-    for (i, b) in bs.iter_mut().enumerate() {
-        b.extra_args = vec![
-            "--node-id".into(),
-            (i + 1).to_string(),
-            "--controller-quorum-voters".into(),
-            voters.clone(),
-        ];
-        b.extra_args.extend(extra.iter().map(|s| s.to_string()));
-        b.launch_listening();
-    }
-    bs
-}
-
-/// Polls `f` until it returns `Some`, for at most `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn json(b: &Broker, args: &[&str]) -> Option<serde_json::Value> {
-    let mut a = args.to_vec();
-    a.extend(["--output", "json"]);
-    let out = b.cli(&a, None);
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
 /// `cluster brokers` from `b`: id -> (state, partitions led).
 fn brokers(b: &Broker) -> Option<BTreeMap<i64, (String, u64)>> {
-    let v = json(b, &["cluster", "brokers"])?;
+    let v = b.cli_json(&["cluster", "brokers"])?;
     v["brokers"]
         .as_array()?
         .iter()
@@ -74,18 +30,11 @@ fn brokers(b: &Broker) -> Option<BTreeMap<i64, (String, u64)>> {
         .collect()
 }
 
-fn all_alive(b: &Broker, ids: &[i64]) -> bool {
-    brokers(b).is_some_and(|m| {
-        ids.iter()
-            .all(|id| m.get(id).is_some_and(|(s, _)| s == "alive"))
-    })
-}
-
 /// `topic describe` from `b`: partition -> (leader, replicas, isr).
 type Layout = BTreeMap<u64, (i64, Vec<i64>, Vec<i64>)>;
 
 fn layout(b: &Broker, topic: &str) -> Option<Layout> {
-    let v = json(b, &["topic", "describe", topic])?;
+    let v = b.cli_json(&["topic", "describe", topic])?;
     let ids = |x: &serde_json::Value| -> Option<Vec<i64>> {
         x.as_array()?.iter().map(|i| i.as_i64()).collect()
     };
@@ -101,30 +50,6 @@ fn layout(b: &Broker, topic: &str) -> Option<Layout> {
         .collect()
 }
 
-fn kcat(args: &[&str], stdin: Option<&str>) -> Option<String> {
-    let mut child = Command::new(std::env::var("SLUICE_KCAT").unwrap_or_else(|_| "kcat".into()))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run kcat ({e}): run scripts/install-test-deps.sh"));
-    if let Some(s) = stdin {
-        use std::io::Write;
-        if let Some(mut w) = child.stdin.take() {
-            let _ = w.write_all(s.as_bytes());
-        }
-    }
-    let out = child.wait_with_output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// `kcat -L -J` against `b`, reduced to what every broker must agree on: brokers (id, address)
 /// and topics (partition, leader, replicas, ISR).
 fn kcat_metadata(b: &Broker) -> Option<serde_json::Value> {
@@ -138,7 +63,8 @@ fn kcat_metadata(b: &Broker) -> Option<serde_json::Value> {
             "5",
         ],
         None,
-    )?;
+    )
+    .ok()?;
     let v: serde_json::Value = serde_json::from_str(&out).ok()?;
     let mut brokers: Vec<(i64, String)> = v["brokers"]
         .as_array()?
@@ -158,29 +84,11 @@ fn kcat_metadata(b: &Broker) -> Option<serde_json::Value> {
 
 #[test]
 fn topics_created_through_any_broker_are_the_same_on_all_three_and_clients_follow_leaders() {
-    let bs = cluster(&[]);
-    wait_for("three alive brokers", Duration::from_secs(60), || {
-        all_alive(&bs[0], &[1, 2, 3]).then_some(())
-    });
+    let bs = start_cluster(3, &[]);
+    wait_all_alive(&bs);
 
     // Replication factor 3 through broker 2; more replicas than brokers is refused.
-    let out = bs[1].cli(
-        &[
-            "topic",
-            "create",
-            "triple",
-            "--partitions",
-            "3",
-            "--replication-factor",
-            "3",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bs[1].topic_create("triple", 3, 3, &[]);
     let out = bs[2].cli(
         &["topic", "create", "too-many", "--replication-factor", "4"],
         None,
@@ -223,23 +131,7 @@ fn topics_created_through_any_broker_are_the_same_on_all_three_and_clients_follo
 
     // A topic with one replica per partition, spread over the brokers: kcat produces through
     // broker 1 and consumes through broker 3, following each partition's leader.
-    let out = bs[0].cli(
-        &[
-            "topic",
-            "create",
-            "spread",
-            "--partitions",
-            "3",
-            "--replication-factor",
-            "1",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bs[0].topic_create("spread", 3, 1, &[]);
     let spread = wait_for("spread on every broker", Duration::from_secs(30), || {
         let ls: Vec<Layout> = bs
             .iter()
@@ -257,13 +149,13 @@ fn topics_created_through_any_broker_are_the_same_on_all_three_and_clients_follo
             &["-b", &b1, "-P", "-t", "spread", "-p", &p.to_string()],
             Some(&lines),
         )
-        .unwrap_or_else(|| panic!("kcat produce to partition {p} through broker 1"));
+        .unwrap_or_else(|e| panic!("kcat produce to partition {p} through broker 1: {e}"));
     }
     let consumed = kcat(
         &["-b", &b3, "-C", "-t", "spread", "-e", "-f", "%p:%s\n"],
         None,
     )
-    .expect("kcat consume through broker 3");
+    .unwrap_or_else(|e| panic!("kcat consume through broker 3: {e}"));
     let mut got: Vec<&str> = consumed.lines().collect();
     got.sort();
     let mut want: Vec<String> = (0..3)
@@ -292,33 +184,18 @@ fn topics_created_through_any_broker_are_the_same_on_all_three_and_clients_follo
 #[test]
 fn killed_brokers_are_fenced_and_replaced_and_a_full_restart_keeps_the_metadata() {
     let session = SESSION_MS.to_string();
-    let mut bs = cluster(&[
-        "--broker-session-timeout-ms",
-        &session,
-        "--broker-heartbeat-interval-ms",
-        "500",
-    ]);
-    wait_for("three alive brokers", Duration::from_secs(60), || {
-        all_alive(&bs[0], &[1, 2, 3]).then_some(())
-    });
-    let out = bs[0].cli(
+    let mut bs = start_cluster(
+        3,
         &[
-            "topic",
-            "create",
-            "t",
-            "--partitions",
-            "6",
-            "--replication-factor",
-            "3",
+            "--broker-session-timeout-ms",
+            &session,
+            "--broker-heartbeat-interval-ms",
+            "500",
         ],
-        None,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let controller = |b: &Broker| json(b, &["cluster", "brokers"])?["controller_id"].as_i64();
+    wait_all_alive(&bs);
+    bs[0].topic_create("t", 6, 3, &[]);
+    let controller = |b: &Broker| b.cli_json(&["cluster", "brokers"])?["controller_id"].as_i64();
     let ctl = wait_for("a controller", Duration::from_secs(30), || {
         controller(&bs[0])
     });
@@ -359,7 +236,7 @@ fn killed_brokers_are_fenced_and_replaced_and_a_full_restart_keeps_the_metadata(
     // It comes back: registered again, unfenced once caught up.
     bs[vi].launch_listening();
     wait_for("the victim alive again", Duration::from_secs(30), || {
-        all_alive(&bs[witness], &[1, 2, 3]).then_some(())
+        bs[witness].sees_alive(&[1, 2, 3]).then_some(())
     });
 
     // kill -9 of the active controller: another takes over and topic operations go on.
@@ -416,7 +293,7 @@ fn killed_brokers_are_fenced_and_replaced_and_a_full_restart_keeps_the_metadata(
     wait_for(
         "three alive brokers after a full restart",
         Duration::from_secs(60),
-        || all_alive(&bs[0], &[1, 2, 3]).then_some(()),
+        || bs[0].sees_alive(&[1, 2, 3]).then_some(()),
     );
     for b in &bs {
         let t = wait_for("t after restart", Duration::from_secs(30), || {
@@ -437,27 +314,9 @@ fn killed_brokers_are_fenced_and_replaced_and_a_full_restart_keeps_the_metadata(
 
 #[test]
 fn sigterm_moves_leadership_away_before_the_broker_exits() {
-    let mut bs = cluster(&[]);
-    wait_for("three alive brokers", Duration::from_secs(60), || {
-        all_alive(&bs[0], &[1, 2, 3]).then_some(())
-    });
-    let out = bs[0].cli(
-        &[
-            "topic",
-            "create",
-            "t",
-            "--partitions",
-            "3",
-            "--replication-factor",
-            "3",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut bs = start_cluster(3, &[]);
+    wait_all_alive(&bs);
+    bs[0].topic_create("t", 3, 3, &[]);
     let l = wait_for("t on broker 3", Duration::from_secs(30), || {
         layout(&bs[2], "t")
     });
@@ -512,7 +371,7 @@ fn a_single_node_data_directory_from_before_the_cluster_is_taken_over() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let id = json(&b, &["topic", "describe", "old"]).unwrap();
+    let id = b.cli_json(&["topic", "describe", "old"]).unwrap();
     assert_eq!(b.terminate(), Some(0));
     let data = b.data_dir();
     std::fs::remove_dir_all(data.join("meta/raft")).unwrap();
@@ -529,7 +388,7 @@ fn a_single_node_data_directory_from_before_the_cluster_is_taken_over() {
 
     b.launch();
     let d = wait_for("the old topic back", Duration::from_secs(30), || {
-        json(&b, &["topic", "describe", "old"])
+        b.cli_json(&["topic", "describe", "old"])
     });
     assert_eq!(d["partitions"].as_array().unwrap().len(), 2);
     assert_eq!(d["configs"]["retention.ms"], "123456789");
@@ -555,34 +414,16 @@ fn a_single_node_data_directory_from_before_the_cluster_is_taken_over() {
     let d = wait_for(
         "the old topic after another restart",
         Duration::from_secs(30),
-        || json(&b, &["topic", "describe", "old"]),
+        || b.cli_json(&["topic", "describe", "old"]),
     );
     assert_eq!(d["partitions"][1]["log_end_offset"], 2);
 }
 
 #[test]
 fn consumer_groups_work_whichever_broker_clients_start_from() {
-    let bs = cluster(&[]);
-    wait_for("three alive brokers", Duration::from_secs(60), || {
-        all_alive(&bs[0], &[1, 2, 3]).then_some(())
-    });
-    let out = bs[0].cli(
-        &[
-            "topic",
-            "create",
-            "events",
-            "--partitions",
-            "3",
-            "--replication-factor",
-            "1",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bs = start_cluster(3, &[]);
+    wait_all_alive(&bs);
+    bs[0].topic_create("events", 3, 1, &[]);
     wait_for("events everywhere", Duration::from_secs(30), || {
         bs.iter()
             .all(|b| layout(b, "events").is_some_and(|l| l.len() == 3))
@@ -595,7 +436,7 @@ fn consumer_groups_work_whichever_broker_clients_start_from() {
             &["-b", &kafka(1), "-P", "-t", "events", "-p", &p.to_string()],
             Some(&lines),
         )
-        .expect("kcat produce");
+        .unwrap_or_else(|e| panic!("kcat produce: {e}"));
     }
     // librdkafka's balanced consumer, bootstrapped from broker 3: FindCoordinator sends it to
     // the leader of the group's __consumer_offsets partition, wherever that is.
@@ -615,7 +456,7 @@ fn consumer_groups_work_whichever_broker_clients_start_from() {
         ],
         None,
     )
-    .expect("kcat -G");
+    .unwrap_or_else(|e| panic!("kcat -G: {e}"));
     assert_eq!(out.lines().count(), 30);
     // sluice's own group consumer, bootstrapped from broker 1.
     let out = bs[0].cli(
@@ -639,7 +480,7 @@ fn consumer_groups_work_whichever_broker_clients_start_from() {
     // Both groups' commits are seen from broker 2, whoever coordinates them.
     for g in ["kcat-cluster", "cli-cluster"] {
         let lag = wait_for("committed offsets", Duration::from_secs(30), || {
-            let v = json(&bs[1], &["group", "lag", g])?;
+            let v = bs[1].cli_json(&["group", "lag", g])?;
             (v["total_lag"] == 0
                 && v["partitions"].as_array()?.len() == 3
                 && v["partitions"]
@@ -651,7 +492,7 @@ fn consumer_groups_work_whichever_broker_clients_start_from() {
         eprintln!("{g}: {lag}");
     }
     let listed = wait_for("both groups listed", Duration::from_secs(30), || {
-        let v = json(&bs[2], &["group", "list"])?;
+        let v = bs[2].cli_json(&["group", "list"])?;
         let names: Vec<String> = v
             .as_array()?
             .iter()

@@ -19,44 +19,8 @@ fn kafka_broker() -> (Broker, u16) {
     (b, port)
 }
 
-fn kcat() -> String {
-    std::env::var("SLUICE_KCAT").unwrap_or_else(|_| "kcat".into())
-}
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SLUICE_PYTHON") {
-        return p.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-test/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
-
 fn run_kcat(args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(kcat())
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run kcat ({e}): run scripts/install-test-deps.sh"));
-    if let Some(s) = stdin {
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kcat {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::kcat(args, stdin).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn metrics(b: &Broker) -> String {
@@ -215,7 +179,7 @@ async fn cross_protocol_same_offsets_both_ways() {
 
 fn interop(port: u16, checks: &[&str]) -> String {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/kafka_clients.py");
-    let out = Command::new(python())
+    let out = Command::new(common::python())
         .arg(script)
         .arg(format!("127.0.0.1:{port}"))
         .args(checks)

@@ -9,67 +9,23 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::Broker;
+use common::{start_cluster, wait_all_alive, wait_for, Broker};
 
+/// Three brokers with short sessions (3 s) and heartbeats (0.5 s), plus `extra`.
 fn cluster(extra: &[&str]) -> Vec<Broker> {
-    let mut bs: Vec<Broker> = (0..3).map(|_| Broker::unstarted(None, vec![])).collect();
-    let voters = bs
-        .iter()
-        .enumerate()
-        .map(|(i, b)| format!("{}@127.0.0.1:{}", i + 1, b.controller_port))
-        .collect::<Vec<_>>()
-        .join(",");
-    for (i, b) in bs.iter_mut().enumerate() {
-        b.extra_args = vec![
-            "--node-id".into(),
-            (i + 1).to_string(),
-            "--controller-quorum-voters".into(),
-            voters.clone(),
-            "--broker-session-timeout-ms".into(),
-            "3000".into(),
-            "--broker-heartbeat-interval-ms".into(),
-            "500".into(),
-        ];
-        b.extra_args.extend(extra.iter().map(|s| s.to_string()));
-        b.launch_listening();
-    }
-    bs
-}
-
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn json(b: &Broker, args: &[&str]) -> Option<serde_json::Value> {
-    let mut a = args.to_vec();
-    a.extend(["--output", "json"]);
-    let out = b.cli(&a, None);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
-fn alive(b: &Broker, ids: &[i64]) -> bool {
-    json(b, &["cluster", "brokers"]).is_some_and(|v| {
-        ids.iter().all(|id| {
-            v["brokers"]
-                .as_array()
-                .is_some_and(|bs| bs.iter().any(|x| x["id"] == *id && x["state"] == "alive"))
-        })
-    })
+    let mut flags = vec![
+        "--broker-session-timeout-ms",
+        "3000",
+        "--broker-heartbeat-interval-ms",
+        "500",
+    ];
+    flags.extend_from_slice(extra);
+    start_cluster(3, &flags)
 }
 
 /// Partition 0 of `topic` as `b` describes it: (leader, ISR, this broker's log end offset).
 fn p0(b: &Broker, topic: &str) -> Option<(i64, Vec<i64>, u64)> {
-    let v = json(b, &["topic", "describe", topic])?;
+    let v = b.cli_json(&["topic", "describe", topic])?;
     let p = &v["partitions"][0];
     Some((
         p["leader"].as_i64()?,
@@ -136,9 +92,7 @@ fn acks_all_records_survive_killing_their_leader_and_it_rejoins_with_the_same_lo
         "--leader-imbalance-check-interval-ms",
         "1000",
     ]);
-    wait_for("three alive brokers", Duration::from_secs(60), || {
-        alive(&bs[0], &[1, 2, 3]).then_some(())
-    });
+    wait_all_alive(&bs);
     create(&bs[0], "r");
     let out = produce(&bs[1], "r", 0, 500, "all");
     assert!(
@@ -233,9 +187,7 @@ fn a_paused_follower_leaves_the_isr_and_returns_and_two_down_refuse_acks_all() {
     // The lag bound is generous so that a busy machine does not push the live follower out too;
     // the paused one leaves when its session expires (3 s) and it is fenced.
     let mut bs = cluster(&["--replica-lag-time-max-ms", "8000"]);
-    wait_for("three alive brokers", Duration::from_secs(60), || {
-        alive(&bs[0], &[1, 2, 3]).then_some(())
-    });
+    wait_all_alive(&bs);
     create(&bs[0], "s");
     let (leader, _, _) = wait_for("a leader", Duration::from_secs(30), || {
         p0(&bs[0], "s").filter(|p| p.0 > 0)
@@ -361,9 +313,7 @@ fn a_paused_follower_leaves_the_isr_and_returns_and_two_down_refuse_acks_all() {
 #[test]
 fn a_group_survives_its_coordinators_broker_being_killed() {
     let mut bs = cluster(&[]);
-    wait_for("three alive brokers", Duration::from_secs(60), || {
-        alive(&bs[0], &[1, 2, 3]).then_some(())
-    });
+    wait_all_alive(&bs);
     create(&bs[0], "g");
     let out = produce(&bs[0], "g", 0, 50, "all");
     assert!(
@@ -397,7 +347,9 @@ fn a_group_survives_its_coordinators_broker_being_killed() {
 
     // Who coordinates "grp": the leader of its __consumer_offsets partition (replicated 3 ways).
     let partition = sluice_proto::routing::group_partition("grp");
-    let offsets = json(&bs[0], &["topic", "describe", "__consumer_offsets"]).unwrap();
+    let offsets = bs[0]
+        .cli_json(&["topic", "describe", "__consumer_offsets"])
+        .unwrap();
     let p = &offsets["partitions"][partition as usize];
     assert_eq!(p["replicas"].as_array().unwrap().len(), 3, "{p}");
     let coordinator = p["leader"].as_i64().unwrap();
@@ -411,7 +363,7 @@ fn a_group_survives_its_coordinators_broker_being_killed() {
         "the group's offsets at the new coordinator",
         Duration::from_secs(60),
         || {
-            let v = json(&bs[other], &["group", "lag", "grp"])?;
+            let v = bs[other].cli_json(&["group", "lag", "grp"])?;
             (v["partitions"][0]["committed_offset"] == 50).then_some(v)
         },
     );

@@ -303,3 +303,141 @@ impl Drop for Broker {
         self.kill9();
     }
 }
+
+/// `n` brokers forming one cluster (every broker a voter of the metadata quorum), each started
+/// and listening (not yet unfenced: a quorum needs a majority up). `extra` flags go to every one.
+pub fn start_cluster(n: usize, extra: &[&str]) -> Vec<Broker> {
+    let mut bs: Vec<Broker> = (0..n).map(|_| Broker::unstarted(None, vec![])).collect();
+    let voters = bs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{}@127.0.0.1:{}", i + 1, b.controller_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (i, b) in bs.iter_mut().enumerate() {
+        b.extra_args = vec![
+            "--node-id".into(),
+            (i + 1).to_string(),
+            "--controller-quorum-voters".into(),
+            voters.clone(),
+        ];
+        b.extra_args.extend(extra.iter().map(|s| s.to_string()));
+        b.launch_listening();
+    }
+    bs
+}
+
+/// Polls `f` until it returns `Some`, for at most `limit` (then panics naming `what`).
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Broker {
+    /// A CLI command with `--output json`, parsed; `None` when it fails (callers poll).
+    pub fn cli_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        let out = self.cli(&a, None);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    /// Whether `cluster brokers` from this broker shows every id in `ids` alive.
+    pub fn sees_alive(&self, ids: &[i64]) -> bool {
+        self.cli_json(&["cluster", "brokers"]).is_some_and(|v| {
+            ids.iter().all(|id| {
+                v["brokers"]
+                    .as_array()
+                    .is_some_and(|bs| bs.iter().any(|x| x["id"] == *id && x["state"] == "alive"))
+            })
+        })
+    }
+}
+
+/// The Python with the Kafka client libraries (`scripts/install-test-deps.sh` makes
+/// `.venv-test/`); `SLUICE_PYTHON` overrides it.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_PYTHON") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-test/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
+/// Runs kcat (`SLUICE_KCAT` overrides the binary); its stdout, or its stderr as the error.
+pub fn kcat(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = Command::new(std::env::var("SLUICE_KCAT").unwrap_or_else(|_| "kcat".into()))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run kcat ({e}): run scripts/install-test-deps.sh"));
+    if let (Some(s), Some(mut w)) = (stdin, child.stdin.take()) {
+        let _ = w.write_all(s.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kcat {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl Broker {
+    /// `sluice topic create` through this broker; panics with its error if it fails.
+    pub fn topic_create(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        extra: &[&str],
+    ) {
+        let (p, rf) = (partitions.to_string(), replication_factor.to_string());
+        let mut args = vec![
+            "topic",
+            "create",
+            name,
+            "--partitions",
+            &p,
+            "--replication-factor",
+            &rf,
+        ];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args, None);
+        assert!(
+            out.status.success(),
+            "topic create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Waits until `bs[0]` sees all of `bs` alive (registered and unfenced).
+pub fn wait_all_alive(bs: &[Broker]) {
+    let ids: Vec<i64> = (1..=bs.len() as i64).collect();
+    wait_for("every broker alive", Duration::from_secs(60), || {
+        bs[0].sees_alive(&ids).then_some(())
+    });
+}
