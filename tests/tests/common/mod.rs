@@ -45,7 +45,21 @@ pub fn sluice_bin() -> PathBuf {
     .clone()
 }
 
+/// A port free now, picked below Linux's ephemeral range (32768-60999): a port handed out by
+/// binding port 0 is an ephemeral one, which any test's outgoing connection may take before the
+/// broker binds it (seen as "Address already in use" under a parallel suite). Each test process
+/// walks its own stretch of 10000-32000 (by pid), checking that each port binds.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 10_000 + (std::process::id() % 200) * 110;
+    for _ in 0..22_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (10_000 + (base - 10_000 + n) % 22_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
