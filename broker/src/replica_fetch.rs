@@ -40,6 +40,9 @@ use crate::topics::TopicManager;
 pub static ISR_SHRINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 pub static ISR_EXPANDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// The most a leader puts in one replica fetch response, whatever a follower asks.
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
 /// Replication settings (`replica_*` in the broker config).
 #[derive(Debug, Clone, Copy)]
 pub struct ReplicaSettings {
@@ -65,7 +68,8 @@ pub fn serve(
     req: &ReplicaFetchRequest,
 ) -> (ReplicaFetchResponse, bool, Vec<(Arc<Partition>, u64)>) {
     let mut out = Vec::with_capacity(req.partitions.len());
-    let mut budget = req.max_bytes.max(1) as usize;
+    // The follower's bound, within the leader's own (a peer's request is not trusted to be sane).
+    let mut budget = (req.max_bytes as usize).clamp(1, MAX_RESPONSE_BYTES);
     let mut eventful = false;
     let mut waits = Vec::new();
     for p in &req.partitions {
