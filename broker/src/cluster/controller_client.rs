@@ -82,7 +82,14 @@ impl ControllerClient {
                         other => return other.map(|a| (a, r.metadata_offset)),
                     }
                 }
-                Some(l) => match self.remote(l, &call).await {
+                Some(l) => match self
+                    .remote(
+                        l,
+                        &call,
+                        deadline.saturating_duration_since(tokio::time::Instant::now()),
+                    )
+                    .await
+                {
                     Ok(r) => match r.result {
                         Err(ControllerFailure::NotController { .. }) => {
                             last_problem = format!("voter {l} is no longer the controller");
@@ -113,7 +120,28 @@ impl ControllerClient {
         }
     }
 
+    /// One attempt at voter `id`, bounded by `within`: a controller that stopped answering (a
+    /// paused process accepts connections and never replies) must not hold a heartbeat past the
+    /// broker's own session.
     async fn remote(
+        &self,
+        id: u64,
+        call: &ControllerCall,
+        within: Duration,
+    ) -> Result<ControllerResponse, Transport> {
+        match tokio::time::timeout(within, self.remote_attempt(id, call)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.channels.lock().await.remove(&id);
+                Err(Transport::Unknown(format!(
+                    "no answer within {} ms",
+                    within.as_millis()
+                )))
+            }
+        }
+    }
+
+    async fn remote_attempt(
         &self,
         id: u64,
         call: &ControllerCall,

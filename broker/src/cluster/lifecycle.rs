@@ -185,7 +185,10 @@ impl Lifecycle {
             metadata_offset: self.client.quorum().image().offset,
             want_shutdown,
         };
-        match self.client.call(call, CALL_TIMEOUT).await {
+        // A heartbeat that waits longer than an interval is worth less than the next one (and
+        // a paused controller must not keep this broker from reaching the new one).
+        let within = self.heartbeat_interval.max(Duration::from_secs(1));
+        match self.client.call(call, within).await {
             Ok((ControllerAnswer::Heartbeat(r), offset)) => {
                 let before = self.state();
                 if before.fenced && !r.is_fenced {
