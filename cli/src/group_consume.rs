@@ -146,18 +146,7 @@ impl Member {
             pb::OffsetSpec::Latest
         };
         let leaders = crate::leaders::Leaders::load(&self.bootstrap, &tp.0).await?;
-        let mut consumer = ConsumerClient::new(leaders.channel_to_leader(tp.1).await?);
-        let r = consumer
-            .list_offsets(pb::ListOffsetsRequest {
-                topic: tp.0.clone(),
-                partition: tp.1,
-                spec: spec as i32,
-                timestamp_ms: 0,
-            })
-            .await
-            .map_err(status_message)?
-            .into_inner();
-        Ok(r.offset.unwrap_or(0))
+        crate::leaders::leader_offset(&leaders, &tp.0, tp.1, spec).await
     }
 }
 

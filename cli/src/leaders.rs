@@ -110,17 +110,22 @@ pub async fn coordinator(bootstrap: &str, group: &str) -> String {
     }
 }
 
-/// The log-end offset (high watermark) of a partition, asked of its leader.
-pub async fn log_end_offset(bootstrap: &str, topic: &str, partition: u32) -> Result<u64, String> {
-    let l = Leaders::load(bootstrap, topic).await?;
+/// An offset of a partition (`spec`: earliest, or latest = its high watermark), asked of its
+/// leader.
+pub async fn leader_offset(
+    leaders: &Leaders,
+    topic: &str,
+    partition: u32,
+    spec: pb::OffsetSpec,
+) -> Result<u64, String> {
     let mut c = sluice_proto::v1::consumer_client::ConsumerClient::new(
-        l.channel_to_leader(partition).await?,
+        leaders.channel_to_leader(partition).await?,
     );
     let r = c
         .list_offsets(pb::ListOffsetsRequest {
             topic: topic.to_string(),
             partition,
-            spec: pb::OffsetSpec::Latest as i32,
+            spec: spec as i32,
             timestamp_ms: 0,
         })
         .await

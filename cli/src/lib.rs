@@ -819,25 +819,10 @@ async fn leader_progress(
 
 /// (log start, high watermark) of a partition, asked of its leader.
 async fn leader_offsets(leaders: &Leaders, topic: &str, partition: u32) -> Option<(u64, u64)> {
-    let c = ConsumerClient::new(leaders.channel_to_leader(partition).await.ok()?);
-    let ask = |spec: pb::OffsetSpec| {
-        let req = pb::ListOffsetsRequest {
-            topic: topic.to_string(),
-            partition,
-            spec: spec as i32,
-            timestamp_ms: 0,
-        };
-        let mut c = c.clone();
-        async move {
-            c.list_offsets(req)
-                .await
-                .ok()
-                .and_then(|r| r.into_inner().offset)
-        }
-    };
-    let start = ask(pb::OffsetSpec::Earliest).await?;
-    let hw = ask(pb::OffsetSpec::Latest).await?;
-    Some((start, hw))
+    use crate::leaders::leader_offset;
+    let start = leader_offset(leaders, topic, partition, pb::OffsetSpec::Earliest).await;
+    let hw = leader_offset(leaders, topic, partition, pb::OffsetSpec::Latest).await;
+    Some((start.ok()?, hw.ok()?))
 }
 
 /// Prints up to `limit` of a partition's records in the chosen format and flushes. Returns how
@@ -1116,9 +1101,19 @@ pub async fn group(args: GroupArgs) -> Result<(), String> {
             // The coordinator knows the log end only of partitions it holds: ask each leader.
             let mut total = 0;
             for p in &mut l.partitions {
-                if let Ok(end) =
-                    crate::leaders::log_end_offset(&args.conn.broker, &p.topic, p.partition).await
-                {
+                let end = match Leaders::load(&args.conn.broker, &p.topic).await {
+                    Ok(l) => {
+                        crate::leaders::leader_offset(
+                            &l,
+                            &p.topic,
+                            p.partition,
+                            pb::OffsetSpec::Latest,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Ok(end) = end {
                     p.log_end_offset = end;
                     p.lag = p.committed_offset.map(|c| end.saturating_sub(c));
                 }

@@ -67,7 +67,9 @@ impl BrokerInternal for InternalService {
         let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(10_000)));
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let (resp, any_data, waits) = crate::replica_fetch::serve(topics, &req);
+            // Reads segment files: off the async workers' hot loop.
+            let (resp, any_data, waits) =
+                tokio::task::block_in_place(|| crate::replica_fetch::serve(topics, &req));
             if any_data || waits.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(Response::new(resp));
             }

@@ -20,9 +20,9 @@ use tokio::sync::Mutex;
 use super::api::{ControllerAnswer, ControllerCall, ControllerFailure, ControllerResponse};
 use super::driver::{ProposeError, QuorumHandle};
 use super::state_machine::{
-    ControllerConfig, ControllerState, Heartbeat, Randomness, RegisterBroker, SeededRandom,
+    ControllerConfig, ControllerError, ControllerState, Heartbeat, RegisterBroker, SeededRandom,
 };
-use crate::metadata::MetadataRecord;
+use crate::metadata::{MetadataImage, MetadataRecord};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ActiveControllerConfig {
@@ -104,102 +104,10 @@ impl ActiveController {
         let image = self.quorum.image();
         let now = self.clock.now_ms();
         let Inner { state, rng, .. } = &mut *inner;
-        let refused = |e| Err(ControllerFailure::Refused(e));
-        let (records, answer) = match call {
-            ControllerCall::RegisterBroker {
-                broker_id,
-                incarnation_id,
-                endpoints,
-                rack,
-            } => {
-                let req = RegisterBroker {
-                    broker_id,
-                    incarnation_id,
-                    endpoints,
-                    rack,
-                };
-                match state.register_broker(&image, &req, now) {
-                    Ok(d) => (d.records, ControllerAnswer::BrokerEpoch(d.reply)),
-                    Err(e) => return self.respond(refused(e), None),
-                }
-            }
-            ControllerCall::Heartbeat {
-                broker_id,
-                broker_epoch,
-                metadata_offset,
-                want_shutdown,
-            } => {
-                let hb = Heartbeat {
-                    broker_id,
-                    broker_epoch,
-                    metadata_offset,
-                    want_shutdown,
-                };
-                match state.heartbeat(&image, &hb, now) {
-                    Ok(d) => (d.records, ControllerAnswer::Heartbeat(d.reply)),
-                    Err(e) => return self.respond(refused(e), None),
-                }
-            }
-            ControllerCall::CreateTopic {
-                name,
-                partitions,
-                replication_factor,
-                configs,
-                validate_only,
-            } => {
-                match state.create_topic(
-                    &image,
-                    &name,
-                    partitions,
-                    replication_factor,
-                    &configs,
-                    rng as &mut dyn Randomness,
-                ) {
-                    Ok(d) => {
-                        let answer = ControllerAnswer::TopicCreated {
-                            topic_id: d.reply,
-                            partitions: partitions as u32,
-                            replication_factor: replication_factor as u32,
-                        };
-                        let records = if validate_only { Vec::new() } else { d.records };
-                        (records, answer)
-                    }
-                    Err(e) => return self.respond(refused(e), None),
-                }
-            }
-            ControllerCall::DeleteTopic { name } => match state.delete_topic(&image, &name) {
-                Ok(d) => (d.records, ControllerAnswer::Done),
-                Err(e) => return self.respond(refused(e), None),
-            },
-            ControllerCall::CreatePartitions {
-                name,
-                count,
-                validate_only,
-            } => match state.create_partitions(&image, &name, count, rng as &mut dyn Randomness) {
-                Ok(d) => {
-                    let records = if validate_only { Vec::new() } else { d.records };
-                    (records, ControllerAnswer::Done)
-                }
-                Err(e) => return self.respond(refused(e), None),
-            },
-            ControllerCall::AlterConfigs {
-                resource,
-                set,
-                delete,
-            } => match state.alter_configs(&image, &resource, &set, &delete) {
-                Ok(d) => (d.records, ControllerAnswer::Done),
-                Err(e) => return self.respond(refused(e), None),
-            },
-            ControllerCall::ImportTopics { broker_id, topics } => {
-                match state.import_topics(&image, broker_id, &topics) {
-                    Ok(d) => (d.records, ControllerAnswer::Imported(d.reply)),
-                    Err(e) => return self.respond(refused(e), None),
-                }
-            }
-            ControllerCall::AlterPartition(req) => match state.alter_partition(&image, &req) {
-                Ok(d) => (d.records, ControllerAnswer::Done),
-                Err(e) => return self.respond(refused(e), None),
-            },
+        let decided = decide(state, rng, &image, now, call);
+        let (records, answer) = match decided {
+            Ok(d) => d,
+            Err(e) => return self.respond(Err(ControllerFailure::Refused(e)), None),
         };
         let result = self.commit(records).await.map(|offset| (answer, offset));
         match result {
@@ -295,4 +203,99 @@ impl ActiveController {
             metadata_offset: offset.unwrap_or_else(|| self.quorum.image().offset),
         }
     }
+}
+
+/// The state machine's decision for one call: the records to commit and the answer.
+fn decide(
+    state: &mut ControllerState,
+    rng: &mut SeededRandom,
+    image: &MetadataImage,
+    now: i64,
+    call: ControllerCall,
+) -> Result<(Vec<MetadataRecord>, ControllerAnswer), ControllerError> {
+    let unless = |validate_only: bool, records: Vec<MetadataRecord>| {
+        if validate_only {
+            Vec::new()
+        } else {
+            records
+        }
+    };
+    Ok(match call {
+        ControllerCall::RegisterBroker {
+            broker_id,
+            incarnation_id,
+            endpoints,
+            rack,
+        } => {
+            let req = RegisterBroker {
+                broker_id,
+                incarnation_id,
+                endpoints,
+                rack,
+            };
+            let d = state.register_broker(image, &req, now)?;
+            (d.records, ControllerAnswer::BrokerEpoch(d.reply))
+        }
+        ControllerCall::Heartbeat {
+            broker_id,
+            broker_epoch,
+            metadata_offset,
+            want_shutdown,
+        } => {
+            let hb = Heartbeat {
+                broker_id,
+                broker_epoch,
+                metadata_offset,
+                want_shutdown,
+            };
+            let d = state.heartbeat(image, &hb, now)?;
+            (d.records, ControllerAnswer::Heartbeat(d.reply))
+        }
+        ControllerCall::CreateTopic {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+            validate_only,
+        } => {
+            let d =
+                state.create_topic(image, &name, partitions, replication_factor, &configs, rng)?;
+            let answer = ControllerAnswer::TopicCreated {
+                topic_id: d.reply,
+                partitions: partitions as u32,
+                replication_factor: replication_factor as u32,
+            };
+            (unless(validate_only, d.records), answer)
+        }
+        ControllerCall::DeleteTopic { name } => (
+            state.delete_topic(image, &name)?.records,
+            ControllerAnswer::Done,
+        ),
+        ControllerCall::CreatePartitions {
+            name,
+            count,
+            validate_only,
+        } => {
+            let d = state.create_partitions(image, &name, count, rng)?;
+            (unless(validate_only, d.records), ControllerAnswer::Done)
+        }
+        ControllerCall::AlterConfigs {
+            resource,
+            set,
+            delete,
+        } => (
+            state
+                .alter_configs(image, &resource, &set, &delete)?
+                .records,
+            ControllerAnswer::Done,
+        ),
+        ControllerCall::ImportTopics { broker_id, topics } => {
+            let d = state.import_topics(image, broker_id, &topics)?;
+            (d.records, ControllerAnswer::Imported(d.reply))
+        }
+        ControllerCall::AlterPartition(req) => (
+            state.alter_partition(image, &req)?.records,
+            ControllerAnswer::Done,
+        ),
+    })
 }
