@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sluice_replication::controller::{
     AlterPartition, ControllerConfig, ControllerError, ControllerState, Heartbeat, Randomness,
-    RegisterBroker, SeededRandom, UNCLEAN_LEADER_ELECTION,
+    Reassignment, RegisterBroker, SeededRandom, UNCLEAN_LEADER_ELECTION,
 };
 use sluice_replication::metadata::{BrokerId, Endpoints, MetadataImage, MetadataRecord, NO_LEADER};
 use uuid::Uuid;
@@ -117,6 +117,50 @@ impl Cluster {
         self.rng = rng;
         self.commit(&d.records);
         Ok(d.reply)
+    }
+
+    /// Reassigns (or with `None` cancels) one partition; the controller's answer for it.
+    fn reassign(
+        &mut self,
+        topic: &str,
+        p: u32,
+        target: Option<Vec<BrokerId>>,
+    ) -> Result<(), ControllerError> {
+        let d = self.ctl.alter_reassignments(
+            &self.image,
+            &[Reassignment {
+                topic: topic.to_string(),
+                partition: p,
+                target,
+            }],
+        );
+        self.commit(&d.records);
+        d.reply.into_iter().next().expect("one reply per request")
+    }
+
+    /// The leader of `topic`-`p` proposes `isr`, with the current epochs.
+    fn propose_isr(
+        &mut self,
+        topic: &str,
+        p: u32,
+        isr: Vec<BrokerId>,
+    ) -> Result<(), ControllerError> {
+        let t = self.image.topic(topic).unwrap();
+        let (tid, reg) = (t.id, t.partitions[&p].clone());
+        let d = self.ctl.alter_partition(
+            &self.image,
+            &AlterPartition {
+                broker_id: reg.leader,
+                broker_epoch: self.image.broker(reg.leader).unwrap().broker_epoch,
+                topic_id: tid,
+                partition: p,
+                leader_epoch: reg.leader_epoch,
+                partition_epoch: reg.partition_epoch,
+                new_isr: isr,
+            },
+        )?;
+        self.commit(&d.records);
+        Ok(())
     }
 
     fn leader(&self, topic: &str, p: u32) -> BrokerId {
@@ -423,6 +467,126 @@ fn a_second_process_cannot_take_a_live_broker_id() {
     assert!(c.register(2, None).unwrap() > old);
 }
 
+#[test]
+fn a_reassignment_adds_catches_up_then_removes_and_moves_leadership() {
+    let mut c = three_brokers();
+    c.create("r", 1, 2).unwrap();
+    let reg = c.image.topic("r").unwrap().partitions[&0].clone();
+    let leader = reg.leader;
+    let other = *reg.replicas.iter().find(|b| **b != leader).unwrap();
+    let fresh = (1..=3).find(|b| !reg.replicas.contains(b)).unwrap();
+    // Move off the leader, onto the broker that has no replica.
+    c.reassign("r", 0, Some(vec![fresh, other])).unwrap();
+    let moving = c.image.topic("r").unwrap().partitions[&0].clone();
+    assert_eq!(moving.replicas, vec![fresh, other, leader]);
+    assert_eq!(moving.adding, vec![fresh]);
+    assert_eq!(moving.removing, vec![leader]);
+    assert_eq!(
+        moving.leader, leader,
+        "leadership stays until the move completes"
+    );
+    assert!(
+        !moving.isr.contains(&fresh),
+        "a new replica starts outside the ISR"
+    );
+    // The leader's ISR expansion with the new replica completes it.
+    let mut isr = moving.isr.clone();
+    isr.push(fresh);
+    c.propose_isr("r", 0, isr).unwrap();
+    let done = c.image.topic("r").unwrap().partitions[&0].clone();
+    assert_eq!(done.replicas, vec![fresh, other]);
+    assert!(done.adding.is_empty() && done.removing.is_empty());
+    assert!(!done.isr.contains(&leader));
+    assert_eq!(
+        done.leader, fresh,
+        "the first target replica in the ISR leads"
+    );
+    assert!(done.leader_epoch > moving.leader_epoch);
+}
+
+#[test]
+fn a_reorder_completes_at_once_and_a_cancel_restores_the_original_replicas() {
+    let mut c = three_brokers();
+    c.create("o", 1, 3).unwrap();
+    let reg = c.image.topic("o").unwrap().partitions[&0].clone();
+    let mut reordered = reg.replicas.clone();
+    reordered.rotate_left(1);
+    c.reassign("o", 0, Some(reordered.clone())).unwrap();
+    let after = c.image.topic("o").unwrap().partitions[&0].clone();
+    assert_eq!(after.replicas, reordered);
+    assert!(after.adding.is_empty() && after.removing.is_empty());
+    assert_eq!(
+        after.leader, reg.leader,
+        "a reorder does not move leadership by itself"
+    );
+
+    c.create("x", 1, 1).unwrap();
+    let reg = c.image.topic("x").unwrap().partitions[&0].clone();
+    let others: Vec<BrokerId> = (1..=3).filter(|b| !reg.replicas.contains(b)).collect();
+    c.reassign("x", 0, Some(others.clone())).unwrap();
+    let moving = c.image.topic("x").unwrap().partitions[&0].clone();
+    assert_eq!(moving.adding, others);
+    // A second reassignment replaces the first, from the original replicas.
+    c.reassign("x", 0, Some(vec![others[0], reg.replicas[0]]))
+        .unwrap();
+    let second = c.image.topic("x").unwrap().partitions[&0].clone();
+    assert_eq!(second.replicas, vec![others[0], reg.replicas[0]]);
+    assert_eq!(second.adding, vec![others[0]]);
+    assert!(second.removing.is_empty());
+    c.reassign("x", 0, None).unwrap();
+    let back = c.image.topic("x").unwrap().partitions[&0].clone();
+    assert_eq!(back.replicas, reg.replicas);
+    assert_eq!(back.isr, reg.isr);
+    assert!(back.adding.is_empty() && back.removing.is_empty());
+    assert_eq!(back.leader, reg.leader);
+    assert!(matches!(
+        c.reassign("x", 0, None),
+        Err(ControllerError::NoReassignmentInProgress(_))
+    ));
+}
+
+#[test]
+fn bad_reassignments_are_refused_per_partition() {
+    let mut c = three_brokers();
+    c.create("b", 2, 1).unwrap();
+    for bad in [vec![], vec![1, 1], vec![1, 9]] {
+        assert!(
+            matches!(
+                c.reassign("b", 0, Some(bad.clone())),
+                Err(ControllerError::InvalidReplicaAssignment(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        c.reassign("b", 7, Some(vec![1])),
+        Err(ControllerError::UnknownTopicOrPartition(_))
+    ));
+    assert!(matches!(
+        c.reassign("nope", 0, Some(vec![1])),
+        Err(ControllerError::UnknownTopicOrPartition(_))
+    ));
+    // One bad request does not stop the good one beside it.
+    let d = c.ctl.alter_reassignments(
+        &c.image,
+        &[
+            Reassignment {
+                topic: "b".into(),
+                partition: 0,
+                target: Some(vec![9]),
+            },
+            Reassignment {
+                topic: "b".into(),
+                partition: 1,
+                target: Some(vec![1, 2, 3]),
+            },
+        ],
+    );
+    assert!(d.reply[0].is_err() && d.reply[1].is_ok());
+    c.commit(&d.records);
+    assert_eq!(c.image.topic("b").unwrap().partitions[&1].replicas.len(), 3);
+}
+
 // ---- seeded randomized run ---------------------------------------------------------------
 
 /// What a run exercised, so the test cannot pass by doing nothing.
@@ -436,6 +600,8 @@ struct Coverage {
     alters_accepted: usize,
     alters_refused: usize,
     topics_created: usize,
+    reassignments_started: usize,
+    reassignments_completed: usize,
 }
 
 impl Coverage {
@@ -450,6 +616,13 @@ impl Coverage {
                     }
                     if c.recovering == Some(true) {
                         self.unclean_elections += 1;
+                    }
+                    match c.adding.as_ref().zip(c.removing.as_ref()) {
+                        Some((a, r)) if a.is_empty() && r.is_empty() => {
+                            self.reassignments_completed += 1
+                        }
+                        Some(_) => self.reassignments_started += 1,
+                        None => {}
                     }
                 }
                 _ => {}
@@ -471,6 +644,25 @@ impl Invariants {
         for (t, p, reg) in image.partitions() {
             let ctx = || format!("seed {seed} step {step} {}-{p}: {reg:?}", t.name);
             assert!(!reg.isr.is_empty(), "empty ISR: {}", ctx());
+            assert!(
+                reg.adding
+                    .iter()
+                    .chain(&reg.removing)
+                    .all(|r| reg.replicas.contains(r))
+                    && reg.adding.iter().all(|r| !reg.removing.contains(r)),
+                "adding/removing outside the replicas or overlapping: {}",
+                ctx()
+            );
+            assert!(
+                reg.adding.is_empty() && reg.removing.is_empty()
+                    || !reg
+                        .replicas
+                        .iter()
+                        .filter(|r| !reg.removing.contains(r))
+                        .all(|r| reg.isr.contains(r)),
+                "a reassignment whose target is all in sync was not completed: {}",
+                ctx()
+            );
             assert!(
                 reg.isr.iter().all(|r| reg.replicas.contains(r)),
                 "ISR outside replicas: {}",
@@ -644,6 +836,31 @@ fn run_seed(seed: u64) -> Coverage {
                     Err(_) => c.coverage.alters_refused += 1,
                 }
             }
+            95..=97 => {
+                // Move a partition to random replicas (sometimes: cancel its move).
+                let parts: Vec<(String, u32)> = c
+                    .image
+                    .partitions()
+                    .map(|(t, p, _)| (t.name.clone(), p))
+                    .collect();
+                if parts.is_empty() {
+                    continue;
+                }
+                let (name, p) = parts[(rng.next_u64() % parts.len() as u64) as usize].clone();
+                let target = if rng.next_u64().is_multiple_of(4) {
+                    None
+                } else {
+                    let n = (rng.next_u64() % brokers as u64) as usize + 1;
+                    let mut all: Vec<BrokerId> = (1..=brokers).collect();
+                    let mut pick = Vec::new();
+                    for _ in 0..n {
+                        let i = (rng.next_u64() % all.len() as u64) as usize;
+                        pick.push(all.swap_remove(i));
+                    }
+                    Some(pick)
+                };
+                let _ = c.reassign(&name, p, target);
+            }
             _ => {
                 let recs = c.ctl.elect_preferred_leaders(&c.image);
                 c.commit(&recs);
@@ -684,6 +901,8 @@ fn seeded_random_sequences_keep_the_invariants() {
         total.alters_accepted += c.alters_accepted;
         total.alters_refused += c.alters_refused;
         total.topics_created += c.topics_created;
+        total.reassignments_started += c.reassignments_started;
+        total.reassignments_completed += c.reassignments_completed;
     }
     eprintln!("{seeds} seeds: {total:?}");
     // Every mechanism was exercised, many times.
@@ -696,6 +915,8 @@ fn seeded_random_sequences_keep_the_invariants() {
         ("accepted AlterPartitions", total.alters_accepted),
         ("refused AlterPartitions", total.alters_refused),
         ("topics", total.topics_created),
+        ("reassignments started", total.reassignments_started),
+        ("reassignments completed", total.reassignments_completed),
     ] {
         assert!(n >= seeds as usize, "only {n} {what} in {seeds} seeds");
     }

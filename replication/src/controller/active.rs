@@ -297,5 +297,9 @@ fn decide(
             state.alter_partition(image, &req)?.records,
             ControllerAnswer::Done,
         ),
+        ControllerCall::AlterReassignments(reqs) => {
+            let d = state.alter_reassignments(image, &reqs);
+            (d.records, ControllerAnswer::Reassignments(d.reply))
+        }
     })
 }

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::state_machine::{AlterPartition, ControllerError, HeartbeatReply, ImportedTopic};
+use super::state_machine::{
+    AlterPartition, ControllerError, HeartbeatReply, ImportedTopic, Reassignment,
+};
 use crate::metadata::{BrokerId, ConfigResource, Endpoints};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +57,7 @@ pub enum ControllerCall {
         topics: Vec<ImportedTopic>,
     },
     AlterPartition(AlterPartition),
+    AlterReassignments(Vec<Reassignment>),
 }
 
 impl ControllerCall {
@@ -69,6 +72,7 @@ impl ControllerCall {
             ControllerCall::AlterConfigs { .. } => "AlterConfigs",
             ControllerCall::ImportTopics { .. } => "ImportTopics",
             ControllerCall::AlterPartition(_) => "AlterPartition",
+            ControllerCall::AlterReassignments(_) => "AlterReassignments",
         }
     }
 }
@@ -83,6 +87,8 @@ pub enum ControllerAnswer {
         replication_factor: u32,
     },
     Imported(Vec<String>),
+    /// One result per requested reassignment, in order.
+    Reassignments(Vec<Result<(), ControllerError>>),
     Done,
 }
 

@@ -22,7 +22,7 @@ pub mod raft_storage;
 pub mod state_machine;
 
 pub use state_machine::{
-    AlterPartition, ControllerConfig, ControllerError, ControllerState, Decision, Heartbeat,
-    HeartbeatReply, ImportedTopic, Randomness, RegisterBroker, SeededRandom,
-    UNCLEAN_LEADER_ELECTION,
+    target_replicas, AlterPartition, ControllerConfig, ControllerError, ControllerState, Decision,
+    Heartbeat, HeartbeatReply, ImportedTopic, Randomness, Reassignment, RegisterBroker,
+    SeededRandom, UNCLEAN_LEADER_ELECTION,
 };

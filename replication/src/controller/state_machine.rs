@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::metadata::image::merge_change;
 use crate::metadata::{
     BrokerId, ConfigResource, Endpoints, MetadataImage, MetadataRecord, PartitionChangeRecord,
     PartitionRecord, PartitionRegistration, RegisterBrokerRecord, NO_LEADER,
@@ -87,6 +88,10 @@ pub enum ControllerError {
     InvalidRequest(String),
     #[error("replica {0} is fenced, shutting down or unknown and cannot join the ISR")]
     IneligibleReplica(BrokerId),
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
+    #[error("no reassignment in progress for {0}")]
+    NoReassignmentInProgress(String),
 }
 
 /// What the controller decided and what to answer.
@@ -134,6 +139,15 @@ pub struct AlterPartition {
     pub leader_epoch: i32,
     pub partition_epoch: i32,
     pub new_isr: Vec<BrokerId>,
+}
+
+/// One partition's reassignment (Kafka's AlterPartitionReassignments): move it to `target`
+/// replicas, or with `None` cancel the reassignment in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reassignment {
+    pub topic: String,
+    pub partition: u32,
+    pub target: Option<Vec<BrokerId>>,
 }
 
 /// A topic a broker held before it joined a cluster.
@@ -326,7 +340,8 @@ impl ControllerState {
                 continue;
             }
             let unclean = unclean_allowed(&after, &t.name);
-            if let Some(change) = elect(&after, t.id, p, reg, None, unclean) {
+            if let Some(mut change) = elect(&after, t.id, p, reg, None, unclean) {
+                complete_after(&after, reg, &mut change);
                 out.push(MetadataRecord::PartitionChange(change));
             }
         }
@@ -591,22 +606,215 @@ impl ControllerState {
                 return Err(ControllerError::IneligibleReplica(*r));
             }
         }
-        let change = PartitionChangeRecord {
+        let mut change = PartitionChangeRecord {
             topic_id: req.topic_id,
             partition: req.partition,
             isr: Some(req.new_isr.clone()),
             recovering: reg.recovering.then_some(false),
             ..Default::default()
         };
+        let mut pending = reg.clone();
+        pending.isr = req.new_isr.clone();
+        // An ISR that now holds every target replica completes a reassignment in progress.
+        complete_reassignment(image, &pending, &mut change);
         let mut after = reg.clone();
-        after.isr = req.new_isr.clone();
-        after.recovering = false;
-        after.partition_epoch += 1;
+        merge_change(&mut after, &change);
         Ok(decision(
             vec![MetadataRecord::PartitionChange(change)],
             after,
         ))
     }
+
+    // ---- reassignment ---------------------------------------------------------------------
+
+    /// Starts, replaces or cancels partition reassignments (KIP-455, as KRaft's
+    /// `ReplicationControlManager.alterPartitionReassignments` does). Each partition is decided
+    /// on the image holding the decisions before it; the reply has one result per request.
+    ///
+    /// Starting: the replicas become `target` followed by the current ones not in it, with
+    /// `adding` = target − current and `removing` = current − target. The new replicas start as
+    /// followers outside the ISR; once the ISR holds every target replica, the next
+    /// AlterPartition (or this call, if that is already so) completes the move: replicas =
+    /// target, the removed ones leave the ISR, and leadership moves to a target replica if the
+    /// leader was removed. A new reassignment of a partition already moving starts from its
+    /// original replicas; cancelling returns to them.
+    pub fn alter_reassignments(
+        &self,
+        image: &MetadataImage,
+        reqs: &[Reassignment],
+    ) -> Decision<Vec<Result<(), ControllerError>>> {
+        let mut scratch = image.clone();
+        let mut records = Vec::new();
+        let mut replies = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            match reassign_one(&scratch, r) {
+                Ok(change) => {
+                    let recs = vec![MetadataRecord::PartitionChange(change)];
+                    apply_all(&mut scratch, &recs);
+                    records.extend(recs);
+                    replies.push(Ok(()));
+                }
+                Err(e) => replies.push(Err(e)),
+            }
+        }
+        decision(records, replies)
+    }
+}
+
+/// The replicas a partition had before its reassignment in progress (all of them if none).
+fn original_replicas(reg: &PartitionRegistration) -> Vec<BrokerId> {
+    reg.replicas
+        .iter()
+        .copied()
+        .filter(|r| !reg.adding.contains(r))
+        .collect()
+}
+
+/// The replicas a partition is moving to (all of them if no reassignment is in progress).
+pub fn target_replicas(reg: &PartitionRegistration) -> Vec<BrokerId> {
+    reg.replicas
+        .iter()
+        .copied()
+        .filter(|r| !reg.removing.contains(r))
+        .collect()
+}
+
+fn reassign_one(
+    image: &MetadataImage,
+    r: &Reassignment,
+) -> Result<PartitionChangeRecord, ControllerError> {
+    let name = format!("{}-{}", r.topic, r.partition);
+    let t = image
+        .topic(&r.topic)
+        .ok_or_else(|| ControllerError::UnknownTopicOrPartition(name.clone()))?;
+    let reg = t
+        .partitions
+        .get(&r.partition)
+        .ok_or_else(|| ControllerError::UnknownTopicOrPartition(name.clone()))?;
+    let moving = !reg.adding.is_empty() || !reg.removing.is_empty();
+    let original = original_replicas(reg);
+    let target = match &r.target {
+        None if !moving => return Err(ControllerError::NoReassignmentInProgress(name)),
+        None => original.clone(),
+        Some(target) => {
+            let unique: BTreeSet<BrokerId> = target.iter().copied().collect();
+            if target.is_empty() || unique.len() != target.len() {
+                return Err(ControllerError::InvalidReplicaAssignment(format!(
+                    "{name}: replicas {target:?} must be distinct and at least one"
+                )));
+            }
+            if let Some(b) = target.iter().find(|b| image.broker(**b).is_none()) {
+                return Err(ControllerError::InvalidReplicaAssignment(format!(
+                    "{name}: broker {b} is not registered"
+                )));
+            }
+            target.clone()
+        }
+    };
+    // Replicas: the target first (its order is the new preference), then those leaving.
+    let mut replicas = target.clone();
+    replicas.extend(original.iter().copied().filter(|b| !target.contains(b)));
+    let adding: Vec<BrokerId> = target
+        .iter()
+        .copied()
+        .filter(|b| !original.contains(b))
+        .collect();
+    let removing: Vec<BrokerId> = original
+        .iter()
+        .copied()
+        .filter(|b| !target.contains(b))
+        .collect();
+    let isr: Vec<BrokerId> = reg
+        .isr
+        .iter()
+        .copied()
+        .filter(|b| replicas.contains(b))
+        .collect();
+    if isr.is_empty() {
+        return Err(ControllerError::InvalidReplicaAssignment(format!(
+            "{name}: no in-sync replica would remain (ISR {:?})",
+            reg.isr
+        )));
+    }
+    let mut change = PartitionChangeRecord {
+        topic_id: t.id,
+        partition: r.partition,
+        replicas: Some(replicas.clone()),
+        adding: Some(adding.clone()),
+        removing: Some(removing.clone()),
+        ..Default::default()
+    };
+    if isr != reg.isr {
+        change.isr = Some(isr.clone());
+    }
+    let mut after = reg.clone();
+    after.replicas = replicas;
+    after.isr = isr;
+    after.adding = adding;
+    after.removing = removing;
+    if reg.has_leader() && !after.isr.contains(&reg.leader) {
+        // The leader was an added replica of the reassignment being replaced.
+        after.leader = NO_LEADER;
+        change.leader = Some(
+            after
+                .replicas
+                .iter()
+                .copied()
+                .find(|b| after.isr.contains(b) && image.is_usable(*b))
+                .unwrap_or(NO_LEADER),
+        );
+    }
+    complete_reassignment(image, &after, &mut change);
+    Ok(change)
+}
+
+/// Extends a change to `reg` (an election, an ISR shrink) to complete its reassignment if the
+/// change leaves every target replica in sync (an unclean election of the only target replica).
+fn complete_after(
+    image: &MetadataImage,
+    reg: &PartitionRegistration,
+    change: &mut PartitionChangeRecord,
+) {
+    let mut after = reg.clone();
+    merge_change(&mut after, change);
+    complete_reassignment(image, &after, change);
+}
+
+/// If `after` (a partition's registration with `change` applied) is moving and its ISR holds
+/// every target replica, extends `change` to finish the move.
+fn complete_reassignment(
+    image: &MetadataImage,
+    after: &PartitionRegistration,
+    change: &mut PartitionChangeRecord,
+) {
+    if after.adding.is_empty() && after.removing.is_empty() {
+        return;
+    }
+    let target = target_replicas(after);
+    if !target.iter().all(|b| after.isr.contains(b)) {
+        return;
+    }
+    let isr: Vec<BrokerId> = after
+        .isr
+        .iter()
+        .copied()
+        .filter(|b| target.contains(b))
+        .collect();
+    let leader = change.leader.unwrap_or(after.leader);
+    if !target.contains(&leader) {
+        // The leader is leaving: the first target replica in the ISR that can lead takes over.
+        change.leader = Some(
+            target
+                .iter()
+                .copied()
+                .find(|b| isr.contains(b) && image.is_usable(*b))
+                .unwrap_or(NO_LEADER),
+        );
+    }
+    change.replicas = Some(target);
+    change.isr = Some(isr);
+    change.adding = Some(Vec::new());
+    change.removing = Some(Vec::new());
 }
 
 /// The broker's registration, if `epoch` is its current one (requests from an older incarnation
@@ -685,6 +893,7 @@ fn remove_from_isrs(image: &MetadataImage, broker: BrokerId) -> Vec<MetadataReco
             }
         }
         if change.isr.is_some() || change.leader.is_some() {
+            complete_after(image, reg, &mut change);
             out.push(MetadataRecord::PartitionChange(change));
         }
     }
@@ -711,7 +920,13 @@ fn elect(
         });
     }
     if unclean {
-        if let Some(l) = reg.replicas.iter().find(|r| ok(r)) {
+        // A replica still being added may hold nothing yet: the last resort even here.
+        let by_data = reg
+            .replicas
+            .iter()
+            .filter(|r| !reg.adding.contains(r))
+            .chain(reg.adding.iter());
+        if let Some(l) = by_data.copied().find(|r| ok(r)).as_ref() {
             return Some(PartitionChangeRecord {
                 topic_id,
                 partition,

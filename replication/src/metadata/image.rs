@@ -264,7 +264,7 @@ impl MetadataImage {
                         topic_id: c.topic_id,
                         partition: c.partition,
                     })?;
-                merge(reg, c);
+                merge_change(reg, c);
                 vec![MetadataChange::Partition {
                     topic_id: c.topic_id,
                     partition: c.partition,
@@ -343,7 +343,7 @@ fn registration(p: &PartitionRecord) -> PartitionRegistration {
 
 /// Kafka's `PartitionRegistration.merge`: setting the leader bumps the leader epoch; any change
 /// bumps the partition epoch.
-fn merge(reg: &mut PartitionRegistration, c: &PartitionChangeRecord) {
+pub(crate) fn merge_change(reg: &mut PartitionRegistration, c: &PartitionChangeRecord) {
     if let Some(l) = c.leader {
         reg.leader = l;
         reg.leader_epoch += 1;
