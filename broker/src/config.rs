@@ -84,6 +84,12 @@ pub struct BrokerConfig {
     /// How long a leader holds a follower's fetch that finds nothing new (Kafka
     /// `replica.fetch.wait.max.ms`).
     pub replica_fetch_wait_max_ms: u32,
+    /// Bytes per second a leader sends to replicas a reassignment is adding, while they are out
+    /// of sync (Kafka `leader.replication.throttled.rate`, applied to the moving replicas as
+    /// `kafka-reassign-partitions --throttle` does); 0 = unlimited. The cluster-wide dynamic
+    /// config `leader.replication.throttled.rate` (set by `sluice topic reassign --throttle`)
+    /// overrides it.
+    pub leader_replication_throttled_rate: u64,
     /// Partitions of a topic created without a count (Kafka `num.partitions`).
     pub num_partitions: u32,
     /// Replication factor of a topic created without one (Kafka `default.replication.factor`).
@@ -151,6 +157,7 @@ impl Default for BrokerConfig {
             replica_fetch_max_bytes: 1 << 20,
             replica_fetch_response_max_bytes: 10 << 20,
             replica_fetch_wait_max_ms: 500,
+            leader_replication_throttled_rate: 0,
             num_partitions: 1,
             default_replication_factor: 1,
             max_request_bytes: 100 << 20,

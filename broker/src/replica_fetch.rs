@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_log::Clock;
 use sluice_proto::internal::v1::broker_internal_client::BrokerInternalClient;
 use sluice_proto::internal::v1::{
     ReplicaFetchPartition, ReplicaFetchPartitionData, ReplicaFetchRequest, ReplicaFetchResponse,
@@ -28,6 +29,7 @@ use sluice_proto::internal::v1::{
 use sluice_replication::controller::api::ControllerCall;
 use sluice_replication::controller::driver::QuorumHandle;
 use sluice_replication::controller::AlterPartition;
+use sluice_replication::metadata::{ConfigResource, MetadataImage};
 use sluice_replication::{Partition, PartitionError};
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -56,6 +58,76 @@ pub struct ReplicaSettings {
     pub lag_time_max_ms: i64,
 }
 
+/// The dynamic (cluster-wide or per-broker) config that overrides
+/// `leader_replication_throttled_rate`.
+pub const THROTTLED_RATE_CONFIG: &str = "leader.replication.throttled.rate";
+
+/// The leader's bandwidth bound for reassignment traffic: a token bucket of `rate` bytes per
+/// second (one second of burst) shared by every fetch of a throttled replica
+/// ([`Partition::is_throttled_follower`]). Kafka's `ReplicationQuotaManager` bounds the same
+/// traffic: once over quota, throttled partitions are left out of the response and the follower
+/// asks again, while in-sync followers (and so acks=all) are never held back.
+pub struct ReplicationThrottle {
+    clock: Arc<dyn Clock>,
+    bucket: std::sync::Mutex<Bucket>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last_ms: i64,
+}
+
+impl ReplicationThrottle {
+    pub fn new(clock: Arc<dyn Clock>) -> ReplicationThrottle {
+        let now = clock.now_ms();
+        ReplicationThrottle {
+            clock,
+            bucket: std::sync::Mutex::new(Bucket {
+                tokens: 0.0,
+                last_ms: now,
+            }),
+        }
+    }
+
+    /// Bytes throttled replicas may take now at `rate` bytes/s (0 = unlimited); `None` while the
+    /// bucket is empty. A read may overdraw by one batch (the first is always whole); the
+    /// overdraft is paid back before the next.
+    fn allowance(&self, rate: u64) -> Option<usize> {
+        if rate == 0 {
+            return Some(usize::MAX);
+        }
+        let now = self.clock.now_ms();
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = (now - b.last_ms).max(0) as f64 / 1000.0;
+        b.tokens = (b.tokens + elapsed * rate as f64).min(rate as f64);
+        b.last_ms = now;
+        (b.tokens >= 1.0).then_some(b.tokens as usize)
+    }
+
+    fn spend(&self, rate: u64, bytes: usize) {
+        if rate == 0 {
+            return;
+        }
+        self.bucket.lock().unwrap_or_else(|e| e.into_inner()).tokens -= bytes as f64;
+    }
+}
+
+/// The throttle rate in force: the image's per-broker, then cluster-wide dynamic config, then
+/// the static `leader_replication_throttled_rate`.
+pub fn throttled_rate(image: &MetadataImage, me: i32, static_rate: u64) -> u64 {
+    [Some(me), None]
+        .into_iter()
+        .find_map(|b| {
+            image
+                .configs
+                .get(&ConfigResource::Broker(b))
+                .and_then(|c| c.get(THROTTLED_RATE_CONFIG))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(static_rate)
+}
+
 fn kafka_code(e: &PartitionError) -> i32 {
     i32::from(crate::kafka::produce::partition_error_code(e))
 }
@@ -65,6 +137,8 @@ fn kafka_code(e: &PartitionError) -> i32 {
 /// past — for the caller's long poll.
 pub fn serve(
     topics: &TopicManager,
+    throttle: &ReplicationThrottle,
+    rate: u64,
     req: &ReplicaFetchRequest,
 ) -> (ReplicaFetchResponse, bool, Vec<(Arc<Partition>, u64)>) {
     let mut out = Vec::with_capacity(req.partitions.len());
@@ -91,7 +165,23 @@ pub fn serve(
             out.push(d);
             continue;
         };
-        let max = (p.max_bytes.max(1) as usize).min(budget);
+        let mut max = (p.max_bytes.max(1) as usize).min(budget);
+        let throttled = part.is_throttled_follower(req.replica_id);
+        if throttled {
+            match throttle.allowance(rate) {
+                Some(allowed) => max = max.min(allowed.max(1)),
+                None => {
+                    // Over quota: no records for this replica now (the offsets it is told are
+                    // current); it asks again after the long poll.
+                    d.high_watermark = part.high_watermark();
+                    d.log_start_offset = part.log().log_start_offset();
+                    d.log_end_offset = part.log().log_end_offset();
+                    waits.push((part.clone(), u64::MAX));
+                    out.push(d);
+                    continue;
+                }
+            }
+        }
         match part.fetch_for_follower(
             req.replica_id,
             p.fetch_offset,
@@ -115,6 +205,9 @@ pub fn serve(
                     }
                 } else {
                     budget = budget.saturating_sub(f.records.len());
+                    if throttled {
+                        throttle.spend(rate, f.records.len());
+                    }
                     eventful = true;
                 }
                 d.records = f.records;

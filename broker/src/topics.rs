@@ -287,6 +287,7 @@ impl TopicManager {
                     partition_epoch: reg.partition_epoch,
                     replicas: reg.replicas.clone(),
                     isr: reg.isr.clone(),
+                    adding: reg.adding.clone(),
                 });
                 partitions.insert(*index, part);
             }
@@ -476,6 +477,10 @@ impl TopicManager {
                 tracing::error!(topic = %t.name, partition = p.index(), error = %e, "compaction failed");
             }
         }
+    }
+
+    pub fn config(&self) -> &Arc<BrokerConfig> {
+        &self.config
     }
 
     /// The data directory's write health.

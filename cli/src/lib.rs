@@ -106,6 +106,32 @@ pub enum TopicCommand {
         #[arg(long = "delete-config")]
         delete: Vec<String>,
     },
+    /// Move partitions to other brokers: new replicas copy the data and join the ISR, then the
+    /// old ones are removed and their data deleted (Kafka's kafka-reassign-partitions).
+    Reassign {
+        name: String,
+        /// The partition to move (repeatable) [default: every partition of the topic].
+        #[arg(long = "partition")]
+        partitions: Vec<u32>,
+        /// Target broker ids, preferred leader first: --replicas 2,3,4.
+        #[arg(long, value_delimiter = ',', required_unless_present = "cancel")]
+        replicas: Vec<i32>,
+        /// Cancel the reassignment in progress instead (back to the original replicas).
+        #[arg(long, conflicts_with = "replicas")]
+        cancel: bool,
+        /// Bound the copy traffic to the new replicas, bytes/s, cluster-wide
+        /// (`leader.replication.throttled.rate`); removed again by --wait once done.
+        #[arg(long)]
+        throttle: Option<u64>,
+        /// Wait until the move is complete (then remove the throttle).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// List reassignments in progress (of one topic, or all).
+    Reassignments { name: Option<String> },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -273,6 +299,7 @@ fn print_description(d: &pb::TopicDescription, output: Output) {
                 "partition": p.partition, "leader": p.leader, "replicas": p.replicas, "isr": p.isr,
                 "log_start_offset": p.log_start_offset, "log_end_offset": p.log_end_offset,
                 "high_watermark": p.high_watermark, "size_bytes": p.size_bytes,
+                "adding": p.adding, "removing": p.removing, "leader_epoch": p.leader_epoch,
             })).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -291,7 +318,14 @@ fn print_description(d: &pb::TopicDescription, output: Output) {
             vec![
                 p.partition.to_string(),
                 p.leader.to_string(),
-                format!("{:?}", p.replicas),
+                if p.adding.is_empty() && p.removing.is_empty() {
+                    format!("{:?}", p.replicas)
+                } else {
+                    format!(
+                        "{:?} (adding {:?}, removing {:?})",
+                        p.replicas, p.adding, p.removing
+                    )
+                },
                 format!("{:?}", p.isr),
                 p.log_start_offset.to_string(),
                 p.log_end_offset.to_string(),
@@ -422,6 +456,40 @@ async fn topic(args: TopicArgs) -> Result<(), String> {
                 println!("Deleted topic {name}.");
             }
         }
+        TopicCommand::Reassign {
+            name,
+            partitions,
+            replicas,
+            cancel,
+            throttle,
+            wait,
+            timeout_secs,
+        } => {
+            reassign(
+                &mut c,
+                Reassign {
+                    topic: name,
+                    partitions,
+                    replicas,
+                    cancel,
+                    throttle,
+                    wait,
+                    timeout: std::time::Duration::from_secs(timeout_secs),
+                },
+                output,
+            )
+            .await?;
+        }
+        TopicCommand::Reassignments { name } => {
+            let r = c
+                .list_partition_reassignments(pb::ListPartitionReassignmentsRequest {
+                    topics: name.into_iter().collect(),
+                })
+                .await
+                .map_err(status_message)?
+                .into_inner();
+            print_reassignments(&r.reassignments, output);
+        }
         TopicCommand::Alter {
             name,
             configs,
@@ -445,6 +513,155 @@ async fn topic(args: TopicArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+// ---- reassign ---------------------------------------------------------------------------------
+
+struct Reassign {
+    topic: String,
+    partitions: Vec<u32>,
+    replicas: Vec<i32>,
+    cancel: bool,
+    throttle: Option<u64>,
+    wait: bool,
+    timeout: std::time::Duration,
+}
+
+async fn reassign(c: &mut AdminClient<Channel>, r: Reassign, output: Output) -> Result<(), String> {
+    let partitions = if r.partitions.is_empty() {
+        let d = c
+            .describe_topic(pb::DescribeTopicRequest {
+                name: r.topic.clone(),
+            })
+            .await
+            .map_err(status_message)?
+            .into_inner();
+        d.topic
+            .map(|t| t.partitions.iter().map(|p| p.partition).collect())
+            .unwrap_or_default()
+    } else {
+        r.partitions.clone()
+    };
+    let resp = c
+        .alter_partition_reassignments(pb::AlterPartitionReassignmentsRequest {
+            reassignments: partitions
+                .iter()
+                .map(|p| pb::PartitionReassignment {
+                    topic: r.topic.clone(),
+                    partition: *p,
+                    replicas: r.replicas.clone(),
+                    cancel: r.cancel,
+                })
+                .collect(),
+            throttle_bytes_per_sec: r.throttle,
+        })
+        .await
+        .map_err(status_message)?
+        .into_inner();
+    let failed: Vec<String> = resp
+        .results
+        .iter()
+        .filter(|x| x.code != 0)
+        .map(|x| format!("{}-{}: {}", x.topic, x.partition, x.message))
+        .collect();
+    if output == Output::Json && !r.wait {
+        let v: Vec<_> = resp
+            .results
+            .iter()
+            .map(|x| serde_json::json!({"topic": x.topic, "partition": x.partition, "code": x.code, "message": x.message}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else if output == Output::Table {
+        for x in resp.results.iter().filter(|x| x.code == 0) {
+            println!(
+                "{} {}-{}.",
+                if r.cancel {
+                    "Cancelled the move of"
+                } else {
+                    "Moving"
+                },
+                x.topic,
+                x.partition
+            );
+        }
+    }
+    if !failed.is_empty() {
+        return Err(failed.join("\n"));
+    }
+    if !r.wait {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + r.timeout;
+    loop {
+        let ongoing = c
+            .list_partition_reassignments(pb::ListPartitionReassignmentsRequest {
+                topics: vec![r.topic.clone()],
+            })
+            .await
+            .map_err(status_message)?
+            .into_inner()
+            .reassignments;
+        let moving: Vec<_> = ongoing
+            .into_iter()
+            .filter(|o| partitions.contains(&o.partition))
+            .collect();
+        if moving.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            print_reassignments(&moving, output);
+            return Err(format!(
+                "still moving after {} s (the throttle stays in force)",
+                r.timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    if r.throttle.is_some() {
+        // Done: the throttle goes, as kafka-reassign-partitions --verify removes it.
+        c.alter_partition_reassignments(pb::AlterPartitionReassignmentsRequest {
+            reassignments: Vec::new(),
+            throttle_bytes_per_sec: Some(0),
+        })
+        .await
+        .map_err(status_message)?;
+    }
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::json!({"topic": r.topic, "partitions": partitions, "complete": true})
+        );
+    } else {
+        println!("Reassignment of {} complete.", r.topic);
+    }
+    Ok(())
+}
+
+fn print_reassignments(list: &[pb::OngoingReassignment], output: Output) {
+    if output == Output::Json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|o| serde_json::json!({"topic": o.topic, "partition": o.partition, "replicas": o.replicas, "adding": o.adding, "removing": o.removing}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|o| {
+            vec![
+                o.topic.clone(),
+                o.partition.to_string(),
+                format!("{:?}", o.replicas),
+                format!("{:?}", o.adding),
+                format!("{:?}", o.removing),
+            ]
+        })
+        .collect();
+    print_table(
+        &["TOPIC", "PARTITION", "REPLICAS", "ADDING", "REMOVING"],
+        &rows,
+    );
 }
 
 // ---- produce ----------------------------------------------------------------------------------

@@ -116,6 +116,8 @@ pub struct ReplicaState {
     pub partition_epoch: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
+    /// Replicas a reassignment is adding (their copy traffic may be throttled).
+    pub adding: Vec<i32>,
 }
 
 impl ReplicaState {
@@ -127,6 +129,7 @@ impl ReplicaState {
             partition_epoch: 0,
             replicas: vec![broker],
             isr: vec![broker],
+            adding: Vec::new(),
         }
     }
 }
@@ -256,6 +259,10 @@ impl Partition {
         *cur = state;
         let replicas = cur.replicas.clone();
         drop(cur);
+        if !new_leadership && leads {
+            // A reassignment changed the replicas: forget the progress of those that left.
+            self.followers().retain(|r, _| replicas.contains(r));
+        }
         if new_leadership {
             let mut f = self.followers();
             f.clear();
@@ -485,6 +492,13 @@ impl Partition {
         Ok(answer(data, None))
     }
 
+    /// Whether `replica`'s fetches are reassignment traffic (Kafka throttles a replica being
+    /// added while it is out of sync; an in-sync follower never is).
+    pub fn is_throttled_follower(&self, replica: i32) -> bool {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        st.adding.contains(&replica) && !st.isr.contains(&replica)
+    }
+
     /// The ISR this leader should propose (AlterPartition), if it should change: followers not
     /// caught up for `lag_max_ms` leave; replicas that have caught up with the HW (and the
     /// leader's current epoch) come back. `None` when nothing changes or this replica does not
@@ -664,6 +678,23 @@ impl Partition {
         })
     }
 
+    /// Kafka's OffsetForLeaderEpoch for a client, from the leader (`LeaderEpochFileCache
+    /// .endOffsetFor`): the largest epoch ≤ `epoch` this log has and the offset where it ends —
+    /// the log end for the latest epoch. An epoch newer than the latest, or -1, is unknown
+    /// (`None`); one older than every entry ends where the log's first epoch starts.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Result<Option<(i32, u64)>, PartitionError> {
+        self.check_leader()?;
+        let entries = self.log.epoch_entries();
+        let latest = entries.last().map(|e| e.epoch);
+        if epoch < 0 || latest.is_none_or(|l| epoch > l) {
+            return Ok(None);
+        }
+        Ok(match self.log.end_offset_for_epoch(epoch) {
+            Some(found) => Some(found),
+            None => entries.first().map(|first| (epoch, first.start_offset)),
+        })
+    }
+
     /// Waits until the HW passes `offset` or `timeout` elapses. Returns true if it did.
     pub async fn wait_for_data(&self, offset: u64, timeout: Duration) -> bool {
         let mut rx = self.hw_tx.subscribe();
@@ -779,6 +810,7 @@ mod tests {
 
     fn led_by(leader: i32, epoch: i32, isr: Vec<i32>) -> ReplicaState {
         ReplicaState {
+            adding: Vec::new(),
             leader,
             leader_epoch: epoch,
             partition_epoch: epoch,

@@ -85,6 +85,7 @@ fn values(p: &Partition, upto: u64) -> BTreeMap<u64, String> {
 impl Sim {
     fn state(&self) -> ReplicaState {
         ReplicaState {
+            adding: Vec::new(),
             leader: self.leader,
             leader_epoch: self.epoch,
             partition_epoch: self.epoch,

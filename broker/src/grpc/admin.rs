@@ -5,8 +5,11 @@ use std::sync::Arc;
 use sluice_proto::v1::{self as pb, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
+use sluice_replication::controller::Reassignment;
 use sluice_replication::metadata::MetadataImage;
 
+use super::status;
+use crate::requests::admin::ongoing_reassignments;
 use crate::topics::TopicManager;
 
 pub struct AdminService {
@@ -36,7 +39,7 @@ pub fn describe(
             .partitions
             .values()
             .next()
-            .map_or(1, |p| p.replicas.len() as u32),
+            .map_or(1, |p| (p.replicas.len() - p.removing.len()) as u32),
         partitions: t
             .partitions
             .iter()
@@ -51,6 +54,9 @@ pub fn describe(
                     log_end_offset: replica.map_or(0, |p| p.log().log_end_offset()),
                     high_watermark: replica.map_or(0, |p| p.high_watermark()),
                     size_bytes: replica.map_or(0, |p| p.log().size_bytes()),
+                    adding: reg.adding.clone(),
+                    removing: reg.removing.clone(),
+                    leader_epoch: reg.leader_epoch,
                 }
             })
             .collect(),
@@ -173,7 +179,7 @@ impl Admin for AdminService {
                     .partitions
                     .values()
                     .next()
-                    .map_or(1, |p| p.replicas.len() as u32),
+                    .map_or(1, |p| (p.replicas.len() - p.removing.len()) as u32),
             })
             .collect();
         Ok(Response::new(pb::ListTopicsResponse { topics }))
@@ -186,6 +192,79 @@ impl Admin for AdminService {
         let name = req.into_inner().name;
         Ok(Response::new(pb::DescribeTopicResponse {
             topic: Some(self.describe(&name)?),
+        }))
+    }
+
+    async fn alter_partition_reassignments(
+        &self,
+        req: Request<pb::AlterPartitionReassignmentsRequest>,
+    ) -> Result<Response<pb::AlterPartitionReassignmentsResponse>, Status> {
+        let req = req.into_inner();
+        if let Some(rate) = req.throttle_bytes_per_sec {
+            let value = (rate > 0).then(|| rate.to_string());
+            self.admin
+                .alter_broker_configs(
+                    None,
+                    [(
+                        crate::replica_fetch::THROTTLED_RATE_CONFIG.to_string(),
+                        value,
+                    )]
+                    .into(),
+                )
+                .await?;
+        }
+        let items = req.reassignments;
+        let calls = items
+            .iter()
+            .map(|r| Reassignment {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                target: (!r.cancel).then(|| r.replicas.clone()),
+            })
+            .collect();
+        let answers = self.admin.alter_reassignments(calls).await?;
+        let results = items
+            .into_iter()
+            .zip(answers)
+            .map(|(r, a)| {
+                let (code, message) = match a {
+                    Ok(()) => (0, String::new()),
+                    Err(e) => {
+                        let st = status::from_controller_error(e);
+                        (st.code() as i32, st.message().to_string())
+                    }
+                };
+                pb::ReassignmentResult {
+                    topic: r.topic,
+                    partition: r.partition,
+                    code,
+                    message,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::AlterPartitionReassignmentsResponse {
+            results,
+        }))
+    }
+
+    async fn list_partition_reassignments(
+        &self,
+        req: Request<pb::ListPartitionReassignmentsRequest>,
+    ) -> Result<Response<pb::ListPartitionReassignmentsResponse>, Status> {
+        let topics = req.into_inner().topics;
+        let reassignments = ongoing_reassignments(&self.quorum.image(), None)
+            .into_iter()
+            .filter(|r| topics.is_empty() || topics.contains(&r.topic))
+            .map(|r| pb::OngoingReassignment {
+                topic: r.topic,
+                partition: r.partition,
+                replicas: r.replicas,
+                adding: r.adding,
+                removing: r.removing,
+            })
+            .collect();
+        Ok(Response::new(pb::ListPartitionReassignmentsResponse {
+            reassignments,
         }))
     }
 

@@ -32,6 +32,8 @@ pub struct InternalService {
     pub controller: Arc<ActiveController>,
     /// This broker's replicas (for followers' fetches); `None` in quorum-only tests.
     pub topics: Option<Arc<crate::topics::TopicManager>>,
+    /// Bounds reassignment traffic to followers being added.
+    pub throttle: crate::replica_fetch::ReplicationThrottle,
 }
 
 #[tonic::async_trait]
@@ -68,8 +70,14 @@ impl BrokerInternal for InternalService {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Reads segment files: off the async workers' hot loop.
-            let (resp, any_data, waits) =
-                tokio::task::block_in_place(|| crate::replica_fetch::serve(topics, &req));
+            let rate = crate::replica_fetch::throttled_rate(
+                &self.quorum.image(),
+                topics.config().node_id,
+                topics.config().leader_replication_throttled_rate,
+            );
+            let (resp, any_data, waits) = tokio::task::block_in_place(|| {
+                crate::replica_fetch::serve(topics, &self.throttle, rate, &req)
+            });
             if any_data || waits.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(Response::new(resp));
             }
@@ -109,6 +117,9 @@ pub fn server(
         quorum,
         controller,
         topics,
+        throttle: crate::replica_fetch::ReplicationThrottle::new(Arc::new(
+            sluice_log::MonotonicClock::default(),
+        )),
     })
     .max_decoding_message_size(256 << 20)
     .max_encoding_message_size(256 << 20)

@@ -8,6 +8,11 @@ use tonic::{Code, Status};
 
 use crate::topics::TopicError;
 
+/// A controller's refusal of one item of a batch call (a reassignment), as a status.
+pub fn from_controller_error(e: ControllerError) -> Status {
+    from_topic_error(TopicError::Controller(ControllerFailure::Refused(e)))
+}
+
 pub fn from_topic_error(e: TopicError) -> Status {
     let code = match &e {
         TopicError::UnknownTopic(_) | TopicError::UnknownPartition { .. } => Code::NotFound,
@@ -28,7 +33,8 @@ pub fn from_topic_error(e: TopicError) -> Status {
                 ControllerError::UnknownTopicOrPartition(_) => Code::NotFound,
                 ControllerError::InvalidPartitions(_)
                 | ControllerError::InvalidReplicationFactor { .. }
-                | ControllerError::InvalidRequest(_) => Code::InvalidArgument,
+                | ControllerError::InvalidRequest(_)
+                | ControllerError::InvalidReplicaAssignment(_) => Code::InvalidArgument,
                 _ => Code::FailedPrecondition,
             },
         },

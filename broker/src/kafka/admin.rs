@@ -37,7 +37,9 @@ use super::{err, frame::encode_response, Ctx};
 use sluice_replication::controller::api::ControllerFailure;
 use sluice_replication::controller::ControllerError;
 
+use crate::requests::admin::DYNAMIC_BROKER_CONFIGS;
 use crate::topics::TopicError;
+use sluice_replication::metadata::ConfigResource;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -274,10 +276,14 @@ pub fn describe_configs(
                             .with_error_message(Some(s(e.to_string())));
                     }
                 },
-                RESOURCE_BROKER => broker_configs(ctx)
-                    .into_iter()
-                    .map(|(k, v)| (k, v, SOURCE_STATIC_BROKER))
-                    .collect(),
+                RESOURCE_BROKER => {
+                    let mut entries: Vec<(String, String, i8)> = broker_configs(ctx)
+                        .into_iter()
+                        .map(|(k, v)| (k, v, SOURCE_STATIC_BROKER))
+                        .collect();
+                    entries.extend(dynamic_broker_configs(ctx, &res.resource_name));
+                    entries
+                }
                 other => {
                     return r
                         .with_error_code(err(ResponseError::InvalidRequest))
@@ -291,11 +297,13 @@ pub fn describe_configs(
                     .into_iter()
                     .filter(|(k, _, _)| wanted(k))
                     .map(|(k, v, src)| {
+                        let read_only = res.resource_type == RESOURCE_BROKER
+                            && !DYNAMIC_BROKER_CONFIGS.contains(&k.as_str());
                         DescribeConfigsResourceResult::default()
                             .with_name(s(k))
                             .with_value(Some(s(v)))
                             .with_config_source(src)
-                            .with_read_only(res.resource_type == RESOURCE_BROKER)
+                            .with_read_only(read_only)
                     })
                     .collect(),
             )
@@ -308,6 +316,67 @@ pub fn describe_configs(
     )
 }
 
+/// The dynamic broker configs in force for the broker resource `name` ("" = the cluster
+/// default), with Kafka's config source: this broker's, the cluster default, or the static one.
+fn dynamic_broker_configs(ctx: &Ctx, name: &str) -> Vec<(String, String, i8)> {
+    const SOURCE_DYNAMIC_BROKER: i8 = 2;
+    const SOURCE_DYNAMIC_DEFAULT_BROKER: i8 = 3;
+    let image = ctx.quorum.image();
+    let get = |b: Option<i32>, k: &str| {
+        image
+            .configs
+            .get(&ConfigResource::Broker(b))
+            .and_then(|c| c.get(k).cloned())
+    };
+    let id = name.parse::<i32>().ok();
+    DYNAMIC_BROKER_CONFIGS
+        .iter()
+        .map(|k| {
+            let (v, src) = match (id.and_then(|i| get(Some(i), k)), get(None, k)) {
+                (Some(v), _) => (v, SOURCE_DYNAMIC_BROKER),
+                (None, Some(v)) => (v, SOURCE_DYNAMIC_DEFAULT_BROKER),
+                (None, None) => (
+                    ctx.config.leader_replication_throttled_rate.to_string(),
+                    SOURCE_STATIC_BROKER,
+                ),
+            };
+            (k.to_string(), v, src)
+        })
+        .collect()
+}
+
+/// Changes dynamic broker configs (resource name "" = every broker, or one broker's id).
+async fn alter_broker_resource(
+    ctx: &Ctx,
+    name: &str,
+    changes: BTreeMap<String, Option<String>>,
+    validate_only: bool,
+) -> (i16, Option<String>) {
+    let broker = if name.is_empty() {
+        None
+    } else {
+        match name.parse::<i32>() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                return (
+                    err(ResponseError::InvalidRequest),
+                    Some(format!("{name:?} is not a broker id")),
+                )
+            }
+        }
+    };
+    if validate_only {
+        return match crate::requests::admin::validate_broker_configs(&changes) {
+            Ok(()) => (0, None),
+            Err(e) => (topic_error_code(&e), Some(e.to_string())),
+        };
+    }
+    match ctx.admin.alter_broker_configs(broker, changes).await {
+        Ok(()) => (0, None),
+        Err(e) => (topic_error_code(&e), Some(e.to_string())),
+    }
+}
+
 /// Applies new topic overrides (or only validates them). Returns Kafka's error code and message.
 async fn apply_overrides(
     ctx: &Ctx,
@@ -316,13 +385,20 @@ async fn apply_overrides(
     overrides: Option<BTreeMap<String, String>>,
     validate_only: bool,
 ) -> Result<(i16, Option<String>), String> {
+    if resource_type == RESOURCE_BROKER {
+        // The whole set of the resource's dynamic configs: those not given are removed.
+        let given = overrides.unwrap_or_default();
+        let changes = DYNAMIC_BROKER_CONFIGS
+            .iter()
+            .map(|k| (k.to_string(), None))
+            .chain(given.into_iter().map(|(k, v)| (k, Some(v))))
+            .collect();
+        return Ok(alter_broker_resource(ctx, name, changes, validate_only).await);
+    }
     if resource_type != RESOURCE_TOPIC {
         return Ok((
             err(ResponseError::InvalidRequest),
-            Some(
-                "only topic configs can be altered; broker configs come from the config file"
-                    .into(),
-            ),
+            Some(format!("resource type {resource_type} cannot be altered")),
         ));
     }
     let Some(overrides) = overrides else {
@@ -392,6 +468,38 @@ pub async fn incremental_alter_configs(
     const DELETE: i8 = 1;
     let mut responses = Vec::new();
     for res in req.resources {
+        if res.resource_type == RESOURCE_BROKER {
+            let mut changes = BTreeMap::new();
+            let mut bad = None;
+            for c in &res.configs {
+                match (c.config_operation, &c.value) {
+                    (SET, Some(v)) => {
+                        changes.insert(c.name.to_string(), Some(v.to_string()));
+                    }
+                    (DELETE, _) => {
+                        changes.insert(c.name.to_string(), None);
+                    }
+                    _ => bad = Some(c.name.to_string()),
+                }
+            }
+            let (code, msg) = match bad {
+                Some(k) => (
+                    err(ResponseError::InvalidConfig),
+                    Some(format!("unsupported operation on {k}")),
+                ),
+                None => {
+                    alter_broker_resource(ctx, &res.resource_name, changes, req.validate_only).await
+                }
+            };
+            responses.push(
+                IncrementalResult::default()
+                    .with_error_code(code)
+                    .with_error_message(msg.map(s))
+                    .with_resource_type(res.resource_type)
+                    .with_resource_name(res.resource_name),
+            );
+            continue;
+        }
         let overrides = ctx.topics.get(&res.resource_name).ok().and_then(|topic| {
             let mut o = topic.overrides();
             for c in &res.configs {

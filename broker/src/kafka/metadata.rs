@@ -13,6 +13,10 @@ use kafka_protocol::messages::metadata_request::MetadataRequest;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_request::OffsetForLeaderEpochRequest;
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -72,6 +76,8 @@ pub fn controller_failure_code(f: &ControllerFailure) -> i16 {
                 ResponseError::IneligibleReplica
             }
             ControllerError::InvalidRequest(_) => ResponseError::InvalidRequest,
+            ControllerError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+            ControllerError::NoReassignmentInProgress(_) => ResponseError::NoReassignmentInProgress,
         },
     })
 }
@@ -284,6 +290,59 @@ pub fn list_offsets(
         corr,
         version,
         &ListOffsetsResponse::default().with_topics(topics),
+    )
+}
+
+/// OffsetForLeaderEpoch (API 23), as Kafka serves it to consumers validating their position
+/// after a leader change (KIP-320): per partition, the end offset of the largest epoch ≤ the one
+/// asked for, from the leader, after the KIP-320 check of the client's current leader epoch.
+pub fn offset_for_leader_epoch(
+    ctx: &Ctx,
+    corr: i32,
+    version: i16,
+    req: OffsetForLeaderEpochRequest,
+) -> Result<BytesMut, String> {
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let name = t.topic.0.to_string();
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let r = EpochEndOffset::default()
+                        .with_partition(p.partition)
+                        .with_leader_epoch(-1)
+                        .with_end_offset(-1);
+                    let partition = match u32::try_from(p.partition)
+                        .map_err(|_| TopicError::UnknownTopic(name.clone()))
+                        .and_then(|i| ctx.topics.partition(&name, i))
+                    {
+                        Ok(partition) => partition,
+                        Err(e) => return r.with_error_code(topic_error_code(&e)),
+                    };
+                    if let Some(code) = epoch_error(p.current_leader_epoch, &partition) {
+                        return r.with_error_code(code);
+                    }
+                    match partition.end_offset_for_epoch(p.leader_epoch) {
+                        Ok(Some((epoch, end))) => {
+                            r.with_leader_epoch(epoch).with_end_offset(end as i64)
+                        }
+                        Ok(None) => r,
+                        Err(e) => r.with_error_code(super::produce::partition_error_code(&e)),
+                    }
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    encode_response(
+        corr,
+        version,
+        &OffsetForLeaderEpochResponse::default().with_topics(topics),
     )
 }
 

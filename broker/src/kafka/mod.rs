@@ -12,6 +12,7 @@ pub mod frame;
 mod groups;
 mod metadata;
 pub mod produce;
+mod reassign;
 mod unserved;
 pub mod zero_copy;
 
@@ -75,6 +76,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 4),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
 fn served(key: ApiKey, version: i16) -> bool {
@@ -219,6 +223,27 @@ async fn handle(ctx: &Ctx, mut frame: Frame, peer: &str) -> Result<Reply, String
             admin::create_partitions(ctx, corr, version, frame::decode_body(body, version)?).await,
         ),
         ApiKey::DescribeCluster => reply(metadata::describe_cluster(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        ApiKey::OffsetForLeaderEpoch => reply(metadata::offset_for_leader_epoch(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        ApiKey::AlterPartitionReassignments => reply(
+            reassign::alter_partition_reassignments(
+                ctx,
+                corr,
+                version,
+                frame::decode_body(body, version)?,
+            )
+            .await,
+        ),
+        ApiKey::ListPartitionReassignments => reply(reassign::list_partition_reassignments(
             ctx,
             corr,
             version,

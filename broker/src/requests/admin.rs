@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_replication::controller::api::{ControllerAnswer, ControllerCall, ControllerFailure};
-use sluice_replication::controller::ControllerError;
-use sluice_replication::metadata::ConfigResource;
+use sluice_replication::controller::{ControllerError, Reassignment};
+use sluice_replication::metadata::{BrokerId, ConfigResource, MetadataImage};
 
 use crate::cluster::controller_client::ControllerClient;
 use crate::config::BrokerConfig;
@@ -191,6 +191,111 @@ impl Admin {
         overrides.extend(set);
         self.set_topic_overrides(name, overrides, false).await
     }
+}
+
+/// Broker configs that may be changed at run time (through the controller, for every broker or
+/// one): Kafka's dynamic broker configs, as far as Sluice has them.
+pub const DYNAMIC_BROKER_CONFIGS: &[&str] = &[crate::replica_fetch::THROTTLED_RATE_CONFIG];
+
+/// Checks dynamic broker config changes: known keys, numeric values.
+pub fn validate_broker_configs(
+    changes: &BTreeMap<String, Option<String>>,
+) -> Result<(), TopicError> {
+    for (k, v) in changes {
+        if !DYNAMIC_BROKER_CONFIGS.contains(&k.as_str()) {
+            return Err(TopicError::InvalidConfig(
+                crate::config::ConfigError::Invalid(format!(
+                    "{k} cannot be changed at run time (dynamic broker configs: {})",
+                    DYNAMIC_BROKER_CONFIGS.join(", ")
+                )),
+            ));
+        }
+        if let Some(v) = v {
+            if v.parse::<u64>().is_err() {
+                return Err(TopicError::InvalidConfig(
+                    crate::config::ConfigError::Invalid(format!(
+                        "{k}: {v:?} is not a number of bytes per second"
+                    )),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Admin {
+    /// Sets (`Some`) or removes (`None`) dynamic broker configs, cluster-wide (`broker: None`,
+    /// Kafka's default resource "") or for one broker.
+    pub async fn alter_broker_configs(
+        &self,
+        broker: Option<BrokerId>,
+        changes: BTreeMap<String, Option<String>>,
+    ) -> Result<(), TopicError> {
+        validate_broker_configs(&changes)?;
+        let set = changes
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+            .collect();
+        let delete = changes
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.call(ControllerCall::AlterConfigs {
+            resource: ConfigResource::Broker(broker),
+            set,
+            delete,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Starts, replaces or cancels (`target: None`) partition reassignments; one result per
+    /// request, in order. The whole call fails only if the controller cannot be reached.
+    pub async fn alter_reassignments(
+        &self,
+        reqs: Vec<Reassignment>,
+    ) -> Result<Vec<Result<(), ControllerError>>, TopicError> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = reqs.len();
+        match self.call(ControllerCall::AlterReassignments(reqs)).await? {
+            ControllerAnswer::Reassignments(r) if r.len() == n => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// A partition being reassigned, as ListPartitionReassignments reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OngoingReassignment {
+    pub topic: String,
+    pub partition: u32,
+    pub replicas: Vec<BrokerId>,
+    pub adding: Vec<BrokerId>,
+    pub removing: Vec<BrokerId>,
+}
+
+/// The reassignments in progress in `image`; with `filter`, only those partitions.
+pub fn ongoing_reassignments(
+    image: &MetadataImage,
+    filter: Option<&[(String, u32)]>,
+) -> Vec<OngoingReassignment> {
+    image
+        .partitions()
+        .filter(|(_, _, r)| !r.adding.is_empty() || !r.removing.is_empty())
+        .filter(|(t, p, _)| {
+            filter.is_none_or(|f| f.iter().any(|(name, index)| *name == t.name && index == p))
+        })
+        .map(|(t, p, r)| OngoingReassignment {
+            topic: t.name.clone(),
+            partition: p,
+            replicas: r.replicas.clone(),
+            adding: r.adding.clone(),
+            removing: r.removing.clone(),
+        })
+        .collect()
 }
 
 fn unexpected(a: ControllerAnswer) -> TopicError {

@@ -89,3 +89,52 @@ pub fn produce_v8(port: u16, topic: &str, partition: i32, records: &[u8]) -> Pro
         error_message,
     }
 }
+
+/// Sends one request (`api_key`, `version`, header v1: correlation id 7, client id "raw-test")
+/// with `fields` as its body and returns the response body after the correlation id.
+fn round_trip(port: u16, api_key: i16, version: i16, fields: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&api_key.to_be_bytes());
+    body.extend_from_slice(&version.to_be_bytes());
+    body.extend_from_slice(&7i32.to_be_bytes());
+    put_str(&mut body, "raw-test");
+    body.extend_from_slice(fields);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the Kafka listener");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(&(body.len() as i32).to_be_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).expect("response size");
+    let mut resp = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut resp).expect("response");
+    assert_eq!(&resp[..4], &7i32.to_be_bytes(), "correlation id");
+    resp.split_off(4)
+}
+
+/// One partition's OffsetForLeaderEpoch answer: (error code, leader epoch, end offset).
+pub fn offset_for_leader_epoch_v3(
+    port: u16,
+    topic: &str,
+    partition: i32,
+    current_leader_epoch: i32,
+    leader_epoch: i32,
+) -> (i16, i32, i64) {
+    let mut f = Vec::new();
+    f.extend_from_slice(&(-1i32).to_be_bytes()); // replica id: a consumer
+    f.extend_from_slice(&1i32.to_be_bytes()); // topics
+    put_str(&mut f, topic);
+    f.extend_from_slice(&1i32.to_be_bytes()); // partitions
+    f.extend_from_slice(&partition.to_be_bytes());
+    f.extend_from_slice(&current_leader_epoch.to_be_bytes());
+    f.extend_from_slice(&leader_epoch.to_be_bytes());
+    let resp = round_trip(port, 23, 3, &f);
+    let mut r = Reader(&resp);
+    let _throttle = r.i32();
+    assert_eq!(r.i32(), 1, "one topic");
+    let n = r.i16() as usize;
+    r.take(n);
+    assert_eq!(r.i32(), 1, "one partition");
+    let error_code = r.i16();
+    assert_eq!(r.i32(), partition);
+    (error_code, r.i32(), r.i64())
+}
