@@ -187,6 +187,10 @@ pub struct TopicSettings {
     /// `compression.type`: `producer` keeps what producers send; a codec name recompresses
     /// batches the broker builds (gRPC produce).
     pub compression: Option<sluice_log::Compression>,
+    /// `unclean.leader.election.enable`: may an out-of-sync replica lead when no in-sync one
+    /// is alive (losing what it lacks)? Decided by the controller, from the metadata's topic
+    /// config or the active controller's broker default.
+    pub unclean_leader_election: bool,
 }
 
 impl TopicSettings {
@@ -196,6 +200,7 @@ impl TopicSettings {
             log: LogConfig::default(),
             replica: ReplicaConfig::default(),
             compression: None,
+            unclean_leader_election: false,
         };
         for (k, v) in overrides {
             s.set(k, v)?;
@@ -221,6 +226,17 @@ impl TopicSettings {
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| invalid(format!("min.insync.replicas must be >= 1, got {value:?}")))?;
                 self.replica.min_insync_replicas = n;
+            }
+            "unclean.leader.election.enable" => {
+                self.unclean_leader_election = match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(invalid(format!(
+                            "unclean.leader.election.enable must be true or false, got {other:?}"
+                        )))
+                    }
+                };
             }
             "compression.type" => {
                 self.compression = match value {
@@ -250,6 +266,10 @@ impl TopicSettings {
         out.insert(
             "compression.type".into(),
             self.compression.map_or("producer", |c| c.name()).into(),
+        );
+        out.insert(
+            "unclean.leader.election.enable".into(),
+            self.unclean_leader_election.to_string(),
         );
         out
     }

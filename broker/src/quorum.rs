@@ -90,6 +90,9 @@ impl Quorum {
                 auto_leader_rebalance: config.auto_leader_rebalance_enable,
                 leader_imbalance_check_interval_ms: config.leader_imbalance_check_interval_ms
                     as i64,
+                unclean_leader_election_default: config
+                    .topic_settings(&Default::default())
+                    .is_ok_and(|s| s.unclean_leader_election),
             },
             u64::from_le_bytes(
                 crate::topics::random_uuid().as_bytes()[..8]

@@ -457,10 +457,11 @@ pub async fn maintain_isr(
             };
             let st = p.state();
             tracing::info!(topic = %t.name, partition = p.index(), from = ?st.isr, to = ?new_isr, "proposing an ISR change");
-            let counter = if new_isr.len() < st.isr.len() {
-                &ISR_SHRINKS
-            } else {
-                &ISR_EXPANDS
+            // The same ISR is a leader confirming its recovery after an unclean election.
+            let counter = match new_isr.len().cmp(&st.isr.len()) {
+                std::cmp::Ordering::Less => Some(&ISR_SHRINKS),
+                std::cmp::Ordering::Greater => Some(&ISR_EXPANDS),
+                std::cmp::Ordering::Equal => None,
             };
             let call = ControllerCall::AlterPartition(AlterPartition {
                 broker_id: me,
@@ -473,7 +474,9 @@ pub async fn maintain_isr(
             });
             match controller.call(call, Duration::from_secs(5)).await {
                 Ok((_, offset)) => {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(c) = counter {
+                        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     // Wait for it to come back through the image before judging again.
                     let mut synced = topics.watch_synced();
                     let _ = tokio::time::timeout(

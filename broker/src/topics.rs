@@ -288,6 +288,7 @@ impl TopicManager {
                     replicas: reg.replicas.clone(),
                     isr: reg.isr.clone(),
                     adding: reg.adding.clone(),
+                    recovering: reg.recovering,
                 });
                 partitions.insert(*index, part);
             }

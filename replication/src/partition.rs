@@ -118,6 +118,9 @@ pub struct ReplicaState {
     pub isr: Vec<i32>,
     /// Replicas a reassignment is adding (their copy traffic may be throttled).
     pub adding: Vec<i32>,
+    /// Led after an unclean election and not yet confirmed (KIP-704's RECOVERING): the ISR stays
+    /// the leader alone until the leader's AlterPartition marks it recovered.
+    pub recovering: bool,
 }
 
 impl ReplicaState {
@@ -130,6 +133,7 @@ impl ReplicaState {
             replicas: vec![broker],
             isr: vec![broker],
             adding: Vec::new(),
+            recovering: false,
         }
     }
 }
@@ -508,6 +512,11 @@ impl Partition {
         if st.leader != self.broker_id {
             return None;
         }
+        if st.recovering {
+            // Nothing to recover beyond the log itself (no transactions yet): confirm at once,
+            // alone in the ISR, so the controller lets followers rejoin afterwards.
+            return Some(vec![self.broker_id]);
+        }
         let now = self.clock.now_ms();
         let hw = self.high_watermark();
         let epoch_start = self
@@ -600,10 +609,28 @@ impl Partition {
             Some((_, end)) => end.min(leader_end),
             None => self.log.log_start_offset().min(leader_end),
         };
+        let (leo, hw) = (self.log.log_end_offset(), self.high_watermark());
         tokio::task::block_in_place(|| self.log.truncate_to(to))?;
         self.leo_tx.send_replace(self.log.log_end_offset());
         self.hw_tx.send_replace(self.high_watermark());
-        tracing::info!(topic = %self.topic, partition = self.index, epoch, to, "truncated a diverging tail");
+        let discarded = leo.saturating_sub(to);
+        // Below the HW the records were committed (acks=all acknowledged, consumers may have read
+        // them): only an unclean election makes a leader that lacks them.
+        let committed = hw.saturating_sub(to).min(discarded);
+        if committed > 0 {
+            tracing::error!(
+                topic = %self.topic,
+                partition = self.index,
+                epoch,
+                from = to,
+                to = leo,
+                discarded,
+                lost_committed = committed,
+                "{committed} committed record(s) lost: the leader elected uncleanly does not have them"
+            );
+        } else {
+            tracing::info!(topic = %self.topic, partition = self.index, epoch, to, discarded, "truncated a diverging tail");
+        }
         Ok(to)
     }
 
@@ -811,6 +838,7 @@ mod tests {
     fn led_by(leader: i32, epoch: i32, isr: Vec<i32>) -> ReplicaState {
         ReplicaState {
             adding: Vec::new(),
+            recovering: false,
             leader,
             leader_epoch: epoch,
             partition_epoch: epoch,

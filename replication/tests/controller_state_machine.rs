@@ -32,6 +32,7 @@ impl Cluster {
         Cluster {
             ctl: ControllerState::new(ControllerConfig {
                 broker_session_timeout_ms: SESSION,
+                ..Default::default()
             }),
             image: MetadataImage::default(),
             offset: 0,

@@ -86,6 +86,7 @@ impl Sim {
     fn state(&self) -> ReplicaState {
         ReplicaState {
             adding: Vec::new(),
+            recovering: false,
             leader: self.leader,
             leader_epoch: self.epoch,
             partition_epoch: self.epoch,

@@ -32,6 +32,8 @@ pub struct ActiveControllerConfig {
     pub auto_leader_rebalance: bool,
     /// `leader_imbalance_check_interval_ms`.
     pub leader_imbalance_check_interval_ms: i64,
+    /// The broker's topic default of `unclean.leader.election.enable`.
+    pub unclean_leader_election_default: bool,
 }
 
 impl Default for ActiveControllerConfig {
@@ -40,6 +42,7 @@ impl Default for ActiveControllerConfig {
             broker_session_timeout_ms: 9_000,
             auto_leader_rebalance: true,
             leader_imbalance_check_interval_ms: 300_000,
+            unclean_leader_election_default: false,
         }
     }
 }
@@ -81,6 +84,7 @@ impl ActiveController {
             inner: Mutex::new(Inner {
                 state: ControllerState::new(ControllerConfig {
                     broker_session_timeout_ms: config.broker_session_timeout_ms,
+                    unclean_leader_election_default: config.unclean_leader_election_default,
                 }),
                 active_term: None,
                 rng: SeededRandom(seed),
@@ -145,6 +149,18 @@ impl ActiveController {
                 return;
             }
         }
+        // Partitions without a leader whose topic now allows an unclean election (the config
+        // was just set) get one; clean elections happen when a replica is unfenced.
+        let elected = inner
+            .state
+            .elect_offline_partitions(&self.quorum.image(), None);
+        if !elected.is_empty() {
+            if let Err(e) = self.commit(elected).await {
+                tracing::warn!(error = %e, "electing leaders for offline partitions did not commit");
+                inner.active_term = None;
+                return;
+            }
+        }
         if self.config.auto_leader_rebalance
             && now - inner.last_rebalance_ms >= self.config.leader_imbalance_check_interval_ms
         {
@@ -189,6 +205,27 @@ impl ActiveController {
     async fn commit(&self, records: Vec<MetadataRecord>) -> Result<u64, ControllerFailure> {
         if records.is_empty() {
             return Ok(self.quorum.image().offset);
+        }
+        let image = self.quorum.image();
+        for r in &records {
+            if let MetadataRecord::PartitionChange(c) = r {
+                if c.recovering == Some(true) {
+                    let name = image
+                        .topics
+                        .get(&c.topic_id)
+                        .map_or("?", |t| t.name.as_str());
+                    let isr = image
+                        .partition(c.topic_id, c.partition)
+                        .map(|p| p.isr.clone());
+                    tracing::warn!(
+                        topic = name,
+                        partition = c.partition,
+                        leader = ?c.leader,
+                        previous_isr = ?isr,
+                        "unclean leader election: an out-of-sync replica leads; records it lacks are lost (the old replicas count them when they truncate)"
+                    );
+                }
+            }
         }
         self.quorum.propose(records).await.map_err(propose_failure)
     }

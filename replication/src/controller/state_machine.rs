@@ -163,12 +163,16 @@ pub struct ImportedTopic {
 pub struct ControllerConfig {
     /// `broker_session_timeout_ms` (9000).
     pub broker_session_timeout_ms: i64,
+    /// `unclean.leader.election.enable` for topics that do not set it (the broker's topic
+    /// default; false).
+    pub unclean_leader_election_default: bool,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             broker_session_timeout_ms: 9_000,
+            unclean_leader_election_default: false,
         }
     }
 }
@@ -310,7 +314,7 @@ impl ControllerState {
         }];
         let mut after = image.clone();
         apply_all(&mut after, &out);
-        out.extend(remove_from_isrs(&after, broker));
+        out.extend(remove_from_isrs(&after, broker, self.config.unclean_leader_election_default));
         out
     }
 
@@ -319,27 +323,36 @@ impl ControllerState {
         if let Some(b) = after.brokers.get_mut(&broker) {
             b.in_controlled_shutdown = true;
         }
-        remove_from_isrs(&after, broker)
+        remove_from_isrs(&after, broker, self.config.unclean_leader_election_default)
     }
 
     /// Elects leaders for partitions that have none: from the ISR, or (where the topic allows it)
     /// any usable replica. With `only_with`, just the partitions that broker could lead.
-    fn elect_offline_partitions(
+    pub fn elect_offline_partitions(
         &self,
         image: &MetadataImage,
         only_with: Option<BrokerId>,
     ) -> Vec<MetadataRecord> {
-        let mut after = image.clone();
-        if let Some(b) = only_with.and_then(|id| after.brokers.get_mut(&id)) {
-            b.fenced = false;
-            b.in_controlled_shutdown = false;
-        }
+        // The broker being unfenced counts as usable (a copy only then: the timer calls this
+        // every tick with `None`).
+        let after: std::borrow::Cow<'_, MetadataImage> = match only_with {
+            Some(id) => {
+                let mut img = image.clone();
+                if let Some(b) = img.brokers.get_mut(&id) {
+                    b.fenced = false;
+                    b.in_controlled_shutdown = false;
+                }
+                std::borrow::Cow::Owned(img)
+            }
+            None => std::borrow::Cow::Borrowed(image),
+        };
         let mut out = Vec::new();
         for (t, p, reg) in after.partitions() {
             if reg.has_leader() || only_with.is_some_and(|b| !reg.replicas.contains(&b)) {
                 continue;
             }
-            let unclean = unclean_allowed(&after, &t.name);
+            let unclean =
+                unclean_allowed(&after, &t.name, self.config.unclean_leader_election_default);
             if let Some(mut change) = elect(&after, t.id, p, reg, None, unclean) {
                 complete_after(&after, reg, &mut change);
                 out.push(MetadataRecord::PartitionChange(change));
@@ -844,11 +857,12 @@ fn apply_all(image: &mut MetadataImage, records: &[MetadataRecord]) {
     }
 }
 
-fn unclean_allowed(image: &MetadataImage, topic: &str) -> bool {
+/// The topic's `unclean.leader.election.enable`, else the default.
+fn unclean_allowed(image: &MetadataImage, topic: &str, default: bool) -> bool {
     image
         .topic_configs(topic)
         .get(UNCLEAN_LEADER_ELECTION)
-        .is_some_and(|v| v == "true")
+        .map_or(default, |v| v == "true")
 }
 
 fn leads_nothing(image: &MetadataImage, broker: BrokerId) -> bool {
@@ -858,7 +872,11 @@ fn leads_nothing(image: &MetadataImage, broker: BrokerId) -> bool {
 /// For every partition whose ISR holds `broker` (already fenced or shutting down in `image`):
 /// drop it from the ISR unless it is the last member, and if it led, elect another usable ISR
 /// member (or none).
-fn remove_from_isrs(image: &MetadataImage, broker: BrokerId) -> Vec<MetadataRecord> {
+fn remove_from_isrs(
+    image: &MetadataImage,
+    broker: BrokerId,
+    unclean_default: bool,
+) -> Vec<MetadataRecord> {
     let mut out = Vec::new();
     for (t, p, reg) in image.partitions() {
         if !reg.isr.contains(&broker) && reg.leader != broker {
@@ -880,7 +898,7 @@ fn remove_from_isrs(image: &MetadataImage, broker: BrokerId) -> Vec<MetadataReco
         if reg.leader == broker {
             let mut remaining = reg.clone();
             remaining.isr = isr.clone();
-            let unclean = unclean_allowed(image, &t.name);
+            let unclean = unclean_allowed(image, &t.name, unclean_default);
             match elect(image, t.id, p, &remaining, Some(broker), unclean) {
                 Some(e) => {
                     change.leader = e.leader;

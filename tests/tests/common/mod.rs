@@ -77,7 +77,11 @@ pub struct Broker {
     /// Where the data lives when not under `dir` (a test's own file system).
     pub data_dir_override: Option<PathBuf>,
     child: Option<Child>,
+    /// Every log line of every launch (the last `LOG_LINES`), for tests that look for one.
+    log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
+
+const LOG_LINES: usize = 50_000;
 
 impl Broker {
     pub fn start() -> Broker {
@@ -120,6 +124,7 @@ impl Broker {
             extra_args,
             data_dir_override: data_dir,
             child: None,
+            log: Default::default(),
         }
     }
 
@@ -173,6 +178,7 @@ impl Broker {
         let (tx, rx) = mpsc::channel();
         let early_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = early_log.clone();
+        let all = self.log.clone();
         std::thread::spawn(move || {
             let mut ready_sent = false;
             let (mut listening, mut unfenced) = (false, !until_unfenced);
@@ -182,6 +188,13 @@ impl Broker {
                 }
                 if !ready_sent {
                     log.lock().unwrap().push(line.clone());
+                }
+                {
+                    let mut all = all.lock().unwrap();
+                    if all.len() >= LOG_LINES {
+                        all.pop_front();
+                    }
+                    all.push_back(line.clone());
                 }
                 listening |= line.contains("sluice broker ready");
                 unfenced |= line.contains("broker is unfenced");
@@ -200,6 +213,17 @@ impl Broker {
         }
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The log lines (of every launch so far) containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
     }
 
     /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
