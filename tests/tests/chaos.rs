@@ -55,6 +55,155 @@ fn acked_lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
 }
 
+/// Three brokers, the `chaos` topic (3 partitions, replication factor 3, min.insync.replicas 2)
+/// fully in sync, and a confluent-kafka acks=all producer writing every acknowledgement down.
+struct Run {
+    bs: Vec<Broker>,
+    bootstrap: String,
+    _work: tempfile::TempDir,
+    acked: std::path::PathBuf,
+    stop: std::path::PathBuf,
+    producer: Option<std::process::Child>,
+}
+
+impl Run {
+    fn start() -> Run {
+        let bs = start_cluster(
+            3,
+            &[
+                "--broker-session-timeout-ms",
+                "3000",
+                "--broker-heartbeat-interval-ms",
+                "500",
+                "--replica-lag-time-max-ms",
+                "5000",
+            ],
+        );
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = bs[0].cli(
+                &[
+                    "topic",
+                    "create",
+                    "chaos",
+                    "--partitions",
+                    "3",
+                    "--replication-factor",
+                    "3",
+                    "--config",
+                    "min.insync.replicas=2",
+                ],
+                None,
+            );
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let work = tempfile::tempdir().unwrap();
+        let bootstrap = bs
+            .iter()
+            .map(|b| format!("127.0.0.1:{}", b.kafka_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut run = Run {
+            bs,
+            bootstrap,
+            acked: work.path().join("acked"),
+            stop: work.path().join("stop"),
+            _work: work,
+            producer: None,
+        };
+        run.heal("creating the topic");
+        run.producer = Some(
+            Command::new(common::python())
+                .arg(client())
+                .args(["produce", &run.bootstrap, "chaos"])
+                .arg(&run.acked)
+                .arg(&run.stop)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run python ({e}): run scripts/install-test-deps.sh")
+                }),
+        );
+        run
+    }
+
+    /// Waits (90 s at most) until every broker is alive and every partition fully in sync.
+    fn heal(&self, what: &str) -> Duration {
+        let end = Instant::now() + Duration::from_secs(90);
+        let started = Instant::now();
+        loop {
+            if self.bs.iter().any(|b| healthy(b, "chaos")) {
+                return started.elapsed();
+            }
+            assert!(
+                Instant::now() < end,
+                "the cluster did not heal after {what}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until at least `min` records are acknowledged; returns how many are.
+    fn progress(&self, min: usize, what: &str) -> usize {
+        let end = Instant::now() + Duration::from_secs(90);
+        loop {
+            let n = acked_lines(&self.acked);
+            if n >= min {
+                return n;
+            }
+            assert!(
+                Instant::now() < end,
+                "no acknowledgements after {what} ({n} so far)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the producer and checks every acknowledged record. Returns the producer's and the
+    /// checker's JSON summaries.
+    fn finish(&mut self) -> (serde_json::Value, serde_json::Value) {
+        std::fs::write(&self.stop, b"").unwrap();
+        let out = self
+            .producer
+            .take()
+            .expect("a producer")
+            .wait_with_output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "producer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let verify = Command::new(common::python())
+            .arg(client())
+            .args(["verify", &self.bootstrap, "chaos"])
+            .arg(&self.acked)
+            .arg("3")
+            .output()
+            .unwrap();
+        let summary = String::from_utf8_lossy(&verify.stdout);
+        assert!(
+            verify.status.success(),
+            "acknowledged records lost or moved: {summary} {}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        let parse = |b: &[u8]| {
+            serde_json::from_slice(String::from_utf8_lossy(b).trim().as_bytes())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        (parse(&out.stdout), parse(&verify.stdout))
+    }
+}
+
 #[test]
 fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
     let rounds: u64 = std::env::var("CHAOS_ROUNDS")
@@ -66,91 +215,8 @@ fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let mut rng = Rng(seed);
-    let mut bs = start_cluster(
-        3,
-        &[
-            "--broker-session-timeout-ms",
-            "3000",
-            "--broker-heartbeat-interval-ms",
-            "500",
-            "--replica-lag-time-max-ms",
-            "5000",
-        ],
-    );
-    let heal = |bs: &[Broker], what: &str| {
-        let end = Instant::now() + Duration::from_secs(90);
-        let started = Instant::now();
-        loop {
-            if bs.iter().any(|b| healthy(b, "chaos")) {
-                return started.elapsed();
-            }
-            assert!(
-                Instant::now() < end,
-                "the cluster did not heal after {what}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = bs[0].cli(
-            &[
-                "topic",
-                "create",
-                "chaos",
-                "--partitions",
-                "3",
-                "--replication-factor",
-                "3",
-                "--config",
-                "min.insync.replicas=2",
-            ],
-            None,
-        );
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    heal(&bs, "creating the topic");
-
-    let work = tempfile::tempdir().unwrap();
-    let acked = work.path().join("acked");
-    let stop = work.path().join("stop");
-    let bootstrap = bs
-        .iter()
-        .map(|b| format!("127.0.0.1:{}", b.kafka_port))
-        .collect::<Vec<_>>()
-        .join(",");
-    let producer = Command::new(common::python())
-        .arg(client())
-        .args(["produce", &bootstrap, "chaos"])
-        .arg(&acked)
-        .arg(&stop)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run python ({e}): run scripts/install-test-deps.sh"));
-    let progress = |min: usize, what: &str| {
-        let end = Instant::now() + Duration::from_secs(90);
-        loop {
-            let n = acked_lines(&acked);
-            if n >= min {
-                return n;
-            }
-            assert!(
-                Instant::now() < end,
-                "no acknowledgements after {what} ({n} so far)"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let mut acked_so_far = progress(200, "starting");
+    let mut run = Run::start();
+    let mut acked_so_far = run.progress(200, "starting");
     let mut heal_times = Vec::new();
     for round in 0..rounds {
         let victim = rng.below(3) as usize;
@@ -166,42 +232,51 @@ fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
         };
         eprintln!("{what}");
         if kill {
-            bs[victim].kill9();
+            run.bs[victim].kill9();
             // The fault's length, not a wait for a condition.
             std::thread::sleep(Duration::from_millis(pause_ms / 2));
-            bs[victim].launch_listening();
+            run.bs[victim].launch_listening();
         } else {
-            bs[victim].signal("STOP");
+            run.bs[victim].signal("STOP");
             std::thread::sleep(Duration::from_millis(pause_ms));
-            bs[victim].signal("CONT");
+            run.bs[victim].signal("CONT");
         }
-        let healed = heal(&bs, &what);
+        let healed = run.heal(&what);
         heal_times.push(healed);
-        acked_so_far = progress(acked_so_far + 100, &what);
+        acked_so_far = run.progress(acked_so_far + 100, &what);
     }
-    std::fs::write(&stop, b"").unwrap();
-    let out = producer.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "producer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let verify = Command::new(common::python())
-        .arg(client())
-        .args(["verify", &bootstrap, "chaos"])
-        .arg(&acked)
-        .arg("3")
-        .output()
-        .unwrap();
-    let summary = String::from_utf8_lossy(&verify.stdout);
+    let (producer, verify) = run.finish();
     heal_times.sort();
     eprintln!(
-        "chaos: seed {seed}, {rounds} rounds; producer {}; verify {summary}; heal times {heal_times:?}",
-        String::from_utf8_lossy(&out.stdout).trim()
+        "chaos: seed {seed}, {rounds} rounds; producer {producer}; verify {verify}; heal times {heal_times:?}"
+    );
+}
+
+/// A rolling restart (SIGTERM, restart, wait until in sync; each broker in turn) under acks=all
+/// load: controlled shutdown hands leadership over first, so the producer sees nothing beyond
+/// retriable errors — every record is delivered, none fails — and nothing acknowledged is lost.
+#[test]
+fn a_rolling_restart_under_acks_all_load_fails_no_delivery() {
+    let mut run = Run::start();
+    let mut acked = run.progress(200, "starting");
+    for i in 0..3 {
+        let what = format!("restarting broker {}", i + 1);
+        let started = Instant::now();
+        assert_eq!(run.bs[i].terminate(), Some(0), "{what}: a clean exit");
+        let stopped = started.elapsed();
+        run.bs[i].launch_listening();
+        let healed = run.heal(&what);
+        eprintln!("{what}: exited after {stopped:?}, in sync again {healed:?} after restart");
+        acked = run.progress(acked + 200, &what);
+    }
+    let (producer, verify) = run.finish();
+    eprintln!("rolling restart: producer {producer}; verify {verify}");
+    assert_eq!(
+        producer["failed"], 0,
+        "deliveries failed during a rolling restart: {producer}"
     );
     assert!(
-        verify.status.success(),
-        "acknowledged records lost or moved: {summary} {}",
-        String::from_utf8_lossy(&verify.stderr)
+        producer["sent"].as_u64().is_some_and(|n| n > 0),
+        "{producer}"
     );
 }

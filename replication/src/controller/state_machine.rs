@@ -314,7 +314,11 @@ impl ControllerState {
         }];
         let mut after = image.clone();
         apply_all(&mut after, &out);
-        out.extend(remove_from_isrs(&after, broker, self.config.unclean_leader_election_default));
+        out.extend(remove_from_isrs(
+            &after,
+            broker,
+            self.config.unclean_leader_election_default,
+        ));
         out
     }
 
