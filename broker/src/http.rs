@@ -70,6 +70,23 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         crate::replica_fetch::ISR_SHRINKS.load(std::sync::atomic::Ordering::Relaxed),
         crate::replica_fetch::ISR_EXPANDS.load(std::sync::atomic::Ordering::Relaxed),
     );
+    let (buckets, sum_ms, count) = sluice_replication::histogram::ACKS_ALL_WAIT.snapshot();
+    let _ = writeln!(
+        out,
+        "# HELP sluice_produce_acks_all_wait_seconds How long acks=all produces waited after their append for the ISR (until replicated or timed out).\n# TYPE sluice_produce_acks_all_wait_seconds histogram"
+    );
+    for (le, n) in buckets {
+        let le = le.map_or("+Inf".to_string(), |ms| format!("{}", ms as f64 / 1000.0));
+        let _ = writeln!(
+            out,
+            "sluice_produce_acks_all_wait_seconds_bucket{{le=\"{le}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "sluice_produce_acks_all_wait_seconds_sum {}\nsluice_produce_acks_all_wait_seconds_count {count}",
+        sum_ms as f64 / 1000.0
+    );
     let _ = writeln!(
         out,
         "# HELP sluice_follower_lag_records How far each follower is behind this leader's log end.\n# TYPE sluice_follower_lag_records gauge"

@@ -1,18 +1,21 @@
-//! Replication: how a partition's replicas agree on what is committed.
+//! Replication: how a partition's replicas agree on what is committed, and the cluster's
+//! metadata.
 //!
-//! Today: [`Partition`], the leader-side replica state every produce and fetch goes through —
-//! leader epoch, ISR, high watermark, `acks` and `min.insync.replicas`, and the data-arrived
-//! signal long polls wait on. With one replica per partition the HW follows the log end offset.
+//! - [`partition`]: [`Partition`], every replica's state — as leader it takes produces (acks,
+//!   `min.insync.replicas`), serves followers' fetches, tracks their progress, moves the high
+//!   watermark and proposes ISR changes; as follower it appends the leader's batches and
+//!   truncates a diverging tail (leader epochs).
+//! - [`metadata`]: the records of the controller's log and the [`metadata::MetadataImage`]
+//!   every broker builds from them.
+//! - [`controller`]: the active controller's decisions as a pure state machine (placement,
+//!   fencing, elections, AlterPartition, reassignment), the raft-rs quorum that replicates the
+//!   metadata log, and the driver brokers talk to.
+//! - [`histogram`]: the acks=all wait histogram the broker exposes.
 //!
-//! The cluster's metadata: [`metadata`] (the records of the controller's log and the
-//! [`metadata::MetadataImage`] every broker builds from them) and [`controller`] (the active
-//! controller's decisions as a pure state machine: placement, fencing, elections, AlterPartition).
-//!
-//! Next (see docs/ARCHITECTURE.md): the raft-rs quorum that replicates the metadata log, the
-//! replica manager that reacts to image changes, follower fetchers, ISR shrink/expand,
-//! leader-epoch truncation.
+//! docs/ARCHITECTURE.md describes the protocols.
 
 pub mod controller;
+pub mod histogram;
 pub mod metadata;
 pub mod partition;
 

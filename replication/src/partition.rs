@@ -404,8 +404,11 @@ impl Partition {
             return Ok(info);
         }
         let mut hw = self.hw_tx.subscribe();
+        let waiting_since = self.clock.now_ms();
         let replicated =
             tokio::time::timeout(timeout, hw.wait_for(|hw| *hw > info.last_offset)).await;
+        crate::histogram::ACKS_ALL_WAIT
+            .observe((self.clock.now_ms() - waiting_since).max(0) as u64);
         if !matches!(replicated, Ok(Ok(_))) {
             return Err(PartitionError::Timeout {
                 timeout_ms: timeout.as_millis() as u64,

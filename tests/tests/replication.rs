@@ -153,6 +153,12 @@ fn acks_all_records_survive_killing_their_leader_and_it_rejoins_with_the_same_lo
         },
     );
     drop(out);
+    // The new leader timed the acks=all waits it served.
+    let waits = metric(
+        &bs[new_leader as usize - 1],
+        "sluice_produce_acks_all_wait_seconds_count",
+    );
+    assert!(waits.is_some_and(|n| n >= 1), "{waits:?}");
 
     // The old leader comes back, catches up, and rejoins the ISR; all three logs end alike.
     bs[li].launch_listening();
