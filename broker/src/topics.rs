@@ -24,7 +24,9 @@ use std::sync::{Arc, RwLock};
 use serde::Deserialize;
 use sluice_log::LogDirHealth;
 use sluice_replication::metadata::MetadataImage;
-use sluice_replication::{Partition, PartitionError, ReplicaState};
+use sluice_replication::{
+    InitialHw, Partition, PartitionError, ReplicaState, HW_CHECKPOINT, LEGACY_HW_CHECKPOINT,
+};
 
 use crate::config::{BrokerConfig, ConfigError, TopicSettings};
 
@@ -159,6 +161,21 @@ pub struct TopicManager {
     synced: tokio::sync::watch::Sender<u64>,
     /// Topics of a pre-cluster `topics.json` not yet handed to the controller.
     legacy: std::sync::Mutex<Option<Vec<LegacyTopic>>>,
+    /// The data directory's `replication-offset-checkpoint`.
+    hw_checkpoint: std::sync::Mutex<HwCheckpoint>,
+}
+
+/// Every replica's high watermark, checkpointed in one file per log directory (Kafka's
+/// `replication-offset-checkpoint`): one fsync per flush tick whatever the partition count.
+#[derive(Debug, Default)]
+struct HwCheckpoint {
+    /// The file existed when the broker started (else the data is from before it: a replica
+    /// without an entry is a single replica's log, all committed).
+    existed: bool,
+    /// Its entries then, where replicas start.
+    at_open: BTreeMap<(String, u32), u64>,
+    /// What was last written.
+    written: Option<BTreeMap<(String, u32), u64>>,
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TopicError {
@@ -178,7 +195,28 @@ impl TopicManager {
                 "found a single-node topics.json: its topics will be handed to the controller"
             );
         }
+        let hw_checkpoint = match sluice_log::checkpoint::read_offsets(
+            &config.data_dir,
+            HW_CHECKPOINT,
+        ) {
+            Ok(Some(at_open)) => HwCheckpoint {
+                existed: true,
+                at_open,
+                written: None,
+            },
+            Ok(None) => HwCheckpoint::default(),
+            Err(e) => {
+                // Starting every replica at its log start hides records until the leaders say
+                // what is committed; starting at the log end could expose uncommitted ones.
+                tracing::warn!(error = %e, "unreadable HW checkpoint; replicas start at their log start");
+                HwCheckpoint {
+                    existed: true,
+                    ..Default::default()
+                }
+            }
+        };
         Ok(TopicManager {
+            hw_checkpoint: std::sync::Mutex::new(hw_checkpoint),
             dir_health: Arc::new(LogDirHealth::new(&config.data_dir)),
             config,
             topics: RwLock::new(BTreeMap::new()),
@@ -342,6 +380,7 @@ impl TopicManager {
                 std::fs::rename(&dir, &stray).map_err(io(format!("rename {}", dir.display())))?;
             }
         }
+        let initial_hw = self.initial_hw(topic, index, &dir);
         let p = Partition::open(
             topic,
             index,
@@ -350,12 +389,58 @@ impl TopicManager {
             settings.log.clone(),
             settings.replica,
             self.dir_health.clone(),
+            initial_hw,
         )?;
         if !meta.exists() {
             write_partition_metadata(&meta, topic_id)
                 .map_err(io(format!("write {}", meta.display())))?;
         }
         Ok(Arc::new(p))
+    }
+
+    /// Where a replica opening now starts its HW: the directory checkpoint's entry, else an
+    /// older version's per-replica file, else (the checkpoint existed, so the replica was not
+    /// in it: new since, or unknown) its log start, else (data from before HW checkpoints) its
+    /// log end.
+    fn initial_hw(&self, topic: &str, index: u32, dir: &Path) -> InitialHw {
+        let mut cp = self.hw_checkpoint.lock().unwrap_or_else(|e| e.into_inner());
+        // Taken, not read: a replica opened again later (deleted and re-created, moved away and
+        // back) is a new one.
+        if let Some(hw) = cp.at_open.remove(&(topic.to_string(), index)) {
+            return InitialHw::Checkpointed(hw);
+        }
+        match sluice_log::checkpoint::read_offset(dir, LEGACY_HW_CHECKPOINT) {
+            Ok(Some(hw)) => InitialHw::Checkpointed(hw),
+            Ok(None) if !cp.existed => InitialHw::LogEnd,
+            Ok(None) => InitialHw::LogStart,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "unreadable HW checkpoint; starting from the log start");
+                InitialHw::LogStart
+            }
+        }
+    }
+
+    /// Writes every replica's HW to the directory checkpoint if any moved since the last write.
+    pub fn checkpoint_high_watermarks(&self) -> Result<(), TopicError> {
+        let replicas = self.replicas();
+        let now: BTreeMap<(String, u32), u64> = replicas
+            .iter()
+            .map(|(t, p)| ((t.name.clone(), p.index()), p.high_watermark()))
+            .collect();
+        let mut cp = self.hw_checkpoint.lock().unwrap_or_else(|e| e.into_inner());
+        if cp.written.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        sluice_log::checkpoint::write_offsets(&self.config.data_dir, HW_CHECKPOINT, &now)
+            .map_err(|e| TopicError::Partition(e.into()))?;
+        if cp.written.is_none() {
+            // The directory checkpoint has them now: an older version's per-replica files go.
+            for (_, p) in &replicas {
+                let _ = std::fs::remove_file(p.log().dir().join(LEGACY_HW_CHECKPOINT));
+            }
+        }
+        cp.written = Some(now);
+        Ok(())
     }
 
     /// Sets aside (renames `<dir>.<ms>.stray`) partition directories the synced image does not
@@ -445,10 +530,10 @@ impl TopicManager {
     }
 
     pub fn run_flush(&self) {
+        if let Err(e) = self.checkpoint_high_watermarks() {
+            tracing::warn!(error = %e, "HW checkpoint failed");
+        }
         for (t, p) in self.replicas() {
-            if let Err(e) = p.checkpoint_high_watermark() {
-                tracing::warn!(topic = %t.name, partition = p.index(), error = %e, "HW checkpoint failed");
-            }
             if let Err(e) = p.log().flush_if_due().and_then(|_| p.log().checkpoint()) {
                 self.dir_health
                     .record_failure(&format!("{}-{}", t.name, p.index()), &e);
@@ -491,6 +576,9 @@ impl TopicManager {
 
     /// Clean shutdown of every log.
     pub fn close(&self) {
+        if let Err(e) = self.checkpoint_high_watermarks() {
+            tracing::warn!(error = %e, "HW checkpoint failed at shutdown");
+        }
         for (t, p) in self.replicas() {
             if let Err(e) = p.log().close() {
                 tracing::error!(topic = %t.name, partition = p.index(), error = %e, "close failed");

@@ -63,10 +63,22 @@ struct AppendState {
     last_flush_ms: i64,
 }
 
+impl FlushState {
+    fn write_recovery_point(&self, rp: u64) -> Result<()> {
+        // A failed write leaves the last known value unknown: the next checkpoint writes again.
+        self.checkpointed.store(u64::MAX, Ordering::Release);
+        checkpoint::write_offset(&self.dir, RECOVERY_POINT_FILE, rp)?;
+        self.checkpointed.store(rp, Ordering::Release);
+        Ok(())
+    }
+}
+
 /// Shared with the background threads that fsync rolled segments.
 struct FlushState {
     dir: PathBuf,
     recovery_point: AtomicU64,
+    /// The recovery point last written to the checkpoint file.
+    checkpointed: AtomicU64,
     /// Bumped by every truncation: a background flush started before one must not advance the
     /// recovery point past data that no longer exists.
     generation: AtomicU64,
@@ -223,6 +235,8 @@ impl Log {
             flush_state: Arc::new(FlushState {
                 dir: dir.clone(),
                 recovery_point: AtomicU64::new(rp),
+                // Unknown until the first write (a value no log reaches).
+                checkpointed: AtomicU64::new(u64::MAX),
                 generation: AtomicU64::new(0),
                 lock: Mutex::new(()),
             }),
@@ -569,7 +583,7 @@ impl Log {
             }
             fs.recovery_point.fetch_max(upto, Ordering::AcqRel);
             let rp = fs.recovery_point.load(Ordering::Acquire);
-            if let Err(e) = checkpoint::write_offset(&fs.dir, RECOVERY_POINT_FILE, rp) {
+            if let Err(e) = fs.write_recovery_point(rp) {
                 tracing::warn!(error = %e, "could not write recovery point");
             }
         });
@@ -623,7 +637,13 @@ impl Log {
     /// Persists the recovery point (a periodic task's job; roll and close do it too).
     pub fn checkpoint(&self) -> Result<()> {
         let _g = lock(&self.flush_state.lock);
-        checkpoint::write_offset(&self.dir, RECOVERY_POINT_FILE, self.recovery_point())
+        let rp = self.recovery_point();
+        // The recovery point moves only when segments are fsynced (a roll, `flush.*`): most
+        // ticks have nothing to write, and a write is an fsync per partition.
+        if self.flush_state.checkpointed.load(Ordering::Acquire) == rp {
+            return Ok(());
+        }
+        self.flush_state.write_recovery_point(rp)
     }
 
     // ---- read ------------------------------------------------------------------------------
@@ -837,7 +857,8 @@ impl Log {
         self.flush_state
             .recovery_point
             .fetch_min(leo, Ordering::AcqRel);
-        checkpoint::write_offset(&self.dir, RECOVERY_POINT_FILE, self.recovery_point())?;
+        self.flush_state
+            .write_recovery_point(self.recovery_point())?;
         Ok(true)
     }
 
@@ -882,7 +903,7 @@ impl Log {
         self.flush_state
             .recovery_point
             .store(offset, Ordering::Release);
-        checkpoint::write_offset(&self.dir, RECOVERY_POINT_FILE, offset)
+        self.flush_state.write_recovery_point(offset)
     }
 
     // ---- compaction ------------------------------------------------------------------------
@@ -912,7 +933,8 @@ impl Log {
         self.flush_state
             .recovery_point
             .fetch_max(self.log_end_offset(), Ordering::AcqRel);
-        checkpoint::write_offset(&self.dir, RECOVERY_POINT_FILE, self.recovery_point())?;
+        self.flush_state
+            .write_recovery_point(self.recovery_point())?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         fs::write(&marker, b"").ctx("write clean-shutdown marker", &marker)?;
         checkpoint::sync_dir(&self.dir)

@@ -19,4 +19,7 @@ pub mod histogram;
 pub mod metadata;
 pub mod partition;
 
-pub use partition::{Acks, OffsetQuery, Partition, PartitionError, ReplicaConfig, ReplicaState};
+pub use partition::{
+    Acks, InitialHw, OffsetQuery, Partition, PartitionError, ReplicaConfig, ReplicaState,
+    HW_CHECKPOINT, LEGACY_HW_CHECKPOINT,
+};

@@ -69,9 +69,12 @@ pub enum PartitionError {
     NotEnoughReplicasAfterAppend { isr: usize, min_isr: usize },
 }
 
-/// The high watermark, checkpointed per replica (Kafka keeps one `replication-offset-checkpoint`
-/// per log directory; see docs/ARCHITECTURE.md).
-pub const HW_CHECKPOINT: &str = "high-watermark-checkpoint";
+/// The per-replica HW checkpoint of earlier versions, read once when upgrading (HWs are now
+/// checkpointed per log directory, in [`HW_CHECKPOINT`]).
+pub const LEGACY_HW_CHECKPOINT: &str = "high-watermark-checkpoint";
+
+/// Every replica's high watermark, one file per log directory (Kafka's name and format).
+pub const HW_CHECKPOINT: &str = "replication-offset-checkpoint";
 
 /// What ListOffsets asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +109,18 @@ pub struct FollowerFetch {
     pub log_end_offset: u64,
     /// The follower's log diverges: truncate to (at most) the end of this epoch, then fetch again.
     pub diverging: Option<(i32, u64)>,
+}
+
+/// Where a replica's high watermark starts when it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialHw {
+    /// As last checkpointed (bounded by the log).
+    Checkpointed(u64),
+    /// A log from before HW checkpoints existed: a single replica's, all committed.
+    LogEnd,
+    /// Unknown (no entry in a checkpoint that should have one, or an unreadable one): nothing
+    /// is exposed until the leader says what is committed.
+    LogStart,
 }
 
 /// The partition's registration in the metadata image, as this replica sees it.
@@ -164,8 +179,6 @@ pub struct Partition {
     followers: std::sync::Mutex<std::collections::HashMap<i32, FollowerState>>,
     /// The log end offset, for followers' long polls.
     leo_tx: watch::Sender<u64>,
-    /// The HW last written to the checkpoint.
-    hw_checkpointed: std::sync::atomic::AtomicU64,
     clock: Arc<dyn Clock>,
     replica_config: std::sync::RwLock<ReplicaConfig>,
     hw_tx: watch::Sender<u64>,
@@ -175,7 +188,8 @@ pub struct Partition {
 
 impl Partition {
     /// Opens (recovering if needed) the partition's log in `dir`, as the leader of a
-    /// single-replica partition.
+    /// single-replica partition, with its high watermark where `initial_hw` says.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         topic: &str,
         index: u32,
@@ -184,20 +198,17 @@ impl Partition {
         log_config: LogConfig,
         replica_config: ReplicaConfig,
         dir_health: Arc<LogDirHealth>,
+        initial_hw: InitialHw,
     ) -> Result<Partition, PartitionError> {
         let log = Log::open(dir, log_config)?;
-        // The HW as last checkpointed: a restarted replica must not expose records that were
-        // never committed (if it leads again before its followers catch up, and dies, those
-        // records would vanish from under the consumers that saw them). A log from before the
-        // checkpoint existed was a single replica's: everything in it is committed.
-        let hw = match sluice_log::checkpoint::read_offset(dir, HW_CHECKPOINT) {
-            Ok(Some(hw)) => log.set_high_watermark(hw),
-            Ok(None) => log.set_high_watermark(log.log_end_offset()),
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "unreadable HW checkpoint; starting from the log start");
-                log.set_high_watermark(log.log_start_offset())
-            }
-        };
+        // A restarted replica must not expose records that were never committed (if it leads
+        // again before its followers catch up, and dies, those records would vanish from under
+        // the consumers that saw them): it starts from the HW last checkpointed.
+        let hw = log.set_high_watermark(match initial_hw {
+            InitialHw::Checkpointed(hw) => hw,
+            InitialHw::LogEnd => log.log_end_offset(),
+            InitialHw::LogStart => log.log_start_offset(),
+        });
         let (hw_tx, _) = watch::channel(hw);
         let log = Arc::new(log);
         let (leo_tx, _) = watch::channel(log.log_end_offset());
@@ -210,7 +221,6 @@ impl Partition {
             state: std::sync::RwLock::new(ReplicaState::sole(broker_id)),
             followers: std::sync::Mutex::new(std::collections::HashMap::new()),
             leo_tx,
-            hw_checkpointed: std::sync::atomic::AtomicU64::new(u64::MAX),
             clock: Arc::new(MonotonicClock::default()),
             replica_config: std::sync::RwLock::new(replica_config),
             hw_tx,
@@ -663,21 +673,6 @@ impl Partition {
             .read(offset, max_bytes, Some(self.high_watermark()))?)
     }
 
-    /// Writes the HW to the replica's checkpoint if it moved since the last write.
-    pub fn checkpoint_high_watermark(&self) -> Result<(), PartitionError> {
-        let hw = self.high_watermark();
-        if self.hw_checkpointed.swap(hw, Ordering::AcqRel) == hw {
-            return Ok(());
-        }
-        sluice_log::checkpoint::write_offset(self.log.dir(), HW_CHECKPOINT, hw).inspect_err(
-            |_| {
-                // Try again next time.
-                self.hw_checkpointed.store(u64::MAX, Ordering::Release);
-            },
-        )?;
-        Ok(())
-    }
-
     /// Committed batches from `offset` as bytes (a consumer's read, from the leader).
     pub fn read_committed_bytes(
         &self,
@@ -778,6 +773,7 @@ mod tests {
                 LogConfig::default(),
                 ReplicaConfig::default(),
                 Arc::new(LogDirHealth::new(dir.path())),
+                InitialHw::LogStart,
             )
             .unwrap(),
         );
@@ -808,6 +804,7 @@ mod tests {
                 min_insync_replicas: 2,
             },
             Arc::new(LogDirHealth::new(dir.path())),
+            InitialHw::LogStart,
         )
         .unwrap();
         assert!(matches!(
@@ -822,6 +819,15 @@ mod tests {
     }
 
     fn replica(dir: &std::path::Path, broker: i32, state: &ReplicaState) -> Arc<Partition> {
+        replica_from(dir, broker, state, InitialHw::LogStart)
+    }
+
+    fn replica_from(
+        dir: &std::path::Path,
+        broker: i32,
+        state: &ReplicaState,
+        initial_hw: InitialHw,
+    ) -> Arc<Partition> {
         let p = Partition::open(
             "t",
             0,
@@ -832,6 +838,7 @@ mod tests {
                 min_insync_replicas: 2,
             },
             Arc::new(LogDirHealth::new(dir)),
+            initial_hw,
         )
         .unwrap();
         p.set_replica_state(state.clone());
@@ -1013,10 +1020,10 @@ mod tests {
                 .await
                 .unwrap();
         }
-        leader.checkpoint_high_watermark().unwrap();
+        let checkpointed = leader.high_watermark();
         leader.log().close().unwrap();
         drop(leader);
-        let reopened = replica(a.path(), 1, &state);
+        let reopened = replica_from(a.path(), 1, &state, InitialHw::Checkpointed(checkpointed));
         assert_eq!(reopened.log().log_end_offset(), 3);
         assert_eq!(
             reopened.high_watermark(),

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use sluice_log::{BatchBuilder, Compression, LogConfig, LogDirHealth, Record};
 use sluice_replication::controller::{Randomness, SeededRandom};
-use sluice_replication::{Acks, Partition, ReplicaConfig, ReplicaState};
+use sluice_replication::{Acks, InitialHw, Partition, ReplicaConfig, ReplicaState};
 
 /// The controller's seeded SplitMix64, with a bound.
 struct Rng(SeededRandom);
@@ -33,6 +33,9 @@ const N: usize = 3;
 struct Sim {
     dirs: Vec<tempfile::TempDir>,
     replicas: Vec<Option<Arc<Partition>>>,
+    /// Each replica's HW as its broker's flush tick last checkpointed it (the broker's
+    /// per-directory `replication-offset-checkpoint`).
+    checkpointed_hw: Vec<Option<u64>>,
     /// The controller's view.
     leader: i32,
     epoch: i32,
@@ -46,7 +49,7 @@ fn id(i: usize) -> i32 {
     i as i32 + 1
 }
 
-fn open(dir: &std::path::Path, broker: i32) -> Arc<Partition> {
+fn open(dir: &std::path::Path, broker: i32, initial_hw: InitialHw) -> Arc<Partition> {
     Arc::new(
         Partition::open(
             "sim",
@@ -58,6 +61,7 @@ fn open(dir: &std::path::Path, broker: i32) -> Arc<Partition> {
                 min_insync_replicas: 1,
             },
             Arc::new(LogDirHealth::new(dir)),
+            initial_hw,
         )
         .expect("open replica"),
     )
@@ -187,7 +191,8 @@ impl Sim {
         if self.replicas[i].is_some() {
             return;
         }
-        let p = open(self.dirs[i].path(), id(i));
+        let hw = self.checkpointed_hw[i].map_or(InitialHw::LogStart, InitialHw::Checkpointed);
+        let p = open(self.dirs[i].path(), id(i), hw);
         p.set_replica_state(self.state());
         self.replicas[i] = Some(p);
         if self.leader < 1 {
@@ -272,11 +277,12 @@ async fn run(seed: u64, steps: usize) {
     let replicas = dirs
         .iter()
         .enumerate()
-        .map(|(i, d)| Some(open(d.path(), id(i))))
+        .map(|(i, d)| Some(open(d.path(), id(i), InitialHw::LogStart)))
         .collect();
     let mut sim = Sim {
         dirs,
         replicas,
+        checkpointed_hw: vec![None; N],
         leader: 1,
         epoch: 0,
         isr: (0..N).map(id).collect(),
@@ -303,7 +309,15 @@ async fn run(seed: u64, steps: usize) {
                 let i = rng.below(N as u64) as usize;
                 sim.restart(i);
             }
-            94..=97 => sim.maintain_isr(None),
+            94..=95 => sim.maintain_isr(None),
+            96..=97 => {
+                // A broker's flush tick: every live replica's HW to its checkpoint.
+                for (i, r) in sim.replicas.iter().enumerate() {
+                    if let Some(p) = r {
+                        sim.checkpointed_hw[i] = Some(p.high_watermark());
+                    }
+                }
+            }
             _ => {
                 let i = rng.below(N as u64) as usize;
                 sim.maintain_isr(Some(i));

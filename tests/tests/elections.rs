@@ -50,14 +50,16 @@ fn consume(b: &Broker, topic: &str, want: usize) -> Vec<u64> {
     })
 }
 
-/// The HW a replica last checkpointed.
+/// The HW the broker last checkpointed for partition 0 of `topic` (its data directory's
+/// `replication-offset-checkpoint`: `0`, a count, then `<topic> <partition> <hw>` lines).
 fn checkpointed_hw(b: &Broker, topic: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(
-        b.data_dir()
-            .join(format!("{topic}-0/high-watermark-checkpoint")),
-    )
-    .ok()?;
-    text.lines().nth(1)?.trim().parse().ok()
+    let text = std::fs::read_to_string(b.data_dir().join("replication-offset-checkpoint")).ok()?;
+    text.lines().skip(2).find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next()? == topic && f.next()? == "0")
+            .then(|| f.next()?.parse().ok())
+            .flatten()
+    })
 }
 
 #[test]
