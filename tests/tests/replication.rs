@@ -407,3 +407,111 @@ fn a_group_survives_its_coordinators_broker_being_killed() {
         "resumed after the committed offset"
     );
 }
+
+/// A real group member (confluent-kafka, committing after every record) keeps consuming while
+/// the broker coordinating its group is killed: it finds the new coordinator, nothing is skipped,
+/// and its final commit lands at the end of every partition.
+#[test]
+fn a_confluent_kafka_group_member_carries_on_when_its_coordinator_is_killed() {
+    let mut bs = cluster(&[]);
+    wait_all_alive(&bs);
+    let out = bs[0].cli(
+        &[
+            "topic",
+            "create",
+            "cg",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+            "--config",
+            "min.insync.replicas=2",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in 0..3u64 {
+        let lines: String = (p * 100..(p + 1) * 100).map(|i| format!("{i}\n")).collect();
+        let out = bs[0].cli(
+            &[
+                "produce",
+                "cg",
+                "--partition",
+                &p.to_string(),
+                "--acks",
+                "all",
+            ],
+            Some(&lines),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The group's coordinator: the leader of its __consumer_offsets partition (which exists
+    // once the first member looks for it, so the member starts first).
+    let group = "cg-group";
+    let bootstrap = bs
+        .iter()
+        .map(|b| format!("127.0.0.1:{}", b.kafka_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let work = tempfile::tempdir().unwrap();
+    let progress = work.path().join("progress");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/group_failover.py");
+    let member = std::process::Command::new(common::python())
+        .arg(&script)
+        .args([&bootstrap, "cg", group, "300"])
+        .arg(&progress)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let consumed =
+        |p: &std::path::Path| std::fs::read_to_string(p).map_or(0, |s| s.lines().count());
+    wait_for("the member consuming", Duration::from_secs(60), || {
+        (consumed(&progress) >= 100).then_some(())
+    });
+    let partition = sluice_proto::routing::group_partition(group);
+    let coordinator = wait_for("the group's coordinator", Duration::from_secs(30), || {
+        let v = bs[0].cli_json(&["topic", "describe", "__consumer_offsets"])?;
+        v["partitions"][partition as usize]["leader"]
+            .as_i64()
+            .filter(|l| *l > 0)
+    });
+    let before = consumed(&progress);
+    bs[coordinator as usize - 1].kill9();
+    let killed = Instant::now();
+    let out = member.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "coordinator {coordinator} killed after {before} records: member {summary} ({:?} after the kill)",
+        killed.elapsed()
+    );
+    assert!(
+        out.status.success(),
+        "{summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(before < 300, "the kill came after the member was done");
+    // Its final commit is at the end of every partition, as a survivor reports it.
+    let other = (0..3).find(|i| *i + 1 != coordinator as usize).unwrap();
+    wait_for(
+        "zero lag at the new coordinator",
+        Duration::from_secs(30),
+        || {
+            let v = bs[other].cli_json(&["group", "lag", group])?;
+            let parts = v["partitions"].as_array()?;
+            (parts.len() == 3
+                && parts
+                    .iter()
+                    .all(|p| p["lag"] == 0 && p["committed_offset"] == 100))
+            .then_some(())
+        },
+    );
+}
