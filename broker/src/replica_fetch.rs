@@ -132,23 +132,15 @@ fn kafka_code(e: &PartitionError) -> i32 {
     i32::from(crate::kafka::produce::partition_error_code(e))
 }
 
-/// A partition with nothing new for a follower: the long poll ends when its log grows past
-/// `past_offset` or its HW moves past `past_hw` (the follower learns the new HW at once rather
-/// than a long poll later, so a leader change finds the followers' HWs current).
-pub struct Wait {
-    pub partition: Arc<Partition>,
-    pub past_offset: u64,
-    pub past_hw: u64,
-}
-
 /// Answers one follower fetch. Returns the response, whether any partition had records (or
-/// anything else to say), and the partitions that had nothing yet — for the caller's long poll.
+/// anything else to say), and the partitions that had nothing yet with the offset they wait
+/// past — for the caller's long poll.
 pub fn serve(
     topics: &TopicManager,
     throttle: &ReplicationThrottle,
     rate: u64,
     req: &ReplicaFetchRequest,
-) -> (ReplicaFetchResponse, bool, Vec<Wait>) {
+) -> (ReplicaFetchResponse, bool, Vec<(Arc<Partition>, u64)>) {
     let mut out = Vec::with_capacity(req.partitions.len());
     // The follower's bound, within the leader's own (a peer's request is not trusted to be sane).
     let mut budget = (req.max_bytes as usize).clamp(1, MAX_RESPONSE_BYTES);
@@ -184,11 +176,7 @@ pub fn serve(
                     d.high_watermark = part.high_watermark();
                     d.log_start_offset = part.log().log_start_offset();
                     d.log_end_offset = part.log().log_end_offset();
-                    waits.push(Wait {
-                        partition: part.clone(),
-                        past_offset: u64::MAX,
-                        past_hw: u64::MAX,
-                    });
+                    waits.push((part.clone(), u64::MAX));
                     out.push(d);
                     continue;
                 }
@@ -212,14 +200,8 @@ pub fn serve(
                 } else if f.records.is_empty() {
                     if p.fetch_offset < f.log_start_offset {
                         eventful = true; // the follower must start over
-                    } else if p.high_watermark.is_some_and(|hw| hw != f.high_watermark) {
-                        eventful = true; // news for the follower: the HW moved
                     } else {
-                        waits.push(Wait {
-                            partition: part.clone(),
-                            past_offset: p.fetch_offset,
-                            past_hw: f.high_watermark,
-                        });
+                        waits.push((part.clone(), p.fetch_offset));
                     }
                 } else {
                     budget = budget.saturating_sub(f.records.len());
@@ -369,7 +351,6 @@ impl ReplicaFetchers {
                             .latest_epoch()
                             .map_or(-1, |e| e.epoch),
                         max_bytes: self.settings.fetch_max_bytes,
-                        high_watermark: Some(f.partition.high_watermark()),
                     })
                     .collect(),
             };

@@ -82,14 +82,10 @@ impl BrokerInternal for InternalService {
                 return Ok(Response::new(resp));
             }
             // Nothing new anywhere: wait for an append to any of them (a long poll).
-            let polls = waits.iter().map(|w| {
-                let (p, offset, hw) = (w.partition.clone(), w.past_offset, w.past_hw);
-                Box::pin(async move {
-                    tokio::select! {
-                        _ = p.wait_for_append(offset, wait) => {}
-                        _ = p.wait_for_data(hw, wait) => {}
-                    }
-                })
+            let polls = waits.iter().map(|(p, offset)| {
+                let p = p.clone();
+                let offset = *offset;
+                Box::pin(async move { p.wait_for_append(offset, wait).await })
             });
             let _ = tokio::time::timeout_at(deadline, futures::future::select_all(polls)).await;
         }
