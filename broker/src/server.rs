@@ -144,6 +144,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     let ticker = tokio::spawn(groups.clone().run_ticker(stop_rx.clone()));
     let kafka_ctx = Arc::new(crate::kafka::Ctx {
         groups,
+        producer_ids: node.producer_ids.clone(),
         topics: topics.clone(),
         admin: admin.clone(),
         quorum: node.quorum.handle.clone(),

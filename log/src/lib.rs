@@ -44,6 +44,7 @@ pub mod index;
 pub mod leader_epoch;
 mod log;
 pub mod log_dir;
+pub mod producer_state;
 pub mod record;
 pub mod segment;
 pub mod validator;
@@ -57,6 +58,7 @@ pub use crate::error::{BatchError, LogError, RecordError, Result};
 pub use crate::leader_epoch::EpochEntry;
 pub use crate::log::{AppendInfo, CleanStats, CleanerOptions, Log, ReadInfo, MAP_ENTRY_OVERHEAD};
 pub use crate::log_dir::LogDirHealth;
+pub use crate::producer_state::{ProducerError, ProducerStates};
 pub use crate::record::{
     decode_batch, decode_batches, BatchBuilder, BatchTemplate, Header, Record, StoredRecord,
 };

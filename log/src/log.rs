@@ -23,6 +23,7 @@ use crate::checkpoint::{self, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};
 use crate::config::{Clock, LogConfig, SystemClock};
 use crate::error::{IoContext, LogError, Result};
 use crate::leader_epoch::{EpochEntry, LeaderEpochCache};
+use crate::producer_state::{Check, ProducerError, ProducerStates};
 use crate::segment::{self, FileRegion, LogSegment};
 use crate::validator::{validate_records, RecordRules, RecordsRejected};
 
@@ -103,7 +104,14 @@ pub struct Log {
     first_dirty_offset: AtomicU64,
     /// Leader epoch -> first offset (persisted in `leader-epoch-checkpoint`).
     epochs: Mutex<LeaderEpochCache>,
+    /// Idempotent producers' sequences (rebuilt from the log's tail on open and truncation).
+    producers: Mutex<ProducerStates>,
 }
+
+/// How many of the newest segments the producer state is rebuilt from: a producer retries a
+/// batch within seconds, and a producer whose batches are older is accepted as unknown (any
+/// sequence), as Kafka does once retention deleted them. Bounds the work of opening a log.
+const PRODUCER_STATE_SEGMENTS: usize = 2;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -230,6 +238,7 @@ impl Log {
         let rebuild_epochs = loaded_epochs.is_none() && leo > start;
         let log = Log {
             epochs: Mutex::new(loaded_epochs.unwrap_or_else(|| LeaderEpochCache::empty(&dir))),
+            producers: Mutex::new(ProducerStates::new()),
             maintenance: Mutex::new(()),
             first_dirty_offset: AtomicU64::new(first_dirty),
             flush_state: Arc::new(FlushState {
@@ -262,7 +271,31 @@ impl Log {
                 epochs.persist()?;
             }
         }
+        log.rebuild_producer_state()?;
         Ok(log)
+    }
+
+    /// Rebuilds the idempotent producers' state from the batch headers of the newest
+    /// [`PRODUCER_STATE_SEGMENTS`] segments (headers only: a read per batch, no record data).
+    fn rebuild_producer_state(&self) -> Result<()> {
+        let mut states = ProducerStates::new();
+        let segments = self.segments_snapshot();
+        let from = segments.len().saturating_sub(PRODUCER_STATE_SEGMENTS);
+        for seg in &segments[from..] {
+            let limit = seg.size();
+            let mut pos = 0;
+            while let Some(h) = seg.header_at(pos, limit)? {
+                states.update(&h);
+                pos += h.total_size() as u64;
+            }
+        }
+        *lock(&self.producers) = states;
+        Ok(())
+    }
+
+    /// The idempotent producers' state (for tests and tools).
+    pub fn producer_states(&self) -> ProducerStates {
+        lock(&self.producers).clone()
     }
 
     /// Builds the leader-epoch cache from the batches' headers (a log written before the cache
@@ -413,6 +446,35 @@ impl Log {
             max_timestamps.push(summary.max_timestamp);
         }
         let mut st = self.lock_appender()?;
+        // Idempotent producers: a retry of a batch already written is answered with its offsets
+        // and not written again; a gap or a fenced epoch is refused. Checked under the append
+        // lock, so the check and the write are one step.
+        {
+            let producers = lock(&self.producers);
+            for (i, (_, h)) in frames.iter().enumerate() {
+                if let Check::Duplicate(b) = producers.check(h)? {
+                    if i == 0 && frames.len() == 1 {
+                        return Ok(AppendInfo {
+                            first_offset: b.first_offset,
+                            last_offset: b.last_offset,
+                            max_timestamp: -1,
+                            log_append_time: None,
+                            record_count: 0,
+                            batch_count: 0,
+                            bytes: 0,
+                        });
+                    }
+                    // Kafka clients send one batch per partition; a retry mixed with new
+                    // batches cannot be answered with one offset range.
+                    return Err(LogError::Producer(ProducerError::OutOfOrder {
+                        producer_id: h.producer_id,
+                        epoch: h.producer_epoch,
+                        last: b.last_seq,
+                        got: h.base_sequence,
+                    }));
+                }
+            }
+        }
         let now = self.clock.now_ms();
         let log_append_time =
             (config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
@@ -488,6 +550,12 @@ impl Log {
         active.append(data, &headers, config.index_interval_bytes)?;
         self.log_end_offset
             .store(last_offset + 1, Ordering::Release);
+        {
+            let mut producers = lock(&self.producers);
+            for h in &headers {
+                producers.update(h);
+            }
+        }
         {
             let mut epochs = lock(&self.epochs);
             let mut changed = false;
@@ -859,6 +927,8 @@ impl Log {
             .fetch_min(leo, Ordering::AcqRel);
         self.flush_state
             .write_recovery_point(self.recovery_point())?;
+        // The truncated batches' sequences are no longer written: forget them.
+        self.rebuild_producer_state()?;
         Ok(true)
     }
 
@@ -903,6 +973,7 @@ impl Log {
         self.flush_state
             .recovery_point
             .store(offset, Ordering::Release);
+        lock(&self.producers).clear();
         self.flush_state.write_recovery_point(offset)
     }
 

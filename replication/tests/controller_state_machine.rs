@@ -588,6 +588,29 @@ fn bad_reassignments_are_refused_per_partition() {
     assert_eq!(c.image.topic("b").unwrap().partitions[&1].replicas.len(), 3);
 }
 
+#[test]
+fn producer_id_blocks_never_overlap_and_need_a_current_broker_epoch() {
+    let mut c = three_brokers();
+    let mut blocks = Vec::new();
+    for b in [1, 2, 1, 3] {
+        let epoch = c.image.broker(b).unwrap().broker_epoch;
+        let d = c.ctl.allocate_producer_ids(&c.image, b, epoch).unwrap();
+        c.commit(&d.records);
+        blocks.push(d.reply);
+    }
+    for w in blocks.windows(2) {
+        assert_eq!(w[0].0 + w[0].1, w[1].0, "{blocks:?}");
+    }
+    assert_eq!(c.image.next_producer_id, blocks[3].0 + blocks[3].1);
+    assert!(matches!(
+        c.ctl.allocate_producer_ids(&c.image, 2, -5),
+        Err(ControllerError::StaleBrokerEpoch { .. })
+    ));
+    // The counter survives a snapshot (a restarted controller hands out fresh ids).
+    let back = MetadataImage::decode(&c.image.encode().unwrap()).unwrap();
+    assert_eq!(back.next_producer_id, c.image.next_producer_id);
+}
+
 // ---- seeded randomized run ---------------------------------------------------------------
 
 /// What a run exercised, so the test cannot pass by doing nothing.

@@ -1,9 +1,10 @@
 """The client side of the chaos test (tests/tests/chaos.rs, scripts/chaos.sh).
 
-  chaos_client.py produce BOOTSTRAP TOPIC ACKED_FILE STOP_FILE
+  chaos_client.py produce BOOTSTRAP TOPIC ACKED_FILE STOP_FILE [idempotent]
       Produces numbered records (values "0", "1", ...) with acks=all until STOP_FILE exists,
       retrying through failovers; every record the broker acknowledged is written to ACKED_FILE
-      as "partition offset value", flushed as it arrives.
+      as "partition offset value", flushed as it arrives. With "idempotent", as an idempotent
+      producer (enable.idempotence): retries must not write a record twice.
 
   chaos_client.py verify BOOTSTRAP TOPIC ACKED_FILE PARTITIONS
       Reads every partition from the beginning to its end and checks the acknowledged records:
@@ -16,10 +17,11 @@ import sys
 import time
 
 
-def produce(bootstrap, topic, acked_path, stop_path):
+def produce(bootstrap, topic, acked_path, stop_path, idempotent=False):
     from confluent_kafka import Producer
 
     p = Producer({
+        "enable.idempotence": idempotent,
         "bootstrap.servers": bootstrap,
         "acks": "all",
         "linger.ms": 5,
@@ -108,7 +110,8 @@ def verify(bootstrap, topic, acked_path, partitions):
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "produce":
-        produce(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+        produce(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5],
+                len(sys.argv) > 6 and sys.argv[6] == "idempotent")
     elif mode == "verify":
         verify(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     else:

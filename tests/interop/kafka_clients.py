@@ -175,6 +175,46 @@ def check_kafka_python():
     print("kafka-python: ok (%d records)" % len(sent))
 
 
+def check_idempotent():
+    """Idempotent producers: confluent-kafka with enable.idempotence and kafka-python's default
+    (idempotent with acks=all) get producer ids (InitProducerId) and write every record once."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    topic = "idem-" + uuid.uuid4().hex[:8]
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(10)
+    errors = []
+
+    def report(err, msg):
+        if err is not None:
+            errors.append(str(err))
+
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True, "linger.ms": 2})
+    for i in range(300):
+        p.produce(topic, value=b"c%d" % i, partition=0, on_delivery=report)
+        p.poll(0)
+    if p.flush(30) != 0 or errors:
+        fail("confluent-kafka idempotent producer: %s" % errors[:3])
+    kp = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True)
+    futures = [kp.send(topic, value=b"k%d" % i, partition=0) for i in range(300)]
+    kp.flush(30)
+    kp.close()
+    bad = [repr(f.exception) for f in futures if f.exception is not None]
+    if bad:
+        fail("kafka-python idempotent producer: %s" % bad[:3])
+    c = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, consumer_timeout_ms=5000)
+    c.assign([TopicPartition(topic, 0)])
+    c.seek_to_beginning()
+    got = [m.value for m in c]
+    c.close()
+    want = [b"c%d" % i for i in range(300)] + [b"k%d" % i for i in range(300)]
+    if got != want:
+        fail("idempotent producers: read %d records, want the 600 in order" % len(got))
+    print("idempotent: ok (%d records)" % len(got))
+
+
 def group_consumer(group, topic, name):
     from confluent_kafka import Consumer
     c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group, "client.id": name,
@@ -327,4 +367,4 @@ TOPIC = "interop-groups"
 for check in sys.argv[2:]:
     {"confluent": check_confluent, "kafka_python": check_kafka_python, "groups": check_groups,
      "groups_resume": check_groups_resume, "group_admin": check_group_admin,
-     "mixed_group": check_mixed_group}[check]()
+     "mixed_group": check_mixed_group, "idempotent": check_idempotent}[check]()

@@ -4,7 +4,8 @@
 //! controller and partition leaders included — and waits for the cluster to heal. At the end
 //! every acknowledged record must be in the log at the offset it was acknowledged at, and every
 //! partition's offsets contiguous. Duplicates (a retried batch whose first attempt was written)
-//! are counted, not failed: without idempotent producers Kafka has them too.
+//! are counted, not failed, for a plain producer (Kafka has them too); an idempotent producer
+//! must have none.
 //!
 //! The suite runs a few rounds; `CHAOS_ROUNDS=50 CHAOS_SEED=7 scripts/chaos.sh` runs long ones.
 
@@ -67,7 +68,8 @@ struct Run {
 }
 
 impl Run {
-    fn start() -> Run {
+    /// With `idempotent`, the producer is an idempotent one (`enable.idempotence`).
+    fn start(idempotent: bool) -> Run {
         let bs = start_cluster(
             3,
             &[
@@ -126,6 +128,7 @@ impl Run {
                 .args(["produce", &run.bootstrap, "chaos"])
                 .arg(&run.acked)
                 .arg(&run.stop)
+                .args(idempotent.then_some("idempotent"))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -204,8 +207,9 @@ impl Run {
     }
 }
 
-#[test]
-fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
+/// Kills and pauses of random brokers, `CHAOS_ROUNDS` of them from `CHAOS_SEED`, under the
+/// producer; returns the producer's and the checker's summaries.
+fn chaos_rounds(idempotent: bool) -> (serde_json::Value, serde_json::Value) {
     let rounds: u64 = std::env::var("CHAOS_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -215,7 +219,7 @@ fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let mut rng = Rng(seed);
-    let mut run = Run::start();
+    let mut run = Run::start(idempotent);
     let mut acked_so_far = run.progress(200, "starting");
     let mut heal_times = Vec::new();
     for round in 0..rounds {
@@ -254,11 +258,29 @@ fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
             .unwrap_or_default()
     };
     eprintln!(
-        "chaos: seed {seed}, {rounds} rounds; producer {producer}; verify {verify}; time to heal after each fault: p50 {:?}, p99 {:?}, max {:?}",
+        "chaos{}: seed {seed}, {rounds} rounds; producer {producer}; verify {verify}; time to heal after each fault: p50 {:?}, p99 {:?}, max {:?}",
+        if idempotent { " (idempotent producer)" } else { "" },
         pct(0.5),
         pct(0.99),
         heal_times.last().copied().unwrap_or_default()
     );
+    (producer, verify)
+}
+
+#[test]
+fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
+    chaos_rounds(false);
+}
+
+/// The same faults under an idempotent producer: every acknowledged record exactly once — the
+/// retries of batches a failover left unacknowledged are recognised by the partition's producer
+/// state (replicated with the batches) and not written again.
+#[test]
+fn an_idempotent_producer_writes_every_record_exactly_once_through_kills_and_pauses() {
+    let (producer, verify) = chaos_rounds(true);
+    assert_eq!(producer["failed"], 0, "{producer}");
+    assert_eq!(verify["duplicates"], 0, "retries written twice: {verify}");
+    assert!(verify["acked"].as_u64().is_some_and(|n| n > 0), "{verify}");
 }
 
 /// A rolling restart (SIGTERM, restart, wait until in sync; each broker in turn) under acks=all
@@ -266,7 +288,7 @@ fn acknowledged_records_survive_kills_and_pauses_of_any_broker() {
 /// retriable errors — every record is delivered, none fails — and nothing acknowledged is lost.
 #[test]
 fn a_rolling_restart_under_acks_all_load_fails_no_delivery() {
-    let mut run = Run::start();
+    let mut run = Run::start(false);
     let mut acked = run.progress(200, "starting");
     for i in 0..3 {
         let what = format!("restarting broker {}", i + 1);

@@ -205,6 +205,13 @@ fn confluent_kafka_and_kafka_python_clients() {
 }
 
 #[test]
+fn idempotent_producers_of_both_clients_get_ids_and_write_once() {
+    let (_b, port) = kafka_broker();
+    let stdout = interop(port, &["idempotent"]);
+    assert!(stdout.contains("idempotent: ok (600 records)"), "{stdout}");
+}
+
+#[test]
 fn consumer_groups_rebalance_commit_and_resume_after_kill9() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sluice.toml");

@@ -74,6 +74,10 @@ impl Lifecycle {
         }
     }
 
+    pub fn broker_id(&self) -> i32 {
+        self.broker_id
+    }
+
     pub fn state(&self) -> BrokerState {
         *self.state.borrow()
     }

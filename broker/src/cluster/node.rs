@@ -32,6 +32,7 @@ pub struct Node {
     pub admin: Arc<Admin>,
     pub quorum: Quorum,
     pub lifecycle: Arc<Lifecycle>,
+    pub producer_ids: Arc<crate::requests::producer_ids::ProducerIds>,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -90,6 +91,10 @@ impl Node {
             Duration::from_millis(config.controlled_shutdown_timeout_ms),
         ));
         tasks.push(tokio::spawn(lifecycle.clone().run(stop_rx.clone())));
+        let producer_ids = Arc::new(crate::requests::producer_ids::ProducerIds::new(
+            admin.controller.clone(),
+            lifecycle.clone(),
+        ));
         let settings = crate::replica_fetch::ReplicaSettings {
             fetch_max_bytes: config.replica_fetch_max_bytes,
             response_max_bytes: config.replica_fetch_response_max_bytes,
@@ -116,6 +121,7 @@ impl Node {
             admin,
             quorum,
             lifecycle,
+            producer_ids,
             stop_tx,
             tasks,
         })

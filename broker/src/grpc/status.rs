@@ -70,7 +70,9 @@ pub fn from_partition_error(e: &PartitionError) -> Status {
             | LogError::InvalidRecords { .. }
             | LogError::RecordsRejected { .. }
             | LogError::InvalidConfig(_) => Code::InvalidArgument,
-            LogError::NonContiguousOffset { .. } => Code::FailedPrecondition,
+            LogError::NonContiguousOffset { .. } | LogError::Producer(_) => {
+                Code::FailedPrecondition
+            }
             LogError::Closed | LogError::LogDirOffline { .. } => Code::Unavailable,
             LogError::Corrupt { .. } | LogError::Io { .. } => Code::Internal,
         },

@@ -13,7 +13,6 @@ mod groups;
 mod metadata;
 pub mod produce;
 mod reassign;
-mod unserved;
 pub mod zero_copy;
 
 use std::sync::Arc;
@@ -36,6 +35,7 @@ pub struct Ctx {
     /// The metadata image and the quorum's status (who is controller).
     pub quorum: sluice_replication::controller::driver::QuorumHandle,
     pub groups: Arc<crate::groups::GroupCoordinator>,
+    pub producer_ids: Arc<crate::requests::producer_ids::ProducerIds>,
     pub config: Arc<BrokerConfig>,
     /// Host and port clients are told to connect to (Metadata, FindCoordinator).
     pub advertised_host: String,
@@ -77,6 +77,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::InitProducerId, 0, 4),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
 ];
@@ -171,10 +172,8 @@ async fn handle(ctx: &Ctx, mut frame: Frame, peer: &str) -> Result<Reply, String
         return api_versions(corr, version);
     }
     if !SUPPORTED.iter().any(|(k, _, _)| *k == frame.api_key) {
-        return match unserved::reply(frame.api_key, corr, version)? {
-            Some(buf) => Ok(Reply::Frame(buf)),
-            None => Err(format!("{:?} is not served", frame.api_key)),
-        };
+        // Not in ApiVersions: a client sending it anyway is closed on, as Kafka does.
+        return Err(format!("{:?} is not served", frame.api_key));
     }
     if !served(frame.api_key, version) {
         return Err("unsupported version (see ApiVersions)".into());
@@ -228,6 +227,9 @@ async fn handle(ctx: &Ctx, mut frame: Frame, peer: &str) -> Result<Reply, String
             version,
             frame::decode_body(body, version)?,
         )),
+        ApiKey::InitProducerId => reply(
+            produce::init_producer_id(ctx, corr, version, frame::decode_body(body, version)?).await,
+        ),
         ApiKey::OffsetForLeaderEpoch => reply(metadata::offset_for_leader_epoch(
             ctx,
             corr,
@@ -389,6 +391,7 @@ mod fuzz {
                 groups.follow().await;
                 let ctx = Ctx {
                     groups,
+                    producer_ids: node.producer_ids.clone(),
                     topics: node.topics.clone(),
                     admin: node.admin.clone(),
                     quorum: node.quorum.handle.clone(),

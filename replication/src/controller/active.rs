@@ -334,6 +334,14 @@ fn decide(
             state.alter_partition(image, &req)?.records,
             ControllerAnswer::Done,
         ),
+        ControllerCall::AllocateProducerIds {
+            broker_id,
+            broker_epoch,
+        } => {
+            let d = state.allocate_producer_ids(image, broker_id, broker_epoch)?;
+            let (start, len) = d.reply;
+            (d.records, ControllerAnswer::ProducerIds { start, len })
+        }
         ControllerCall::AlterReassignments(reqs) => {
             let d = state.alter_reassignments(image, &reqs);
             (d.records, ControllerAnswer::Reassignments(d.reply))

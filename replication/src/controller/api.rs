@@ -58,6 +58,10 @@ pub enum ControllerCall {
     },
     AlterPartition(AlterPartition),
     AlterReassignments(Vec<Reassignment>),
+    AllocateProducerIds {
+        broker_id: BrokerId,
+        broker_epoch: i64,
+    },
 }
 
 impl ControllerCall {
@@ -73,6 +77,7 @@ impl ControllerCall {
             ControllerCall::ImportTopics { .. } => "ImportTopics",
             ControllerCall::AlterPartition(_) => "AlterPartition",
             ControllerCall::AlterReassignments(_) => "AlterReassignments",
+            ControllerCall::AllocateProducerIds { .. } => "AllocateProducerIds",
         }
     }
 }
@@ -89,6 +94,11 @@ pub enum ControllerAnswer {
     Imported(Vec<String>),
     /// One result per requested reassignment, in order.
     Reassignments(Vec<Result<(), ControllerError>>),
+    /// Producer ids `start .. start + len` are this broker's to hand out.
+    ProducerIds {
+        start: i64,
+        len: i64,
+    },
     Done,
 }
 

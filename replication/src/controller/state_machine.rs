@@ -32,6 +32,9 @@ use crate::metadata::{
     PartitionRecord, PartitionRegistration, RegisterBrokerRecord, NO_LEADER,
 };
 
+/// Producer ids per block handed to a broker (Kafka's `ProducerIdsBlock.PRODUCER_ID_BLOCK_SIZE`).
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
 /// The topic config that allows electing an out-of-sync replica.
 pub const UNCLEAN_LEADER_ELECTION: &str = "unclean.leader.election.enable";
 
@@ -639,6 +642,32 @@ impl ControllerState {
         Ok(decision(
             vec![MetadataRecord::PartitionChange(change)],
             after,
+        ))
+    }
+
+    // ---- producer ids -----------------------------------------------------------------------
+
+    /// Hands a registered broker the next block of [`PRODUCER_ID_BLOCK`] producer ids (KRaft's
+    /// `ProducerIdControlManager`): committed before it is used, so no two brokers — and no
+    /// broker before and after a restart — hand out the same id.
+    pub fn allocate_producer_ids(
+        &self,
+        image: &MetadataImage,
+        broker_id: BrokerId,
+        broker_epoch: i64,
+    ) -> Result<Decision<(i64, i64)>, ControllerError> {
+        registered(image, broker_id, broker_epoch)?;
+        let start = image.next_producer_id;
+        let next = start
+            .checked_add(PRODUCER_ID_BLOCK)
+            .ok_or_else(|| ControllerError::InvalidRequest("producer ids exhausted".into()))?;
+        Ok(decision(
+            vec![MetadataRecord::ProducerIds {
+                broker_id,
+                broker_epoch,
+                next_producer_id: next,
+            }],
+            (start, PRODUCER_ID_BLOCK),
         ))
     }
 

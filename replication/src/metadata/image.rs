@@ -102,6 +102,9 @@ pub struct MetadataImage {
     pub configs: BTreeMap<ConfigResource, BTreeMap<String, String>>,
     /// The largest broker epoch handed out (the next registration gets a larger one).
     pub max_broker_epoch: i64,
+    /// Producer ids below this are handed out (idempotent producers).
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 impl MetadataImage {
@@ -300,6 +303,12 @@ impl MetadataImage {
                     self.configs.remove(resource);
                 }
                 vec![MetadataChange::Config(resource.clone())]
+            }
+            R::ProducerIds {
+                next_producer_id, ..
+            } => {
+                self.next_producer_id = self.next_producer_id.max(*next_producer_id);
+                Vec::new()
             }
         })
     }

@@ -126,6 +126,13 @@ pub enum MetadataRecord {
         name: String,
         value: Option<String>,
     },
+    /// A block of producer ids handed to a broker (KRaft's ProducerIdsRecord): ids below
+    /// `next_producer_id` are taken.
+    ProducerIds {
+        broker_id: BrokerId,
+        broker_epoch: i64,
+        next_producer_id: i64,
+    },
 }
 
 impl MetadataRecord {
