@@ -37,17 +37,10 @@ fn produce(b: &Broker, topic: &str, from: u64, to: u64) -> std::process::Output 
 }
 
 fn consume(b: &Broker, topic: &str, want: usize) -> Vec<u64> {
-    wait_for("the records", Duration::from_secs(60), || {
-        let out = b.cli(
-            &["consume", topic, "--partition", "0", "--from-beginning"],
-            None,
-        );
-        let v: Vec<u64> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.parse().ok())
-            .collect();
-        (out.status.success() && v.len() >= want).then_some(v)
-    })
+    b.consume_lines(topic, want)
+        .iter()
+        .filter_map(|l| l.parse().ok())
+        .collect()
 }
 
 /// The HW the broker last checkpointed for partition 0 of `topic` (its data directory's

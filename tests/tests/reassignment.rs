@@ -56,21 +56,6 @@ fn produce(b: &Broker, topic: &str, lines: &str, acks: &str) {
     );
 }
 
-/// Partition 0 of `topic` from the beginning through `b` (which follows the leader).
-fn consume(b: &Broker, topic: &str, want: usize) -> Vec<String> {
-    wait_for("the records", Duration::from_secs(60), || {
-        let out = b.cli(
-            &["consume", topic, "--partition", "0", "--from-beginning"],
-            None,
-        );
-        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        (out.status.success() && lines.len() >= want).then_some(lines)
-    })
-}
-
 fn replica_dir(b: &Broker, topic: &str) -> std::path::PathBuf {
     b.data_dir().join(format!("{topic}-0"))
 }
@@ -171,7 +156,7 @@ fn a_partition_moves_to_a_fresh_broker_and_off_its_leader_with_its_data() {
         Duration::from_secs(30),
         || (part(broker(fresh), "m", 0)?["log_end_offset"].as_u64()? == 1000).then_some(()),
     );
-    let got = consume(&bs[0], "m", 1000);
+    let got = bs[0].consume_lines("m", 1000);
     assert_eq!(got, (0..1000).map(|i| i.to_string()).collect::<Vec<_>>());
 
     // OffsetForLeaderEpoch (KIP-320) from the new leader: the old epoch ends where the records
@@ -324,5 +309,5 @@ fn a_throttled_move_copies_no_faster_than_its_throttle_and_a_cancel_leaves_nothi
     assert!(bs[0]
         .cli_json(&["topic", "reassignments"])
         .is_some_and(|v| v.as_array().is_some_and(|a| a.is_empty())));
-    assert_eq!(consume(&bs[0], "t", 3000).len(), 3000);
+    assert_eq!(bs[0].consume_lines("t", 3000).len(), 3000);
 }

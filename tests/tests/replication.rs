@@ -415,25 +415,7 @@ fn a_group_survives_its_coordinators_broker_being_killed() {
 fn a_confluent_kafka_group_member_carries_on_when_its_coordinator_is_killed() {
     let mut bs = cluster(&[]);
     wait_all_alive(&bs);
-    let out = bs[0].cli(
-        &[
-            "topic",
-            "create",
-            "cg",
-            "--partitions",
-            "3",
-            "--replication-factor",
-            "3",
-            "--config",
-            "min.insync.replicas=2",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bs[0].topic_create("cg", 3, 3, &["--config", "min.insync.replicas=2"]);
     for p in 0..3u64 {
         let lines: String = (p * 100..(p + 1) * 100).map(|i| format!("{i}\n")).collect();
         let out = bs[0].cli(

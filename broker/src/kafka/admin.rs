@@ -468,7 +468,7 @@ pub async fn incremental_alter_configs(
     const DELETE: i8 = 1;
     let mut responses = Vec::new();
     for res in req.resources {
-        if res.resource_type == RESOURCE_BROKER {
+        let (code, msg) = if res.resource_type == RESOURCE_BROKER {
             let mut changes = BTreeMap::new();
             let mut bad = None;
             for c in &res.configs {
@@ -482,7 +482,7 @@ pub async fn incremental_alter_configs(
                     _ => bad = Some(c.name.to_string()),
                 }
             }
-            let (code, msg) = match bad {
+            match bad {
                 Some(k) => (
                     err(ResponseError::InvalidConfig),
                     Some(format!("unsupported operation on {k}")),
@@ -490,44 +490,38 @@ pub async fn incremental_alter_configs(
                 None => {
                     alter_broker_resource(ctx, &res.resource_name, changes, req.validate_only).await
                 }
-            };
-            responses.push(
-                IncrementalResult::default()
-                    .with_error_code(code)
-                    .with_error_message(msg.map(s))
-                    .with_resource_type(res.resource_type)
-                    .with_resource_name(res.resource_name),
-            );
-            continue;
-        }
-        let overrides = ctx.topics.get(&res.resource_name).ok().and_then(|topic| {
-            let mut o = topic.overrides();
-            for c in &res.configs {
-                match (c.config_operation, &c.value) {
-                    (SET, Some(v)) => {
-                        o.insert(c.name.to_string(), v.to_string());
-                    }
-                    (DELETE, _) => {
-                        o.remove(&*c.name.to_string());
-                    }
-                    // APPEND/SUBTRACT (list-valued configs) are not supported.
-                    _ => return None,
-                }
             }
-            Some(o)
-        });
-        let overrides = match (&overrides, ctx.topics.get(&res.resource_name)) {
-            (None, Err(_)) => Some(BTreeMap::new()), // let apply_overrides report the unknown topic
-            _ => overrides,
+        } else {
+            let overrides = ctx.topics.get(&res.resource_name).ok().and_then(|topic| {
+                let mut o = topic.overrides();
+                for c in &res.configs {
+                    match (c.config_operation, &c.value) {
+                        (SET, Some(v)) => {
+                            o.insert(c.name.to_string(), v.to_string());
+                        }
+                        (DELETE, _) => {
+                            o.remove(&*c.name.to_string());
+                        }
+                        // APPEND/SUBTRACT (list-valued configs) are not supported.
+                        _ => return None,
+                    }
+                }
+                Some(o)
+            });
+            let overrides = match (&overrides, ctx.topics.get(&res.resource_name)) {
+                // Let apply_overrides report the unknown topic.
+                (None, Err(_)) => Some(BTreeMap::new()),
+                _ => overrides,
+            };
+            apply_overrides(
+                ctx,
+                res.resource_type,
+                &res.resource_name,
+                overrides,
+                req.validate_only,
+            )
+            .await?
         };
-        let (code, msg) = apply_overrides(
-            ctx,
-            res.resource_type,
-            &res.resource_name,
-            overrides,
-            req.validate_only,
-        )
-        .await?;
         responses.push(
             IncrementalResult::default()
                 .with_error_code(code)

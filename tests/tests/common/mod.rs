@@ -472,6 +472,25 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Partition 0 of `topic` from the beginning, through this broker's CLI (which follows the
+    /// leader), once it reads at least `want` lines (a leader change may be in progress: polled
+    /// for a minute).
+    pub fn consume_lines(&self, topic: &str, want: usize) -> Vec<String> {
+        wait_for("the records", Duration::from_secs(60), || {
+            let out = self.cli(
+                &["consume", topic, "--partition", "0", "--from-beginning"],
+                None,
+            );
+            let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            (out.status.success() && lines.len() >= want).then_some(lines)
+        })
+    }
+}
+
 /// Waits until `bs[0]` sees all of `bs` alive (registered and unfenced).
 pub fn wait_all_alive(bs: &[Broker]) {
     let ids: Vec<i64> = (1..=bs.len() as i64).collect();
