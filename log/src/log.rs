@@ -284,9 +284,20 @@ impl Log {
         for seg in &segments[from..] {
             let limit = seg.size();
             let mut pos = 0;
-            while let Some(h) = seg.header_at(pos, limit)? {
-                states.update(&h);
-                pos += h.total_size() as u64;
+            loop {
+                match seg.header_at(pos, limit) {
+                    Ok(Some(h)) => {
+                        states.update(&h);
+                        pos += h.total_size() as u64;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        // A damaged stored batch (readers report it where they meet it): the
+                        // producers after it start as unknown rather than the log not opening.
+                        tracing::warn!(dir = %self.dir.display(), error = %e, "producer state not rebuilt past a bad batch header");
+                        break;
+                    }
+                }
             }
         }
         *lock(&self.producers) = states;

@@ -407,7 +407,9 @@ impl Partition {
                 self.dir_health
                     .record_failure(&format!("{}-{}", self.topic, self.index), e)
             })?;
-        self.leo_tx.send_replace(info.last_offset + 1);
+        // (Not `last_offset + 1`: a producer's retry is answered with the offsets of a batch
+        // written earlier, below the log end.)
+        self.leo_tx.send_replace(self.log.log_end_offset());
         // With the leader alone in the ISR this commits the batch at once.
         self.maybe_advance_hw();
         if acks != Acks::All {
