@@ -179,6 +179,43 @@ impl Default for BrokerConfig {
     }
 }
 
+/// What kind of value an accepted-but-unused config takes.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Long,
+    Bool,
+    /// Free text (a version, a list of `partition:broker` pairs or `*`).
+    Text,
+}
+
+/// Kafka topic configs that Sluice accepts, validates, stores and describes but does not act
+/// on (Kafka itself ignores the deprecated ones; the others tune mechanisms Sluice has no
+/// equivalent of yet). With Kafka's defaults. Clients and tools that set them work unchanged.
+const ACCEPTED_UNUSED: &[(&str, Kind, &str)] = &[
+    ("message.format.version", Kind::Text, "3.0-IV1"),
+    ("message.downconversion.enable", Kind::Bool, "true"),
+    ("file.delete.delay.ms", Kind::Long, "60000"),
+    ("preallocate", Kind::Bool, "false"),
+    ("segment.jitter.ms", Kind::Long, "0"),
+    ("max.compaction.lag.ms", Kind::Long, "9223372036854775807"),
+    ("compression.gzip.level", Kind::Long, "-1"),
+    ("compression.lz4.level", Kind::Long, "9"),
+    ("compression.zstd.level", Kind::Long, "3"),
+    ("local.retention.ms", Kind::Long, "-2"),
+    ("local.retention.bytes", Kind::Long, "-2"),
+    ("remote.storage.enable", Kind::Bool, "false"),
+    ("leader.replication.throttled.replicas", Kind::Text, ""),
+    ("follower.replication.throttled.replicas", Kind::Text, ""),
+];
+
+/// Topic configs whose value is a comma-separated list (IncrementalAlterConfigs APPEND and
+/// SUBTRACT apply to these only, as in Kafka).
+pub const LIST_CONFIGS: &[&str] = &[
+    "cleanup.policy",
+    "leader.replication.throttled.replicas",
+    "follower.replication.throttled.replicas",
+];
+
 /// The effective settings of one topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicSettings {
@@ -191,6 +228,8 @@ pub struct TopicSettings {
     /// is alive (losing what it lacks)? Decided by the controller, from the metadata's topic
     /// config or the active controller's broker default.
     pub unclean_leader_election: bool,
+    /// Values of [`ACCEPTED_UNUSED`] configs that were set.
+    unused: BTreeMap<String, String>,
 }
 
 impl TopicSettings {
@@ -201,6 +240,7 @@ impl TopicSettings {
             replica: ReplicaConfig::default(),
             compression: None,
             unclean_leader_election: false,
+            unused: BTreeMap::new(),
         };
         for (k, v) in overrides {
             s.set(k, v)?;
@@ -248,7 +288,28 @@ impl TopicSettings {
                     })?),
                 }
             }
-            other => return Err(invalid(format!("unknown topic config {other:?}"))),
+            other => {
+                let Some((_, kind, _)) = ACCEPTED_UNUSED.iter().find(|(k, _, _)| *k == other)
+                else {
+                    return Err(invalid(format!("unknown topic config {other:?}")));
+                };
+                let ok = match kind {
+                    Kind::Long => value.trim().parse::<i64>().is_ok(),
+                    Kind::Bool => matches!(value.trim(), "true" | "false"),
+                    Kind::Text => true,
+                };
+                if !ok {
+                    return Err(invalid(format!(
+                        "{other}: {value:?} is not a valid {}",
+                        match kind {
+                            Kind::Long => "number",
+                            Kind::Bool => "boolean (true or false)",
+                            Kind::Text => "value",
+                        }
+                    )));
+                }
+                self.unused.insert(other.to_string(), value.trim().to_string());
+            }
         }
         Ok(())
     }
@@ -271,6 +332,10 @@ impl TopicSettings {
             "unclean.leader.election.enable".into(),
             self.unclean_leader_election.to_string(),
         );
+        for (k, _, default) in ACCEPTED_UNUSED {
+            let v = self.unused.get(*k).map_or(*default, String::as_str);
+            out.insert(k.to_string(), v.to_string());
+        }
         out
     }
 }
@@ -452,6 +517,23 @@ grpc_addr = "0.0.0.0:19093"
         assert!(BrokerConfig::load(&path).is_err());
         assert!(
             TopicSettings::resolve(&[("bogus.key".to_string(), "1".to_string())].into()).is_err()
+        );
+    }
+
+    #[test]
+    fn kafka_configs_sluice_does_not_act_on_are_validated_stored_and_described() {
+        let set =
+            |k: &str, v: &str| TopicSettings::resolve(&[(k.to_string(), v.to_string())].into());
+        let s = set("message.format.version", "2.8").unwrap();
+        assert_eq!(s.describe()["message.format.version"], "2.8");
+        assert_eq!(s.describe()["preallocate"], "false", "Kafka's default");
+        assert!(set("preallocate", "maybe").is_err());
+        assert!(set("file.delete.delay.ms", "soon").is_err());
+        assert_eq!(
+            set("leader.replication.throttled.replicas", "0:1,0:2")
+                .unwrap()
+                .describe()["leader.replication.throttled.replicas"],
+            "0:1,0:2"
         );
     }
 }

@@ -215,6 +215,51 @@ def check_idempotent():
     print("idempotent: ok (%d records)" % len(got))
 
 
+def check_configs():
+    """Topic configs as Kafka takes them: deprecated-but-accepted names are accepted and
+    described, unknown names refused; IncrementalAlterConfigs APPEND/SUBTRACT on list configs."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry,
+                                       ConfigResource, NewTopic, ResourceType)
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    topic = "cfg-" + uuid.uuid4().hex[:8]
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1, config={
+        "message.format.version": "2.8", "message.downconversion.enable": "false"})])[topic].result(10)
+    bad = "cfg-bad-" + uuid.uuid4().hex[:8]
+    try:
+        admin.create_topics([NewTopic(bad, num_partitions=1, replication_factor=1,
+                                      config={"no.such.config": "1"})])[bad].result(10)
+        fail("an unknown topic config was accepted")
+    except KafkaException as e:
+        if "no.such.config" not in str(e):
+            fail("unknown config refused without naming it: %s" % e)
+
+    def describe():
+        res = ConfigResource(ResourceType.TOPIC, topic)
+        return {k: v.value for k, v in admin.describe_configs([res])[res].result(10).items()}
+
+    def incremental(entries):
+        res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)
+        return admin.incremental_alter_configs([res])[res].result(10)
+
+    d = describe()
+    if d.get("message.format.version") != "2.8" or d.get("message.downconversion.enable") != "false":
+        fail("accepted configs not described: %r" % {k: d.get(k) for k in ("message.format.version", "message.downconversion.enable")})
+    incremental([ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.APPEND)])
+    if sorted(describe()["cleanup.policy"].split(",")) != ["compact", "delete"]:
+        fail("APPEND: cleanup.policy is %r" % describe()["cleanup.policy"])
+    incremental([ConfigEntry("cleanup.policy", "delete", incremental_operation=AlterConfigOpType.SUBTRACT)])
+    if describe()["cleanup.policy"] != "compact":
+        fail("SUBTRACT: cleanup.policy is %r" % describe()["cleanup.policy"])
+    try:
+        incremental([ConfigEntry("retention.ms", "5", incremental_operation=AlterConfigOpType.APPEND)])
+        fail("APPEND on a non-list config was accepted")
+    except KafkaException:
+        pass
+    print("configs: ok")
+
+
 def group_consumer(group, topic, name):
     from confluent_kafka import Consumer
     c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group, "client.id": name,
@@ -367,4 +412,5 @@ TOPIC = "interop-groups"
 for check in sys.argv[2:]:
     {"confluent": check_confluent, "kafka_python": check_kafka_python, "groups": check_groups,
      "groups_resume": check_groups_resume, "group_admin": check_group_admin,
-     "mixed_group": check_mixed_group, "idempotent": check_idempotent}[check]()
+     "mixed_group": check_mixed_group, "idempotent": check_idempotent,
+     "configs": check_configs}[check]()

@@ -212,6 +212,13 @@ fn idempotent_producers_of_both_clients_get_ids_and_write_once() {
 }
 
 #[test]
+fn topic_configs_as_kafka_takes_them_deprecated_names_and_list_operations() {
+    let (_b, port) = kafka_broker();
+    let stdout = interop(port, &["configs"]);
+    assert!(stdout.contains("configs: ok"), "{stdout}");
+}
+
+#[test]
 fn consumer_groups_rebalance_commit_and_resume_after_kill9() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sluice.toml");

@@ -37,9 +37,16 @@ use super::{err, frame::encode_response, Ctx};
 use sluice_replication::controller::api::ControllerFailure;
 use sluice_replication::controller::ControllerError;
 
+use crate::config::LIST_CONFIGS;
 use crate::requests::admin::DYNAMIC_BROKER_CONFIGS;
 use crate::topics::TopicError;
 use sluice_replication::metadata::ConfigResource;
+
+// IncrementalAlterConfigs operations.
+const SET: i8 = 0;
+const DELETE: i8 = 1;
+const APPEND: i8 = 2;
+const SUBTRACT: i8 = 3;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -458,14 +465,77 @@ pub async fn alter_configs(
     )
 }
 
+/// A topic's overrides after IncrementalAlterConfigs' operations: SET, DELETE, and for list
+/// configs ([`LIST_CONFIGS`]) APPEND (items not already there, in order) and SUBTRACT, applied to
+/// the current value (the override, else the effective default) as Kafka does. An unknown topic
+/// gives empty overrides (validation reports it); APPEND/SUBTRACT on another config is refused.
+fn incremental_overrides(
+    ctx: &Ctx,
+    topic: &str,
+    ops: &[kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig],
+) -> Result<BTreeMap<String, String>, String> {
+    let Ok(t) = ctx.topics.get(topic) else {
+        return Ok(BTreeMap::new());
+    };
+    let mut o = t.overrides();
+    let effective = t.settings().describe();
+    let items = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    for c in ops {
+        let name = c.name.to_string();
+        match (c.config_operation, &c.value) {
+            (SET, Some(v)) => {
+                o.insert(name, v.to_string());
+            }
+            (DELETE, _) => {
+                o.remove(&name);
+            }
+            (op @ (APPEND | SUBTRACT), Some(v)) => {
+                if !LIST_CONFIGS.contains(&name.as_str()) {
+                    return Err(format!(
+                        "{} is only for list configs ({}), not {name}",
+                        if op == APPEND { "APPEND" } else { "SUBTRACT" },
+                        LIST_CONFIGS.join(", ")
+                    ));
+                }
+                let current = o
+                    .get(&name)
+                    .or_else(|| effective.get(&name))
+                    .map_or_else(Vec::new, |v| items(v));
+                let change = items(v);
+                let next: Vec<String> = if op == APPEND {
+                    let mut n = current;
+                    for i in change {
+                        if !n.contains(&i) {
+                            n.push(i);
+                        }
+                    }
+                    n
+                } else {
+                    current
+                        .into_iter()
+                        .filter(|i| !change.contains(i))
+                        .collect()
+                };
+                o.insert(name, next.join(","));
+            }
+            (op, _) => return Err(format!("operation {op} on {name} needs a value")),
+        }
+    }
+    Ok(o)
+}
+
 pub async fn incremental_alter_configs(
     ctx: &Ctx,
     corr: i32,
     version: i16,
     req: IncrementalAlterConfigsRequest,
 ) -> Result<BytesMut, String> {
-    const SET: i8 = 0;
-    const DELETE: i8 = 1;
     let mut responses = Vec::new();
     for res in req.resources {
         let (code, msg) = if res.resource_type == RESOURCE_BROKER {
@@ -492,35 +562,19 @@ pub async fn incremental_alter_configs(
                 }
             }
         } else {
-            let overrides = ctx.topics.get(&res.resource_name).ok().and_then(|topic| {
-                let mut o = topic.overrides();
-                for c in &res.configs {
-                    match (c.config_operation, &c.value) {
-                        (SET, Some(v)) => {
-                            o.insert(c.name.to_string(), v.to_string());
-                        }
-                        (DELETE, _) => {
-                            o.remove(&*c.name.to_string());
-                        }
-                        // APPEND/SUBTRACT (list-valued configs) are not supported.
-                        _ => return None,
-                    }
+            match incremental_overrides(ctx, &res.resource_name, &res.configs) {
+                Err(message) => (err(ResponseError::InvalidRequest), Some(message)),
+                Ok(overrides) => {
+                    apply_overrides(
+                        ctx,
+                        res.resource_type,
+                        &res.resource_name,
+                        Some(overrides),
+                        req.validate_only,
+                    )
+                    .await?
                 }
-                Some(o)
-            });
-            let overrides = match (&overrides, ctx.topics.get(&res.resource_name)) {
-                // Let apply_overrides report the unknown topic.
-                (None, Err(_)) => Some(BTreeMap::new()),
-                _ => overrides,
-            };
-            apply_overrides(
-                ctx,
-                res.resource_type,
-                &res.resource_name,
-                overrides,
-                req.validate_only,
-            )
-            .await?
+            }
         };
         responses.push(
             IncrementalResult::default()
