@@ -98,6 +98,14 @@ pub struct BrokerConfig {
     pub max_request_bytes: usize,
     /// Concurrent client connections; more are refused (Kafka `max.connections`).
     pub max_connections: usize,
+    /// Connections from one client address, per listener; 0 = no limit (Kafka
+    /// `max.connections.per.ip`).
+    pub max_connections_per_ip: usize,
+    /// A connection with no request for this long is closed (Kafka `connections.max.idle.ms`).
+    pub connections_max_idle_ms: u64,
+    /// A request that has started must arrive whole within this long, or the connection is
+    /// closed (a client trickling bytes cannot hold a connection slot).
+    pub request_read_timeout_ms: u64,
     /// Default `max_bytes` of a fetch that names none.
     pub fetch_max_bytes: usize,
     /// How often retention runs (Kafka `log.retention.check.interval.ms`).
@@ -162,6 +170,9 @@ impl Default for BrokerConfig {
             default_replication_factor: 1,
             max_request_bytes: 100 << 20,
             max_connections: 1000,
+            max_connections_per_ip: 0,
+            connections_max_idle_ms: 600_000,
+            request_read_timeout_ms: 30_000,
             fetch_max_bytes: 1 << 20,
             retention_check_interval_ms: 300_000,
             flush_check_interval_ms: 1_000,
@@ -362,6 +373,11 @@ impl BrokerConfig {
         }
         if self.num_partitions == 0 {
             return Err(ConfigError::Invalid("num_partitions must be >= 1".into()));
+        }
+        if self.connections_max_idle_ms == 0 || self.request_read_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "connections_max_idle_ms and request_read_timeout_ms must be >= 1".into(),
+            ));
         }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid("max_connections must be >= 1".into()));

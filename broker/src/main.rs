@@ -11,6 +11,7 @@
 
 mod cluster;
 mod config;
+mod connections;
 mod groups;
 mod grpc;
 mod http;

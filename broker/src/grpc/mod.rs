@@ -1,5 +1,5 @@
 //! The gRPC listener (`sluice.v1`): Admin, Producer and Consumer services plus server reflection,
-//! behind a connection limit and a request-size limit.
+//! behind connection limits (total, per address, idle timeout) and a request-size limit.
 
 pub mod admin;
 pub mod consumer;
@@ -9,25 +9,40 @@ mod oversize;
 pub mod producer;
 pub mod status;
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use sluice_proto::v1::{
     admin_server::AdminServer, consumer_server::ConsumerServer, producer_server::ProducerServer,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::BrokerConfig;
+use crate::connections::{ConnectionLimits, ConnectionPermit};
 
-/// A connection that holds one of the listener's `max_connections` permits while it is open.
+/// A connection holding its place under the listener's limits while it is open, closed once
+/// nothing has been read or written for `idle` (`connections_max_idle_ms`; HTTP/2 pings from
+/// clients count as traffic).
 pub struct LimitedConn {
     stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
+    _permit: ConnectionPermit,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl LimitedConn {
+    fn touch(&mut self) {
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.idle);
+    }
 }
 
 impl Connected for LimitedConn {
@@ -43,7 +58,22 @@ impl AsyncRead for LimitedConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.touch();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("idle for {:?} (connections_max_idle_ms)", self.idle),
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -53,7 +83,11 @@ impl AsyncWrite for LimitedConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_flush(cx)
@@ -66,19 +100,28 @@ impl AsyncWrite for LimitedConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
     }
 }
 
-/// Accepts connections, refusing (closing) those beyond `max_connections`.
+/// Accepts connections, refusing (closing) those beyond the listener's limits.
 fn limited_incoming(
     listener: TcpListener,
-    max_connections: usize,
+    config: &BrokerConfig,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<LimitedConn>> {
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let limits = ConnectionLimits::new(
+        "grpc",
+        config.max_connections,
+        config.max_connections_per_ip,
+    );
+    let idle = Duration::from_millis(config.connections_max_idle_ms);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -91,20 +134,18 @@ fn limited_incoming(
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max_connections, "refusing gRPC connection: max_connections reached");
+            let Some(permit) = limits.admit(peer.ip()) else {
                 drop(stream);
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            if tx
-                .send(Ok(LimitedConn {
-                    stream,
-                    _permit: permit,
-                }))
-                .await
-                .is_err()
-            {
+            let conn = LimitedConn {
+                stream,
+                _permit: permit,
+                idle,
+                deadline: Box::pin(tokio::time::sleep(idle)),
+            };
+            if tx.send(Ok(conn)).await.is_err() {
                 return; // the server stopped
             }
         }
@@ -151,8 +192,14 @@ pub async fn serve(
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max.max(config.fetch_max_bytes) * 2);
+    let idle = Duration::from_millis(config.connections_max_idle_ms);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // A live client answers pings, so a connection with an open stream and nothing to say
+        // (a quiet Subscribe) is not idle; a dead peer, or a socket that never spoke HTTP/2, is
+        // closed after `connections_max_idle_ms`.
+        .http2_keepalive_interval(Some(idle / 2))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(oversize::OversizeLayer)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -166,7 +213,7 @@ pub async fn serve(
             })
             .max_decoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(limited_incoming(listener, config.max_connections), shutdown)
+        .serve_with_incoming_shutdown(limited_incoming(listener, &config), shutdown)
         .await?;
     Ok(())
 }

@@ -23,6 +23,10 @@ pub enum FrameError {
     BadHeader(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("idle for {0:?} (connections_max_idle_ms)")]
+    Idle(std::time::Duration),
+    #[error("request not received whole within {0:?} (request_read_timeout_ms)")]
+    ReadTimeout(std::time::Duration),
 }
 
 /// A request whose header is decoded; the body is left for the handler to decode.
@@ -60,6 +64,26 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<F
         header,
         body,
     })
+}
+
+/// The next request on a connection: waits up to `idle` for its first byte (an idle
+/// connection is closed), then up to `read_timeout` for the whole request.
+pub async fn read_frame_timed(
+    stream: &mut tokio::net::TcpStream,
+    max: usize,
+    idle: std::time::Duration,
+    read_timeout: std::time::Duration,
+) -> Result<Frame, FrameError> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(idle, stream.peek(&mut first)).await {
+        Err(_) => return Err(FrameError::Idle(idle)),
+        Ok(Ok(0)) => return Err(FrameError::Closed),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e.into()),
+    }
+    tokio::time::timeout(read_timeout, read_frame(stream, max))
+        .await
+        .map_err(|_| FrameError::ReadTimeout(read_timeout))?
 }
 
 /// Decodes a request body.

@@ -21,7 +21,7 @@ use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsRes
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::ResponseError;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::config::BrokerConfig;
 use crate::topics::TopicManager;
@@ -95,7 +95,11 @@ pub fn err(e: ResponseError) -> i16 {
 
 /// Accepts Kafka connections until `stop` flips, at most `max_connections` at once.
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let limits = crate::connections::ConnectionLimits::new(
+        "kafka",
+        ctx.config.max_connections,
+        ctx.config.max_connections_per_ip,
+    );
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -109,9 +113,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut stop: watch::Receiv
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "refusing Kafka connection: max_connections reached");
-            continue;
+        let Some(permit) = limits.admit(peer.ip()) else {
+            continue; // dropped: closed
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
@@ -120,6 +123,9 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut stop: watch::Receiv
             let _permit = permit;
             match connection(stream, &ctx, stop, &peer.to_string()).await {
                 Ok(()) | Err(FrameError::Closed) => {}
+                Err(e @ FrameError::Idle(_)) => {
+                    tracing::debug!(%peer, error = %e, "closing Kafka connection")
+                }
                 // The client went away mid-response (e.g. a consumer closing during a long poll).
                 Err(FrameError::Io(e))
                     if matches!(
@@ -143,7 +149,12 @@ async fn connection(
 ) -> Result<(), FrameError> {
     loop {
         let frame = tokio::select! {
-            f = frame::read_frame(&mut stream, ctx.config.max_request_bytes) => f?,
+            f = frame::read_frame_timed(
+                &mut stream,
+                ctx.config.max_request_bytes,
+                std::time::Duration::from_millis(ctx.config.connections_max_idle_ms),
+                std::time::Duration::from_millis(ctx.config.request_read_timeout_ms),
+            ) => f?,
             _ = stop.changed() => return Ok(()),
         };
         let (key, version, correlation_id) =
