@@ -260,6 +260,26 @@ def check_configs():
     print("configs: ok")
 
 
+def check_commit_unknown():
+    """Committing offsets of a topic that does not exist: UNKNOWN_TOPIC_OR_PARTITION for that
+    partition, as Kafka answers (it used to succeed)."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "cu-" + uuid.uuid4().hex[:8],
+                  "enable.auto.commit": False})
+    tp = TopicPartition("no-such-topic-" + uuid.uuid4().hex[:8], 0, 5)
+    try:
+        res = c.commit(offsets=[tp], asynchronous=False)
+        errors = [p.error for p in res if p.error is not None]
+        code = errors[0].code() if errors else None
+    except KafkaException as e:
+        code = e.args[0].code()
+    c.close()
+    if code != KafkaError.UNKNOWN_TOPIC_OR_PART:
+        fail("commit to a missing topic answered %r" % code)
+    print("commit_unknown: ok")
+
+
 def group_consumer(group, topic, name):
     from confluent_kafka import Consumer
     c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group, "client.id": name,
@@ -413,4 +433,4 @@ for check in sys.argv[2:]:
     {"confluent": check_confluent, "kafka_python": check_kafka_python, "groups": check_groups,
      "groups_resume": check_groups_resume, "group_admin": check_group_admin,
      "mixed_group": check_mixed_group, "idempotent": check_idempotent,
-     "configs": check_configs}[check]()
+     "configs": check_configs, "commit_unknown": check_commit_unknown}[check]()

@@ -212,10 +212,13 @@ fn idempotent_producers_of_both_clients_get_ids_and_write_once() {
 }
 
 #[test]
-fn topic_configs_as_kafka_takes_them_deprecated_names_and_list_operations() {
+fn topic_configs_and_commits_to_unknown_topics_as_kafka_answers_them() {
     let (_b, port) = kafka_broker();
-    let stdout = interop(port, &["configs"]);
-    assert!(stdout.contains("configs: ok"), "{stdout}");
+    let stdout = interop(port, &["configs", "commit_unknown"]);
+    assert!(
+        stdout.contains("configs: ok") && stdout.contains("commit_unknown: ok"),
+        "{stdout}"
+    );
 }
 
 #[test]

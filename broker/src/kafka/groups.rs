@@ -252,53 +252,75 @@ pub async fn offset_commit(
 ) -> Result<BytesMut, String> {
     let group = req.group_id.0.to_string();
     let now = now_ms();
+    // As Kafka's KafkaApis: partitions of topics that do not exist get UNKNOWN_TOPIC_OR_PARTITION
+    // and are not committed; the others go to the coordinator.
+    let image = ctx.quorum.image();
+    let exists = |topic: &str, p: i32| {
+        u32::try_from(p).is_ok_and(|p| {
+            image
+                .topic(topic)
+                .is_some_and(|t| t.partitions.contains_key(&p))
+        })
+    };
     let offsets: Vec<(String, i32, Committed)> = req
         .topics
         .iter()
         .flat_map(|t| {
-            t.partitions.iter().map(|p| {
-                (
-                    t.name.0.to_string(),
-                    p.partition_index,
-                    Committed {
-                        offset: p.committed_offset,
-                        leader_epoch: p.committed_leader_epoch,
-                        metadata: p
-                            .committed_metadata
-                            .as_ref()
-                            .map(|m| m.to_string())
-                            .unwrap_or_default(),
-                        timestamp: now,
-                    },
-                )
-            })
+            let name = t.name.0.to_string();
+            t.partitions
+                .iter()
+                .filter(move |p| exists(&name, p.partition_index))
+                .map(|p| {
+                    (
+                        t.name.0.to_string(),
+                        p.partition_index,
+                        Committed {
+                            offset: p.committed_offset,
+                            leader_epoch: p.committed_leader_epoch,
+                            metadata: p
+                                .committed_metadata
+                                .as_ref()
+                                .map(|m| m.to_string())
+                                .unwrap_or_default(),
+                            timestamp: now,
+                        },
+                    )
+                })
         })
         .collect();
-    let error = ctx
-        .groups
-        .commit(
-            &group,
-            req.generation_id_or_member_epoch,
-            &req.member_id,
-            offsets,
-        )
-        .await;
+    let error = if offsets.is_empty() {
+        code::NONE
+    } else {
+        ctx.groups
+            .commit(
+                &group,
+                req.generation_id_or_member_epoch,
+                &req.member_id,
+                offsets,
+            )
+            .await
+    };
     let topics = req
         .topics
         .into_iter()
         .map(|t| {
+            let name = t.name.0.to_string();
             OffsetCommitResponseTopic::default()
-                .with_name(t.name)
                 .with_partitions(
                     t.partitions
                         .iter()
                         .map(|p| {
                             OffsetCommitResponsePartition::default()
                                 .with_partition_index(p.partition_index)
-                                .with_error_code(error)
+                                .with_error_code(if exists(&name, p.partition_index) {
+                                    error
+                                } else {
+                                    code::UNKNOWN_TOPIC_OR_PARTITION
+                                })
                         })
                         .collect(),
                 )
+                .with_name(t.name)
         })
         .collect();
     encode_response(
