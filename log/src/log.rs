@@ -462,8 +462,20 @@ impl Log {
         // lock, so the check and the write are one step.
         {
             let producers = lock(&self.producers);
+            // Several batches of one producer in a request: each follows the one before it, so
+            // they are checked against a copy that takes them in turn (the usual single batch
+            // needs no copy).
+            let mut scratch = (frames.len() > 1).then(|| producers.clone());
             for (i, (_, h)) in frames.iter().enumerate() {
-                if let Check::Duplicate(b) = producers.check(h)? {
+                let check = match scratch.as_mut() {
+                    Some(sc) => {
+                        let c = sc.check(h)?;
+                        sc.update(h);
+                        c
+                    }
+                    None => producers.check(h)?,
+                };
+                if let Check::Duplicate(b) = check {
                     if i == 0 && frames.len() == 1 {
                         return Ok(AppendInfo {
                             first_offset: b.first_offset,

@@ -99,14 +99,6 @@ impl ProducerStates {
         self.producers.get(&producer_id)
     }
 
-    pub fn len(&self) -> usize {
-        self.producers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.producers.is_empty()
-    }
-
     /// The leader's check of an incoming batch (offsets not assigned yet).
     pub fn check(&self, h: &BatchHeader) -> Result<Check, ProducerError> {
         if !is_idempotent(h) {

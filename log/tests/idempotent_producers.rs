@@ -101,3 +101,17 @@ fn a_follower_tracks_the_leaders_producers() {
     );
     assert_eq!(follower.producer_states().get(3).unwrap().epoch, 2);
 }
+
+#[test]
+fn two_batches_of_one_producer_in_one_request_follow_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    log.append_as_leader(&mut batch(4, 0, 0, 2), 0).unwrap();
+    let mut two = batch(4, 0, 2, 3);
+    two.extend_from_slice(&batch(4, 0, 5, 1));
+    let info = log.append_as_leader(&mut two, 0).unwrap();
+    assert_eq!((info.first_offset, info.last_offset), (2, 5));
+    // Both are remembered: the second's retry is a duplicate.
+    let retry = log.append_as_leader(&mut batch(4, 0, 5, 1), 0).unwrap();
+    assert_eq!((retry.first_offset, retry.bytes), (5, 0));
+}
