@@ -47,6 +47,7 @@ pub mod log_dir;
 pub mod producer_state;
 pub mod record;
 pub mod segment;
+pub mod txn_index;
 pub mod validator;
 
 pub use crate::batch::{BatchHeader, TimestampType};
@@ -58,8 +59,9 @@ pub use crate::error::{BatchError, LogError, RecordError, Result};
 pub use crate::leader_epoch::EpochEntry;
 pub use crate::log::{AppendInfo, CleanStats, CleanerOptions, Log, ReadInfo, MAP_ENTRY_OVERHEAD};
 pub use crate::log_dir::LogDirHealth;
-pub use crate::producer_state::{ProducerError, ProducerStates};
+pub use crate::producer_state::{Marker, ProducerError, ProducerStates};
 pub use crate::record::{
     decode_batch, decode_batches, BatchBuilder, BatchTemplate, Header, Record, StoredRecord,
 };
 pub use crate::segment::FileRegion;
+pub use crate::txn_index::AbortedTxn;

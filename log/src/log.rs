@@ -23,11 +23,13 @@ use crate::checkpoint::{self, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};
 use crate::config::{Clock, LogConfig, SystemClock};
 use crate::error::{IoContext, LogError, Result};
 use crate::leader_epoch::{EpochEntry, LeaderEpochCache};
-use crate::producer_state::{Check, ProducerError, ProducerStates};
+use crate::producer_state::{self, Check, CompletedTxn, Marker, ProducerError, ProducerStates};
 use crate::segment::{self, FileRegion, LogSegment};
+use crate::txn_index::{AbortedTxn, TxnIndex};
 use crate::validator::{validate_records, RecordRules, RecordsRejected};
 
 mod cleaner;
+mod snapshots;
 pub use cleaner::{
     CleanStats, CleanerOptions, CLEANED_SUFFIX, CLEANER_CHECKPOINT_FILE, MAP_ENTRY_OVERHEAD,
 };
@@ -104,13 +106,18 @@ pub struct Log {
     first_dirty_offset: AtomicU64,
     /// Leader epoch -> first offset (persisted in `leader-epoch-checkpoint`).
     epochs: Mutex<LeaderEpochCache>,
-    /// Idempotent producers' sequences (rebuilt from the log's tail on open and truncation).
+    /// Idempotent and transactional producers' state (snapshotted at each roll; rebuilt from
+    /// the newest snapshot and the log after it on open and truncation).
     producers: Mutex<ProducerStates>,
+    /// Aborted transactions (for `read_committed` fetches). Locked after `producers`, never
+    /// before.
+    txn_index: Mutex<TxnIndex>,
 }
 
-/// How many of the newest segments the producer state is rebuilt from: a producer retries a
-/// batch within seconds, and a producer whose batches are older is accepted as unknown (any
-/// sequence), as Kafka does once retention deleted them. Bounds the work of opening a log.
+/// Without a usable snapshot (a log written before snapshots existed), how many of the newest
+/// segments the producer state is rebuilt from: a producer retries a batch within seconds, and a
+/// producer whose batches are older is accepted as unknown (any sequence), as Kafka does once
+/// retention deleted them. Bounds the work of opening such a log.
 const PRODUCER_STATE_SEGMENTS: usize = 2;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -239,6 +246,7 @@ impl Log {
         let log = Log {
             epochs: Mutex::new(loaded_epochs.unwrap_or_else(|| LeaderEpochCache::empty(&dir))),
             producers: Mutex::new(ProducerStates::new()),
+            txn_index: Mutex::new(TxnIndex::open(&dir)?),
             maintenance: Mutex::new(()),
             first_dirty_offset: AtomicU64::new(first_dirty),
             flush_state: Arc::new(FlushState {
@@ -275,19 +283,60 @@ impl Log {
         Ok(log)
     }
 
-    /// Rebuilds the idempotent producers' state from the batch headers of the newest
-    /// [`PRODUCER_STATE_SEGMENTS`] segments (headers only: a read per batch, no record data).
+    /// Rebuilds the producers' state: from the newest snapshot at or above the log start (or,
+    /// with none, the newest [`PRODUCER_STATE_SEGMENTS`] segments), replaying the batches after
+    /// it — headers only, plus the one record of each transaction marker. Aborted transactions
+    /// the replay meets are (re-)indexed.
     fn rebuild_producer_state(&self) -> Result<()> {
-        let mut states = ProducerStates::new();
+        let leo = self.log_end_offset();
+        let start = self.log_start_offset();
+        snapshots::remove_above(&self.dir, leo)?;
         let segments = self.segments_snapshot();
-        let from = segments.len().saturating_sub(PRODUCER_STATE_SEGMENTS);
-        for seg in &segments[from..] {
+        let mut loaded = None;
+        for offset in snapshots::list(&self.dir)?.into_iter().rev() {
+            if offset < start {
+                break;
+            }
+            if let Some(states) = snapshots::read(&self.dir, offset)? {
+                loaded = Some((offset, states));
+                break;
+            }
+        }
+        let (from, mut states) = loaded.unwrap_or_else(|| {
+            let i = segments.len().saturating_sub(PRODUCER_STATE_SEGMENTS);
+            let from = segments.get(i).map_or(start, |s| s.base_offset());
+            (from, ProducerStates::new())
+        });
+        let mut aborted = Vec::new();
+        'segments: for seg in segments.iter().filter(|s| s.next_offset() > from) {
             let limit = seg.size();
-            let mut pos = 0;
+            let mut pos = if seg.base_offset() >= from {
+                0
+            } else {
+                match seg.find_batch(from) {
+                    Ok(Some((p, _))) => p,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(dir = %self.dir.display(), error = %e, "producer state not rebuilt past a bad batch header");
+                        break;
+                    }
+                }
+            };
             loop {
                 match seg.header_at(pos, limit) {
                     Ok(Some(h)) => {
-                        states.update(&h);
+                        if h.base_offset as u64 >= from {
+                            let marker = if h.is_control() {
+                                seg.read_bytes(pos, h.total_size())
+                                    .ok()
+                                    .and_then(|b| producer_state::parse_marker(&b))
+                            } else {
+                                None
+                            };
+                            if let Some(done) = states.update(&h, marker) {
+                                aborted.extend(aborted_entry(&states, done));
+                            }
+                        }
                         pos += h.total_size() as u64;
                     }
                     Ok(None) => break,
@@ -295,9 +344,16 @@ impl Log {
                         // A damaged stored batch (readers report it where they meet it): the
                         // producers after it start as unknown rather than the log not opening.
                         tracing::warn!(dir = %self.dir.display(), error = %e, "producer state not rebuilt past a bad batch header");
-                        break;
+                        break 'segments;
                     }
                 }
+            }
+        }
+        {
+            let mut index = lock(&self.txn_index);
+            index.truncate(from)?;
+            for a in aborted {
+                index.append(a)?;
             }
         }
         *lock(&self.producers) = states;
@@ -307,6 +363,27 @@ impl Log {
     /// The idempotent producers' state (for tests and tools).
     pub fn producer_states(&self) -> ProducerStates {
         lock(&self.producers).clone()
+    }
+
+    /// The last stable offset: `read_committed` consumers read below it. The high watermark,
+    /// or the first offset of the earliest transaction not yet settled below it.
+    pub fn last_stable_offset(&self) -> u64 {
+        let hw = self.high_watermark();
+        lock(&self.producers)
+            .first_unstable_offset(hw)
+            .map_or(hw, |o| o.min(hw))
+    }
+
+    /// Aborted transactions with records in `[from, upto)`, for a `read_committed` fetch.
+    pub fn aborted_transactions(&self, from: u64, upto: u64) -> Vec<AbortedTxn> {
+        lock(&self.txn_index).collect(from, upto)
+    }
+
+    /// Forgets producers idle for `expiration_ms` with no open transaction (Kafka's
+    /// `producer.id.expiration.ms`); a later batch of one starts as from a new producer.
+    pub fn expire_producers(&self, expiration_ms: i64) -> usize {
+        let now = self.clock.now_ms();
+        lock(&self.producers).expire(now, expiration_ms)
     }
 
     /// Builds the leader-epoch cache from the batches' headers (a log written before the cache
@@ -470,7 +547,7 @@ impl Log {
                 let check = match scratch.as_mut() {
                     Some(sc) => {
                         let c = sc.check(h)?;
-                        sc.update(h);
+                        sc.update(h, None);
                         c
                     }
                     None => producers.check(h)?,
@@ -519,6 +596,34 @@ impl Log {
             next = h.next_offset();
         }
         self.append_validated(&mut st, &config, batches, &frames, log_append_time)
+    }
+
+    /// Writes a transaction marker for `producer_id` as the leader (the transaction
+    /// coordinator's WriteTxnMarkers): a control batch closing the producer's open transaction
+    /// here as committed or aborted. Refused if the producer has moved to a newer epoch or a
+    /// newer coordinator wrote its last marker.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: Marker,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo> {
+        let config = self.config();
+        let now = self.clock.now_ms();
+        let mut batch = producer_state::marker_batch(producer_id, producer_epoch, marker, now);
+        let mut st = self.lock_appender()?;
+        lock(&self.producers).check_marker(
+            producer_id,
+            producer_epoch,
+            marker.coordinator_epoch,
+        )?;
+        batch::assign_offset(&mut batch, self.log_end_offset() as i64, leader_epoch);
+        let h = BatchHeader::parse(&batch).map_err(|source| LogError::InvalidBatch {
+            position: 0,
+            source,
+        })?;
+        self.append_validated(&mut st, &config, &batch, &[(0, h)], None)
     }
 
     /// Appends batches replicated from a leader, keeping their offsets. The first must start at
@@ -573,10 +678,26 @@ impl Log {
         active.append(data, &headers, config.index_interval_bytes)?;
         self.log_end_offset
             .store(last_offset + 1, Ordering::Release);
+        let mut aborted = Vec::new();
         {
             let mut producers = lock(&self.producers);
-            for h in &headers {
-                producers.update(h);
+            for (pos, h) in frames {
+                let marker = if h.is_control() {
+                    producer_state::parse_marker(&Bytes::copy_from_slice(
+                        &data[*pos..*pos + h.total_size()],
+                    ))
+                } else {
+                    None
+                };
+                if let Some(done) = producers.update(h, marker) {
+                    aborted.extend(aborted_entry(&producers, done));
+                }
+            }
+        }
+        if !aborted.is_empty() {
+            let mut index = lock(&self.txn_index);
+            for a in aborted {
+                index.append(a)?;
             }
         }
         {
@@ -637,6 +758,9 @@ impl Log {
             return Ok(active);
         }
         active.seal()?;
+        // The producers' state as of the new segment's base offset (every batch below it is
+        // applied: appends hold the append lock), written off the append path.
+        let snapshot = (first_offset, lock(&self.producers).to_snapshot());
         let new = Arc::new(LogSegment::create(
             &self.dir,
             first_offset,
@@ -653,12 +777,17 @@ impl Log {
                 .collect()
         };
         tracing::debug!(dir = %self.dir.display(), base_offset = first_offset, "rolled segment");
-        self.spawn_flush(to_flush, first_offset);
+        self.spawn_flush(to_flush, first_offset, Some(snapshot));
         Ok(new)
     }
 
     /// fsyncs rolled segments off the append path, then advances the recovery point to `upto`.
-    fn spawn_flush(&self, segments: Vec<Arc<LogSegment>>, upto: u64) {
+    fn spawn_flush(
+        &self,
+        segments: Vec<Arc<LogSegment>>,
+        upto: u64,
+        snapshot: Option<(u64, Vec<u8>)>,
+    ) {
         let fs = self.flush_state.clone();
         let generation = fs.generation.load(Ordering::Acquire);
         let handle = std::thread::spawn(move || {
@@ -671,6 +800,15 @@ impl Log {
             }
             if fs.generation.load(Ordering::Acquire) != generation {
                 return; // the log was truncated meanwhile: `upto` may no longer be valid
+            }
+            if let Some((offset, bytes)) = snapshot {
+                // The aborted-transaction index entries below the snapshot are not re-derived
+                // on recovery: durable first.
+                let written = crate::txn_index::sync(&fs.dir)
+                    .and_then(|()| snapshots::write(&fs.dir, offset, &bytes));
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "could not write producer snapshot");
+                }
             }
             fs.recovery_point.fetch_max(upto, Ordering::AcqRel);
             let rp = fs.recovery_point.load(Ordering::Acquire);
@@ -900,6 +1038,7 @@ impl Log {
             tracing::info!(segment = %s.log_path().display(), "deleting segment by retention");
             s.delete_files()?;
         }
+        lock(&self.txn_index).trim_before(self.log_start_offset())?;
         Ok(doomed.len())
     }
 
@@ -950,7 +1089,8 @@ impl Log {
             .fetch_min(leo, Ordering::AcqRel);
         self.flush_state
             .write_recovery_point(self.recovery_point())?;
-        // The truncated batches' sequences are no longer written: forget them.
+        // The truncated batches' sequences and markers are no longer written: forget them
+        // (snapshots above the new end go; the state is rebuilt from one below it).
         self.rebuild_producer_state()?;
         Ok(true)
     }
@@ -997,6 +1137,8 @@ impl Log {
             .recovery_point
             .store(offset, Ordering::Release);
         lock(&self.producers).clear();
+        snapshots::remove_all(&self.dir)?;
+        lock(&self.txn_index).truncate(0)?;
         self.flush_state.write_recovery_point(offset)
     }
 
@@ -1029,6 +1171,13 @@ impl Log {
             .fetch_max(self.log_end_offset(), Ordering::AcqRel);
         self.flush_state
             .write_recovery_point(self.recovery_point())?;
+        // The next open starts from this snapshot and replays nothing.
+        crate::txn_index::sync(&self.dir)?;
+        snapshots::write(
+            &self.dir,
+            self.log_end_offset(),
+            &lock(&self.producers).to_snapshot(),
+        )?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         fs::write(&marker, b"").ctx("write clean-shutdown marker", &marker)?;
         checkpoint::sync_dir(&self.dir)
@@ -1057,6 +1206,22 @@ impl std::fmt::Debug for Log {
             .field("high_watermark", &self.high_watermark())
             .finish()
     }
+}
+
+/// The index entry of a transaction a marker closed, if it was aborted. Its last stable offset
+/// is where the LSO stood once it closed (Kafka's rule): the next open transaction's first
+/// offset, else just past the marker.
+fn aborted_entry(states: &ProducerStates, done: CompletedTxn) -> Option<AbortedTxn> {
+    if done.commit {
+        return None;
+    }
+    let after = done.last_offset + 1;
+    Some(AbortedTxn {
+        producer_id: done.producer_id,
+        first_offset: done.first_offset,
+        last_offset: done.last_offset,
+        last_stable_offset: states.first_open_offset().map_or(after, |o| o.min(after)),
+    })
 }
 
 /// Splits a producer's record set into batches and validates each. Every byte must belong to a

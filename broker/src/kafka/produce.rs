@@ -49,6 +49,12 @@ pub fn partition_error_code(e: &PartitionError) -> i16 {
             LogError::Producer(ProducerError::InvalidEpoch { .. }) => {
                 ResponseError::InvalidProducerEpoch
             }
+            LogError::Producer(ProducerError::InvalidTxnState { .. }) => {
+                ResponseError::InvalidTxnState
+            }
+            LogError::Producer(ProducerError::CoordinatorFenced { .. }) => {
+                ResponseError::TransactionCoordinatorFenced
+            }
             _ => ResponseError::KafkaStorageError,
         },
     })
