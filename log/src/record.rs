@@ -357,12 +357,14 @@ pub fn decode_batch(batch: &Bytes, limit: usize) -> Result<Vec<StoredRecord>, Ba
     Ok(out)
 }
 
-/// Decodes all records of a buffer of back-to-back batches. A trailing partial batch (as a fetch
-/// may return) is ignored.
+/// Decodes all records of a buffer of back-to-back batches, as a consumer sees them: control
+/// batches (transaction markers) are skipped. A trailing partial batch (as a fetch may return) is
+/// ignored.
 pub fn decode_batches(buf: &Bytes, limit: usize) -> Result<Vec<StoredRecord>, BatchError> {
     let mut out = Vec::new();
     for frame in batch::BatchFrames::new(buf) {
         match frame {
+            Ok((_, h)) if h.is_control() => {}
             Ok((pos, h)) => out.extend(decode_batch(&buf.slice(pos..pos + h.total_size()), limit)?),
             Err(BatchError::Truncated { .. }) => break,
             Err(e) => return Err(e),

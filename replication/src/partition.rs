@@ -88,6 +88,27 @@ pub enum OffsetQuery {
     Timestamp(i64),
 }
 
+/// What a consumer may read: Kafka's `isolation_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Up to the high watermark, records of open and aborted transactions included.
+    #[default]
+    ReadUncommitted,
+    /// Up to the last stable offset; the fetch names the aborted transactions to drop.
+    ReadCommitted,
+}
+
+impl Isolation {
+    /// Kafka's wire value: 0 read_uncommitted, 1 read_committed.
+    pub fn from_kafka(level: i8) -> Isolation {
+        if level == 1 {
+            Isolation::ReadCommitted
+        } else {
+            Isolation::ReadUncommitted
+        }
+    }
+}
+
 /// A follower as its leader sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FollowerState {
@@ -398,15 +419,49 @@ impl Partition {
                 return Err(PartitionError::NotEnoughReplicas { isr, min_isr });
             }
         }
+        self.append_and_wait(acks, timeout, min_isr, |log, epoch| {
+            log.append_as_leader(batches, epoch)
+        })
+        .await
+    }
+
+    /// Writes a transaction marker for a producer (the transaction coordinator's
+    /// WriteTxnMarkers) and waits until every in-sync replica has it, as Kafka writes markers
+    /// with acks=all.
+    pub async fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: sluice_log::Marker,
+        timeout: Duration,
+    ) -> Result<AppendInfo, PartitionError> {
+        self.check_leader()?;
+        let min_isr = self.replica_config().min_insync_replicas;
+        let isr = self.isr().len();
+        if isr < min_isr {
+            return Err(PartitionError::NotEnoughReplicas { isr, min_isr });
+        }
+        self.append_and_wait(Acks::All, timeout, min_isr, |log, epoch| {
+            log.append_marker(producer_id, producer_epoch, marker, epoch)
+        })
+        .await
+    }
+
+    async fn append_and_wait(
+        &self,
+        acks: Acks,
+        timeout: Duration,
+        min_isr: usize,
+        write: impl FnOnce(&Log, i32) -> Result<AppendInfo, LogError>,
+    ) -> Result<AppendInfo, PartitionError> {
         // An offline log directory refuses at once: its logs' state after the failed write is
         // not trusted for more writes (KAFKA_STORAGE_ERROR), reads go on.
         self.dir_health.check_writable()?;
         let epoch = self.leader_epoch();
-        let info = tokio::task::block_in_place(|| self.log.append_as_leader(batches, epoch))
-            .inspect_err(|e| {
-                self.dir_health
-                    .record_failure(&format!("{}-{}", self.topic, self.index), e)
-            })?;
+        let info = tokio::task::block_in_place(|| write(&self.log, epoch)).inspect_err(|e| {
+            self.dir_health
+                .record_failure(&format!("{}-{}", self.topic, self.index), e)
+        })?;
         // (Not `last_offset + 1`: a producer's retry is answered with the offsets of a batch
         // written earlier, below the log end.)
         self.leo_tx.send_replace(self.log.log_end_offset());
@@ -669,10 +724,39 @@ impl Partition {
 
     /// Reads committed batches (below the HW) from `offset`: a consumer's read, from the leader.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadInfo, PartitionError> {
+        self.read_isolated(offset, max_bytes, Isolation::ReadUncommitted)
+    }
+
+    /// A consumer's read at an isolation level: below the HW, or below the last stable offset
+    /// for `read_committed`.
+    pub fn read_isolated(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> Result<ReadInfo, PartitionError> {
         self.check_leader()?;
         Ok(self
             .log
-            .read(offset, max_bytes, Some(self.high_watermark()))?)
+            .read(offset, max_bytes, Some(self.visible_end(isolation)))?)
+    }
+
+    /// The end of what a consumer at `isolation` may read.
+    pub fn visible_end(&self, isolation: Isolation) -> u64 {
+        match isolation {
+            Isolation::ReadUncommitted => self.high_watermark(),
+            Isolation::ReadCommitted => self.log.last_stable_offset(),
+        }
+    }
+
+    /// The last stable offset (the high watermark when no transaction is open).
+    pub fn last_stable_offset(&self) -> u64 {
+        self.log.last_stable_offset()
+    }
+
+    /// Aborted transactions with records in `[from, upto)` (for a `read_committed` fetch).
+    pub fn aborted_transactions(&self, from: u64, upto: u64) -> Vec<sluice_log::AbortedTxn> {
+        self.log.aborted_transactions(from, upto)
     }
 
     /// Committed batches from `offset` as bytes (a consumer's read, from the leader).
@@ -688,10 +772,15 @@ impl Partition {
     }
 
     /// Kafka's ListOffsets on this partition, from the leader: (offset, timestamp) — the
-    /// timestamp is -1 for the log start and the HW. `None`: no record matches.
-    pub fn list_offset(&self, query: OffsetQuery) -> Result<Option<(u64, i64)>, PartitionError> {
+    /// timestamp is -1 for the log start and the end (the HW, or the last stable offset for
+    /// `read_committed`). `None`: no record matches.
+    pub fn list_offset(
+        &self,
+        query: OffsetQuery,
+        isolation: Isolation,
+    ) -> Result<Option<(u64, i64)>, PartitionError> {
         self.check_leader()?;
-        let hw = self.high_watermark();
+        let hw = self.visible_end(isolation);
         Ok(match query {
             OffsetQuery::Earliest => Some((self.log.log_start_offset(), -1)),
             OffsetQuery::Latest => Some((hw, -1)),

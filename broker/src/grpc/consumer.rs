@@ -79,6 +79,9 @@ fn decode_stored(
             Err(sluice_log::BatchError::Truncated { .. }) => break,
             Err(e) => return Err(Status::data_loss(format!("{topic}-{partition}: {e}"))),
         };
+        if h.is_control() {
+            continue; // a transaction marker: not a record for the consumer
+        }
         let batch = data.slice(pos..pos + h.total_size());
         match sluice_log::decode_batch(&batch, DEFAULT_DECOMPRESSED_LIMIT) {
             Ok(r) => records.extend(r),
@@ -197,7 +200,7 @@ impl Consumer for ConsumerService {
             }
         };
         let (offset, timestamp_ms) = match p
-            .list_offset(query)
+            .list_offset(query, sluice_replication::Isolation::ReadUncommitted)
             .map_err(|e| status::from_partition_error(&e))?
         {
             Some((o, ts)) => (Some(o), ts),

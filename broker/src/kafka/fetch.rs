@@ -1,7 +1,8 @@
 //! Fetch: long poll (`max_wait_ms`/`min_bytes`), `max_bytes` and per-partition `partition_max_bytes`,
-//! committed data only (below the high watermark; with no transactions the last stable offset is
-//! the HW, so read_committed and read_uncommitted see the same). Record bytes are sent with
-//! `sendfile` (see [`super::zero_copy`]).
+//! committed data only: below the high watermark, or for `isolation_level=read_committed` below
+//! the last stable offset, with the aborted transactions in the returned range listed so the
+//! client drops their records (Kafka's rule). Record bytes are sent with `sendfile` (see
+//! [`super::zero_copy`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,9 @@ use kafka_protocol::messages::fetch_response::{
 };
 use kafka_protocol::ResponseError;
 use sluice_log::{FileRegion, LogError};
-use sluice_replication::{Partition, PartitionError};
+use kafka_protocol::messages::fetch_response::AbortedTransaction;
+use kafka_protocol::messages::ProducerId;
+use sluice_replication::{Isolation, Partition, PartitionError};
 
 use super::metadata::topic_error_code;
 use super::zero_copy;
@@ -31,16 +34,21 @@ struct Got {
     regions: Vec<FileRegion>,
     size: u64,
     high_watermark: i64,
+    last_stable_offset: i64,
     log_start_offset: i64,
+    /// read_committed: (producer id, first offset) of aborted transactions in the range read.
+    aborted: Vec<(i64, i64)>,
 }
 
-fn read_one(w: &Wanted, budget: usize) -> Got {
+fn read_one(w: &Wanted, budget: usize, isolation: Isolation) -> Got {
     let empty = |error_code, hw: i64, start: i64| Got {
         error_code,
         regions: Vec::new(),
         size: 0,
         high_watermark: hw,
+        last_stable_offset: hw,
         log_start_offset: start,
+        aborted: Vec::new(),
     };
     let p = match &w.partition {
         Ok(p) => p,
@@ -54,12 +62,22 @@ fn read_one(w: &Wanted, budget: usize) -> Got {
     if budget == 0 {
         return empty(0, hw, start);
     }
-    match p.read(offset, w.max_bytes.min(budget)) {
+    let lso = p.last_stable_offset() as i64;
+    match p.read_isolated(offset, w.max_bytes.min(budget), isolation) {
         Ok(info) => Got {
             error_code: 0,
             size: info.size,
+            aborted: if isolation == Isolation::ReadCommitted && info.size > 0 {
+                p.aborted_transactions(offset, info.next_offset)
+                    .iter()
+                    .map(|a| (a.producer_id, a.first_offset as i64))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             regions: info.regions,
             high_watermark: info.high_watermark as i64,
+            last_stable_offset: lso.min(info.high_watermark as i64),
             log_start_offset: info.log_start_offset as i64,
         },
         Err(PartitionError::Log(LogError::OffsetOutOfRange { .. })) => {
@@ -78,6 +96,7 @@ pub async fn fetch(ctx: &Ctx, corr: i32, version: i16, req: FetchRequest) -> Res
         _ => ctx.config.max_request_bytes,
     };
     let min_bytes = req.min_bytes.max(0) as u64;
+    let isolation = Isolation::from_kafka(req.isolation_level);
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let mut wanted = Vec::new();
     for (ti, t) in req.topics.iter().enumerate() {
@@ -122,7 +141,7 @@ pub async fn fetch(ctx: &Ctx, corr: i32, version: i16, req: FetchRequest) -> Res
             wanted
                 .iter()
                 .map(|w| {
-                    let g = read_one(w, budget);
+                    let g = read_one(w, budget, isolation);
                     budget = budget.saturating_sub(g.size as usize);
                     g
                 })
@@ -168,8 +187,17 @@ pub async fn fetch(ctx: &Ctx, corr: i32, version: i16, req: FetchRequest) -> Res
             .with_partition_index(w.partition_index)
             .with_error_code(g.error_code)
             .with_high_watermark(g.high_watermark)
-            .with_last_stable_offset(g.high_watermark)
-            .with_aborted_transactions(Some(Vec::new()));
+            .with_last_stable_offset(g.last_stable_offset)
+            .with_aborted_transactions(Some(
+                g.aborted
+                    .iter()
+                    .map(|(pid, first)| {
+                        AbortedTransaction::default()
+                            .with_producer_id(ProducerId(*pid))
+                            .with_first_offset(*first)
+                    })
+                    .collect(),
+            ));
         if version >= 5 {
             pd = pd.with_log_start_offset(g.log_start_offset);
         }

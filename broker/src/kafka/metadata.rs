@@ -236,6 +236,8 @@ pub fn list_offsets(
     const LATEST: i64 = -1;
     const EARLIEST: i64 = -2;
     const MAX_TIMESTAMP: i64 = -3;
+    // v2+: read_committed consumers' "latest" is the last stable offset.
+    let isolation = sluice_replication::Isolation::from_kafka(req.isolation_level);
     let topics = req
         .topics
         .into_iter()
@@ -269,7 +271,7 @@ pub fn list_offsets(
                         ts if ts >= 0 => OffsetQuery::Timestamp(ts),
                         _ => return r.with_error_code(err(ResponseError::InvalidRequest)),
                     };
-                    match partition.list_offset(query) {
+                    match partition.list_offset(query, isolation) {
                         Ok(Some((offset, ts))) => r.with_offset(offset as i64).with_timestamp(ts),
                         Ok(None) => r,
                         Err(e) => {
