@@ -131,6 +131,21 @@ pub struct BrokerConfig {
     pub offsets_retention_minutes: u64,
     /// How often expired offsets are looked for (Kafka `offsets.retention.check.interval.ms`).
     pub offsets_retention_check_interval_ms: u64,
+    /// Replicas of `__transaction_state` when it is created, capped at the live brokers then
+    /// (Kafka `transaction.state.log.replication.factor`).
+    pub transaction_state_log_replication_factor: u32,
+    /// The largest `transaction.timeout.ms` a producer may ask for (Kafka
+    /// `transaction.max.timeout.ms`).
+    pub transaction_max_timeout_ms: u64,
+    /// How often open transactions are checked for having run past their timeout (Kafka
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`).
+    pub transaction_abort_timed_out_transaction_cleanup_interval_ms: u64,
+    /// How long a transactional id with no transaction is remembered (Kafka
+    /// `transactional.id.expiration.ms`).
+    pub transactional_id_expiration_ms: u64,
+    /// How long a partition remembers an idle producer's sequences (Kafka
+    /// `producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: u64,
     /// How often a data directory that went offline for writes because it was full is checked
     /// for freed space (it comes back online by itself once a 1 MiB probe can be written).
     pub log_dir_recheck_interval_ms: u64,
@@ -183,6 +198,11 @@ impl Default for BrokerConfig {
             offsets_topic_replication_factor: 3,
             offsets_retention_minutes: 10_080,
             offsets_retention_check_interval_ms: 600_000,
+            transaction_state_log_replication_factor: 3,
+            transaction_max_timeout_ms: 900_000,
+            transaction_abort_timed_out_transaction_cleanup_interval_ms: 10_000,
+            transactional_id_expiration_ms: 604_800_000,
+            producer_id_expiration_ms: 86_400_000,
             log_dir_recheck_interval_ms: 5_000,
             log_level: "info".into(),
             topic_defaults: BTreeMap::new(),
@@ -369,6 +389,20 @@ impl BrokerConfig {
         if self.offsets_topic_replication_factor == 0 {
             return Err(ConfigError::Invalid(
                 "offsets_topic_replication_factor must be >= 1".into(),
+            ));
+        }
+        if self.transaction_state_log_replication_factor == 0 {
+            return Err(ConfigError::Invalid(
+                "transaction_state_log_replication_factor must be >= 1".into(),
+            ));
+        }
+        if self.transaction_max_timeout_ms == 0
+            || self.transaction_abort_timed_out_transaction_cleanup_interval_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "transaction_max_timeout_ms and \
+                 transaction_abort_timed_out_transaction_cleanup_interval_ms must be >= 1"
+                    .into(),
             ));
         }
         if self.num_partitions == 0 {

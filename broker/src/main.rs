@@ -21,6 +21,7 @@ mod replica_fetch;
 mod requests;
 mod server;
 mod topics;
+mod transactions;
 
 use std::path::PathBuf;
 

@@ -30,6 +30,8 @@ pub struct Quorum {
     ticker: tokio::task::JoinHandle<()>,
     /// Voter id -> `host:port` of its `controller_addr`.
     pub voters: Vec<(u64, String)>,
+    /// The internal service's transaction-marker writer, filled in once the broker has one.
+    pub txn_markers: internal::TxnMarkersSlot,
     thread: Option<std::thread::JoinHandle<()>>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -111,7 +113,13 @@ impl Quorum {
                 }
             })
         };
-        let svc = internal::server(handle.clone(), controller.clone(), Some(topics));
+        let txn_markers = internal::TxnMarkersSlot::default();
+        let svc = internal::server(
+            handle.clone(),
+            controller.clone(),
+            Some(topics),
+            txn_markers.clone(),
+        );
         // Peers hold their Raft streams open for good, so a graceful server shutdown would wait
         // forever: the server is aborted at shutdown instead (the process exits right after).
         let server = tokio::spawn(async move {
@@ -127,6 +135,7 @@ impl Quorum {
         Ok(Quorum {
             handle,
             controller,
+            txn_markers,
             ticker,
             voters,
             thread: Some(thread),

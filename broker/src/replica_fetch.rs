@@ -391,7 +391,8 @@ impl ReplicaFetchers {
     }
 }
 
-async fn connect(addr: &str) -> Option<BrokerInternalClient<Channel>> {
+/// A client of a peer's internal service (`controller_addr`).
+pub(crate) async fn connect(addr: &str) -> Option<BrokerInternalClient<Channel>> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
         .connect_timeout(Duration::from_secs(2))

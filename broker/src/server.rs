@@ -127,6 +127,16 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     // The groups of the __consumer_offsets partitions led here are loaded before clients come.
     groups.follow().await;
     let group_follower = tokio::spawn(groups.clone().run_follower(stop_rx.clone()));
+    let txns = crate::transactions::start(
+        admin.clone(),
+        node.producer_ids.clone(),
+        groups.clone(),
+        node.quorum.handle.clone(),
+        &node.quorum.txn_markers,
+    );
+    txns.follow().await;
+    let txn_follower = tokio::spawn(txns.clone().run_follower(stop_rx.clone()));
+    let txn_ticker = tokio::spawn(txns.clone().run_ticker(stop_rx.clone()));
     let grpc = tokio::spawn(crate::grpc::serve(
         grpc_listener,
         config.clone(),
@@ -144,6 +154,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     let ticker = tokio::spawn(groups.clone().run_ticker(stop_rx.clone()));
     let kafka_ctx = Arc::new(crate::kafka::Ctx {
         groups,
+        txns,
         producer_ids: node.producer_ids.clone(),
         topics: topics.clone(),
         admin: admin.clone(),
@@ -188,6 +199,8 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     let _ = kafka.await;
     let _ = ticker.await;
     let _ = group_follower.await;
+    let _ = txn_follower.await;
+    let _ = txn_ticker.await;
     let _ = duties.await;
     // In-flight requests have drained (serve_with_shutdown waits for them): close the logs.
     node.stop().await;

@@ -526,6 +526,13 @@ impl TopicManager {
                     tracing::error!(topic = %t.name, partition = p.index(), error = %e, "retention failed")
                 }
             }
+            // Idle producers' sequences go too (`producer.id.expiration.ms`).
+            let expired = p
+                .log()
+                .expire_producers(self.config.producer_id_expiration_ms as i64);
+            if expired > 0 {
+                tracing::debug!(topic = %t.name, partition = p.index(), producers = expired, "idle producers expired");
+            }
         }
     }
 

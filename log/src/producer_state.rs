@@ -354,7 +354,11 @@ impl ProducerStates {
             self.completed.push_back(done);
             return Some(done);
         }
-        if !is_idempotent(h) {
+        // A transactional batch without a sequence is a coordinator's (TxnOffsetCommit's
+        // offsets in `__consumer_offsets`): it opens the transaction but has no sequence to
+        // track.
+        let sequenced = is_idempotent(h);
+        if !(sequenced || (h.is_transactional() && h.producer_id >= 0)) {
             return None;
         }
         let e = self.producers.entry(h.producer_id).or_default();
@@ -362,14 +366,16 @@ impl ProducerStates {
             e.epoch = h.producer_epoch;
             e.batches.clear();
         }
-        e.batches.push_back(BatchMeta {
-            first_seq: h.base_sequence,
-            last_seq: last_seq(h.base_sequence, h.last_offset_delta),
-            first_offset: h.base_offset.max(0) as u64,
-            last_offset: h.last_offset().max(0) as u64,
-        });
-        while e.batches.len() > BATCHES_KEPT {
-            e.batches.pop_front();
+        if sequenced {
+            e.batches.push_back(BatchMeta {
+                first_seq: h.base_sequence,
+                last_seq: last_seq(h.base_sequence, h.last_offset_delta),
+                first_offset: h.base_offset.max(0) as u64,
+                last_offset: h.last_offset().max(0) as u64,
+            });
+            while e.batches.len() > BATCHES_KEPT {
+                e.batches.pop_front();
+            }
         }
         e.last_timestamp = h.max_timestamp;
         if h.is_transactional() && e.txn_first_offset.is_none() {

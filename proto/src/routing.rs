@@ -4,7 +4,8 @@
 //! - Kafka's default partitioner: murmur2 of the key (bit for bit Kafka's), a sticky partition
 //!   for unkeyed records.
 //! - A consumer group's coordinator is the leader of `__consumer_offsets` partition
-//!   `abs(javaHash(group)) % 50`.
+//!   `abs(javaHash(group)) % 50`; a transactional id's, of `__transaction_state` partition
+//!   `abs(javaHash(transactional id)) % 50`.
 //! - A refusal because another broker leads names it in gRPC metadata.
 
 /// Metadata key naming the partition's leader (broker id) on a NOT_LEADER refusal.
@@ -17,16 +18,30 @@ pub const CONSUMER_OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Its partition count (Kafka's `offsets.topic.num.partitions`).
 pub const CONSUMER_OFFSETS_PARTITIONS: u32 = 50;
 
-/// The `__consumer_offsets` partition of `group`: Java's `String.hashCode`, then Kafka's
-/// `Utils.abs`, modulo the partition count.
-pub fn group_partition(group: &str) -> u32 {
+/// The topic holding transaction coordinators' state.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+/// Its partition count (Kafka's `transaction.state.log.num.partitions`).
+pub const TRANSACTION_STATE_PARTITIONS: u32 = 50;
+
+/// Java's `String.hashCode`, then Kafka's `Utils.abs`, modulo `partitions`.
+fn java_hash_partition(s: &str, partitions: u32) -> u32 {
     // Java chars are unsigned UTF-16 code units.
-    let h = group.encode_utf16().fold(0i32, |h, unit| {
+    let h = s.encode_utf16().fold(0i32, |h, unit| {
         h.wrapping_mul(31).wrapping_add(i32::from(unit))
     });
     // Kafka's Utils.abs: Integer.MIN_VALUE maps to 0, not to itself.
     let abs = if h == i32::MIN { 0 } else { h.abs() };
-    abs as u32 % CONSUMER_OFFSETS_PARTITIONS
+    abs as u32 % partitions
+}
+
+/// The `__consumer_offsets` partition of `group`.
+pub fn group_partition(group: &str) -> u32 {
+    java_hash_partition(group, CONSUMER_OFFSETS_PARTITIONS)
+}
+
+/// The `__transaction_state` partition of a transactional id: its leader coordinates it.
+pub fn transaction_partition(transactional_id: &str) -> u32 {
+    java_hash_partition(transactional_id, TRANSACTION_STATE_PARTITIONS)
 }
 
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), bit for bit.

@@ -20,7 +20,6 @@ pub mod metadata;
 pub mod partition;
 
 pub use partition::{
-    Isolation,
-    Acks, InitialHw, OffsetQuery, Partition, PartitionError, ReplicaConfig, ReplicaState,
-    HW_CHECKPOINT, LEGACY_HW_CHECKPOINT,
+    Acks, InitialHw, Isolation, OffsetQuery, Partition, PartitionError, ReplicaConfig,
+    ReplicaState, HW_CHECKPOINT, LEGACY_HW_CHECKPOINT,
 };

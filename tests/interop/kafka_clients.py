@@ -427,10 +427,176 @@ def check_mixed_group():
     print("mixed_group: ok partitions=%s records=%d" % (",".join(map(str, mine)), sum(read.values())))
 
 
+def read_all(topic, partitions, isolation, timeout=10.0):
+    """Every record of `topic` (values, per partition in offset order) as a consumer at
+    `isolation` sees it, reading up to the end its isolation level allows."""
+    from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "reader-" + uuid.uuid4().hex[:6],
+                  "enable.auto.commit": False, "isolation.level": isolation,
+                  "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, q, OFFSET_BEGINNING) for q in range(partitions)])
+    got = {q: [] for q in range(partitions)}
+    eof = set()
+    deadline = time.time() + timeout
+    while len(eof) < partitions and time.time() < deadline:
+        m = c.poll(0.2)
+        if m is None:
+            continue
+        if m.error():
+            if m.error().code() == -191:  # _PARTITION_EOF
+                eof.add(m.partition())
+                continue
+            fail("%s consumer: %s" % (isolation, m.error()))
+        got[m.partition()].append(m.value())
+        eof.discard(m.partition())
+    c.close()
+    if len(eof) < partitions:
+        fail("%s consumer did not reach the end of %s: %r" % (isolation, topic, got))
+    return got
+
+
+def check_transactions():
+    """Transactions with confluent-kafka: committed records are read by read_committed
+    consumers, aborted ones only by read_uncommitted; an open transaction holds read_committed
+    readers back (LSO); consume-transform-produce with send_offsets_to_transaction commits the
+    input offsets with the output; a second producer with the same transactional.id fences the
+    first; kafka-python's transactional producer and read_committed consumer agree."""
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    tin, tout = "txin-" + uuid.uuid4().hex[:8], "txout-" + uuid.uuid4().hex[:8]
+    for t in (tin, tout):
+        admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1)])[t].result(10)
+    tid = "tx-" + uuid.uuid4().hex[:8]
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "transactional.id": tid, "linger.ms": 5})
+    p.init_transactions(30)
+    p.begin_transaction()
+    for i in range(10):
+        p.produce(tin, value=b"c%d" % i, partition=i % 2)
+    p.commit_transaction(30)
+    p.begin_transaction()
+    for i in range(10):
+        p.produce(tin, value=b"a%d" % i, partition=i % 2)
+    p.flush(30)
+    p.abort_transaction(30)
+    p.begin_transaction()
+    for i in range(6):
+        p.produce(tin, value=b"d%d" % i, partition=i % 2)
+    p.commit_transaction(30)
+
+    committed = read_all(tin, 2, "read_committed")
+    everything = read_all(tin, 2, "read_uncommitted")
+    want_committed = {q: [b"c%d" % i for i in range(q, 10, 2)] + [b"d%d" % i for i in range(q, 6, 2)]
+                      for q in range(2)}
+    if committed != want_committed:
+        fail("read_committed saw %r, want %r" % (committed, want_committed))
+    n_all = sum(len(v) for v in everything.values())
+    if n_all != 26 or not any(v.startswith(b"a") for vs in everything.values() for v in vs):
+        fail("read_uncommitted saw %d records (want 26 with the aborted ones): %r" % (n_all, everything))
+
+    # An open transaction holds read_committed consumers at its first offset.
+    p.begin_transaction()
+    p.produce(tin, value=b"open", partition=0)
+    p.flush(30)
+    lo, hi = None, None
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "lso-" + uuid.uuid4().hex[:6],
+                  "isolation.level": "read_committed"})
+    lo, hi = c.get_watermark_offsets(TopicPartition(tin, 0), timeout=10)
+    c.close()
+    uncommitted_hi = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "x",
+                               "isolation.level": "read_uncommitted"})
+    _, hw = uncommitted_hi.get_watermark_offsets(TopicPartition(tin, 0), timeout=10)
+    uncommitted_hi.close()
+    if not hi < hw:
+        fail("an open transaction: read_committed end %d should be below the high watermark %d" % (hi, hw))
+    p.abort_transaction(30)
+
+    # Consume-transform-produce: the input offsets are committed with the output.
+    group = "txgroup-" + uuid.uuid4().hex[:6]
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group, "enable.auto.commit": False,
+                  "isolation.level": "read_committed", "auto.offset.reset": "earliest"})
+    c.subscribe([tin])
+    seen = 0
+    deadline = time.time() + 30
+    p.begin_transaction()
+    while seen < 16 and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is None or m.error():
+            continue
+        seen += 1
+        p.produce(tout, value=m.value().upper(), partition=m.partition())
+    if seen != 16:
+        fail("transform loop read %d input records, want 16" % seen)
+    ends = {}
+    for q in range(2):
+        probe = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "x"})
+        ends[q] = probe.get_watermark_offsets(TopicPartition(tin, q), timeout=10)[1]
+        probe.close()
+    # The consumer's position passes a partition's trailing transaction marker once it has
+    # polled past it (a marker is not a message, but it moves the position).
+    while time.time() < deadline:
+        if {tp.partition: tp.offset for tp in c.position(c.assignment())} == ends:
+            break
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            fail("transform loop: an unexpected record %r" % m.value())
+    p.send_offsets_to_transaction(c.position(c.assignment()), c.consumer_group_metadata(), 30)
+    p.commit_transaction(30)
+    offsets = c.committed([TopicPartition(tin, q) for q in range(2)], timeout=10)
+    c.close()
+    got_offsets = {tp.partition: tp.offset for tp in offsets}
+    if got_offsets != ends:
+        fail("transactional offsets %r, want the input ends %r" % (got_offsets, ends))
+    out = read_all(tout, 2, "read_committed")
+    if sorted(v for vs in out.values() for v in vs) != sorted(v.upper() for vs in want_committed.values() for v in vs):
+        fail("transform output %r" % out)
+
+    # A second producer with the same transactional.id fences the first.
+    p2 = Producer({"bootstrap.servers": BOOTSTRAP, "transactional.id": tid})
+    p2.init_transactions(30)
+    try:
+        p.begin_transaction()
+        p.produce(tout, value=b"zombie", partition=0)
+        p.commit_transaction(10)
+        fail("a fenced producer committed")
+    except KafkaException as e:
+        if not e.args[0].fatal() and "fenced" not in str(e).lower():
+            fail("the zombie got %s, want a fatal fencing error" % e)
+    p2.begin_transaction()
+    p2.produce(tout, value=b"p2", partition=0)
+    p2.commit_transaction(30)
+    if b"zombie" in read_all(tout, 2, "read_committed")[0]:
+        fail("the zombie's record is visible")
+
+    # kafka-python: its transactional producer and read_committed consumer.
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition as KTP
+    kp = KafkaProducer(bootstrap_servers=BOOTSTRAP, transactional_id="kp-" + tid)
+    kp.init_transactions()
+    kp.begin_transaction()
+    kp.send(tout, value=b"kp-aborted", partition=1)
+    kp.flush()
+    kp.abort_transaction()
+    kp.begin_transaction()
+    kp.send(tout, value=b"kp-committed", partition=1)
+    kp.commit_transaction()
+    kp.close()
+    kc = KafkaConsumer(bootstrap_servers=BOOTSTRAP, isolation_level="read_committed",
+                       enable_auto_commit=False, consumer_timeout_ms=5000)
+    kc.assign([KTP(tout, 1)])
+    kc.seek_to_beginning()
+    vals = [m.value for m in kc]
+    kc.close()
+    if b"kp-committed" not in vals or b"kp-aborted" in vals:
+        fail("kafka-python read_committed saw %r" % vals)
+    print("transactions: ok")
+
+
 GROUP = "interop-group"
 TOPIC = "interop-groups"
 for check in sys.argv[2:]:
     {"confluent": check_confluent, "kafka_python": check_kafka_python, "groups": check_groups,
      "groups_resume": check_groups_resume, "group_admin": check_group_admin,
      "mixed_group": check_mixed_group, "idempotent": check_idempotent,
-     "configs": check_configs, "commit_unknown": check_commit_unknown}[check]()
+     "configs": check_configs, "commit_unknown": check_commit_unknown,
+     "transactions": check_transactions}[check]()

@@ -212,6 +212,13 @@ fn idempotent_producers_of_both_clients_get_ids_and_write_once() {
 }
 
 #[test]
+fn transactions_commit_abort_fence_and_read_committed_with_real_clients() {
+    let (_b, port) = kafka_broker();
+    let stdout = interop(port, &["transactions"]);
+    assert!(stdout.contains("transactions: ok"), "{stdout}");
+}
+
+#[test]
 fn topic_configs_and_commits_to_unknown_topics_as_kafka_answers_them() {
     let (_b, port) = kafka_broker();
     let stdout = interop(port, &["configs", "commit_unknown"]);

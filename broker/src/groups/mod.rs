@@ -119,6 +119,10 @@ struct Group {
     pending_syncs: HashMap<String, oneshot::Sender<SyncResult>>,
     rebalance_deadline: Option<Instant>,
     offsets: BTreeMap<(String, i32), Committed>,
+    /// Offsets committed inside a transaction (TxnOffsetCommit), by producer id: they become
+    /// committed offsets when the transaction's COMMIT marker reaches this group's partition,
+    /// and are dropped on ABORT.
+    pending_txn: HashMap<i64, BTreeMap<(String, i32), Committed>>,
     /// When the group entered its state (ms since the epoch; 0 if unknown): an empty group's
     /// offsets expire `offsets_retention_minutes` after it.
     state_since_ms: i64,
@@ -470,6 +474,17 @@ impl GroupCoordinator {
                     .or_default()
                     .offsets
                     .insert((topic, partition), c);
+            }
+            for (pid, offsets) in replayed.pending {
+                for (group, topic, partition, c) in offsets {
+                    groups
+                        .entry(group)
+                        .or_default()
+                        .pending_txn
+                        .entry(pid)
+                        .or_default()
+                        .insert((topic, partition), c);
+                }
             }
             drop(groups);
             self.owned().insert(index);
@@ -853,6 +868,83 @@ impl GroupCoordinator {
             g.offsets.insert((topic, partition), c);
         }
         code::NONE
+    }
+
+    /// TxnOffsetCommit: offsets a transactional producer commits for the group, written to the
+    /// group's partition in a transactional batch of the producer and visible once its
+    /// transaction commits ([`GroupCoordinator::complete_transaction`]). Member and generation
+    /// are checked when given (KIP-447), as for a plain commit.
+    pub async fn txn_commit(
+        &self,
+        group: &str,
+        producer: (i64, i16),
+        generation: i32,
+        member: &str,
+        offsets: Vec<(String, i32, Committed)>,
+    ) -> i16 {
+        if let Err(e) = self.check(group).await {
+            return e;
+        }
+        {
+            let mut groups = self.lock();
+            let g = groups.entry(group.to_string()).or_default();
+            if !member.is_empty() || generation >= 0 {
+                if !g.members.contains_key(member) {
+                    return code::UNKNOWN_MEMBER_ID;
+                }
+                if generation != g.generation {
+                    return code::ILLEGAL_GENERATION;
+                }
+            }
+        }
+        if let Err(e) =
+            offsets_log::append_transactional(&self.admin, group, producer, &offsets).await
+        {
+            tracing::error!(group, error = %e, "could not persist transactional offsets");
+            return code::KAFKA_STORAGE_ERROR;
+        }
+        let mut groups = self.lock();
+        let pending = groups
+            .entry(group.to_string())
+            .or_default()
+            .pending_txn
+            .entry(producer.0)
+            .or_default();
+        for (topic, partition, c) in offsets {
+            pending.insert((topic, partition), c);
+        }
+        code::NONE
+    }
+
+    /// A transaction marker reached `__consumer_offsets` partition `partition`: the producer's
+    /// pending offsets there become committed (COMMIT) or are dropped (ABORT).
+    pub fn complete_transaction(&self, partition: u32, producer_id: i64, commit: bool) {
+        let mut groups = self.lock();
+        for (name, g) in groups.iter_mut() {
+            if offsets_log::partition_for(name) != partition {
+                continue;
+            }
+            if let Some(offsets) = g.pending_txn.remove(&producer_id) {
+                tracing::debug!(group = %name, producer_id, commit, offsets = offsets.len(), "transactional offsets settled");
+                if commit {
+                    g.offsets.extend(offsets);
+                }
+            }
+        }
+    }
+
+    /// Partitions of the group with transactional offsets not yet settled (OffsetFetch with
+    /// `require_stable` answers UNSTABLE_OFFSET_COMMIT for them).
+    pub fn unstable_partitions(&self, group: &str) -> BTreeSet<(String, i32)> {
+        self.lock()
+            .get(group)
+            .map(|g| {
+                g.pending_txn
+                    .values()
+                    .flat_map(|o| o.keys().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Committed offsets of a group: the requested partitions, or all when `None`.

@@ -270,64 +270,15 @@ pub fn decode_value(mut b: Bytes) -> Option<Committed> {
 pub async fn ensure_topic(
     admin: &Admin,
 ) -> Result<std::sync::Arc<crate::topics::Topic>, TopicError> {
-    match admin.topics.get(TOPIC) {
-        Ok(t) => Ok(t),
-        Err(TopicError::UnknownTopic(_)) => {
-            let configs = [
-                ("cleanup.policy".to_string(), "compact".to_string()),
-                ("segment.bytes".to_string(), (100u32 << 20).to_string()),
-            ]
-            .into();
-            match admin
-                .create_topic(
-                    TOPIC,
-                    PARTITIONS,
-                    offsets_replication_factor(admin),
-                    configs,
-                    false,
-                )
-                .await
-            {
-                Ok(_) => admin.topics.get(TOPIC),
-                // Someone else created it just now: wait (bounded) until this broker has it.
-                Err(TopicError::AlreadyExists(_)) => {
-                    let mut synced = admin.topics.watch_synced();
-                    let appeared = async {
-                        while admin.topics.get(TOPIC).is_err() {
-                            if synced.changed().await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    let _ =
-                        tokio::time::timeout(std::time::Duration::from_secs(10), appeared).await;
-                    admin.topics.get(TOPIC)
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// `offsets_topic_replication_factor`, capped at the brokers that can take a replica now (Kafka
-/// refuses instead; a one-broker start would then have no groups until more brokers join).
-fn offsets_replication_factor(admin: &Admin) -> u32 {
-    let usable = admin
-        .controller
-        .quorum()
-        .image()
-        .brokers
-        .values()
-        .filter(|b| b.is_usable())
-        .count() as u32;
     admin
-        .config
-        .offsets_topic_replication_factor
-        .min(usable.max(1))
+        .ensure_internal_topic(
+            TOPIC,
+            PARTITIONS,
+            admin.config.offsets_topic_replication_factor,
+        )
+        .await
 }
 
-/// The record storing (or, with `None`, deleting) a committed offset.
 pub fn offset_record(
     group: &str,
     topic: &str,
@@ -356,10 +307,45 @@ pub async fn append(
 }
 
 /// Appends these key/value records, as one batch, to the group's partition.
+/// Offsets of a transaction (TxnOffsetCommit): one transactional batch of the producer, settled
+/// by the transaction's marker on this partition. No sequence number: the coordinator writes it,
+/// as Kafka's does.
+pub async fn append_transactional(
+    admin: &Admin,
+    group: &str,
+    (producer_id, producer_epoch): (i64, i16),
+    offsets: &[(String, i32, Committed)],
+) -> Result<(), String> {
+    let records = offsets
+        .iter()
+        .map(|(t, p, c)| offset_record(group, t, *p, Some(c)))
+        .collect();
+    let template = sluice_log::BatchTemplate {
+        base_offset: 0,
+        partition_leader_epoch: -1,
+        attributes: 0x10, // transactional
+        last_offset_delta: offsets.len() as i32 - 1,
+        max_timestamp: None,
+        producer_id,
+        producer_epoch,
+        base_sequence: -1,
+    };
+    append_batch(admin, group, records, Some(template)).await
+}
+
 pub async fn append_records(
     admin: &Admin,
     group: &str,
     records: Vec<(Bytes, Option<Bytes>)>,
+) -> Result<(), String> {
+    append_batch(admin, group, records, None).await
+}
+
+async fn append_batch(
+    admin: &Admin,
+    group: &str,
+    records: Vec<(Bytes, Option<Bytes>)>,
+    template: Option<sluice_log::BatchTemplate>,
 ) -> Result<(), String> {
     if records.is_empty() {
         return Ok(());
@@ -381,7 +367,11 @@ pub async fn append_records(
             headers: Vec::new(),
         });
     }
-    let Some(mut batch) = b.build() else {
+    let built = match template {
+        Some(t) => b.build_with(&t),
+        None => b.build(),
+    };
+    let Some(mut batch) = built else {
         return Ok(());
     };
     partition
@@ -394,16 +384,44 @@ pub async fn append_records(
 }
 
 /// What `__consumer_offsets` holds: the latest record per key, tombstones applied.
+/// A transaction's offsets not settled by a marker yet: producer id → (group, topic, partition,
+/// offset).
+pub type PendingOffsets = BTreeMap<i64, Vec<(String, String, i32, Committed)>>;
+
 #[derive(Debug, Default)]
 pub struct Replayed {
     pub offsets: BTreeMap<(String, String, i32), Committed>,
     pub groups: BTreeMap<String, GroupSnapshot>,
+    /// Transactional offsets whose transaction is still open at the end of the partition.
+    pub pending: PendingOffsets,
 }
 
-/// Reads one `__consumer_offsets` partition from its start to its end: the state of every group
-/// it holds. Called by the partition's leader, whose log is the truth (a leader never truncates
-/// its own log), so it reads past the HW as Kafka's coordinator does: commits the previous
-/// leader wrote but had not yet seen replicated are not lost to the new one.
+impl Replayed {
+    fn apply(&mut self, r: sluice_log::StoredRecord) {
+        match r.key.and_then(decode_key) {
+            Some(Key::Offset(g, t, p)) => match r.value.and_then(decode_value) {
+                Some(c) => {
+                    self.offsets.insert((g, t, p), c);
+                }
+                None => {
+                    self.offsets.remove(&(g, t, p));
+                }
+            },
+            Some(Key::Group(g)) => match r.value.and_then(decode_group_value) {
+                Some(snapshot) => {
+                    self.groups.insert(g, snapshot);
+                }
+                None => {
+                    self.groups.remove(&g);
+                }
+            },
+            None => {}
+        }
+    }
+}
+
+/// Everything a `__consumer_offsets` partition holds: plain records apply in order;
+/// transactional ones wait for their producer's marker (COMMIT applies them, ABORT drops them).
 pub fn replay_partition(p: &sluice_replication::Partition) -> Result<Replayed, String> {
     let mut out = Replayed::default();
     let log = p.log();
@@ -415,25 +433,38 @@ pub fn replay_partition(p: &sluice_replication::Partition) -> Result<Replayed, S
         if info.regions.is_empty() {
             break;
         }
-        for r in sluice_log::decode_batches(&data, 64 << 20).map_err(|e| e.to_string())? {
-            match r.key.and_then(decode_key) {
-                Some(Key::Offset(g, t, p)) => match r.value.and_then(decode_value) {
-                    Some(c) => {
-                        out.offsets.insert((g, t, p), c);
+        for frame in sluice_log::batch::BatchFrames::new(&data) {
+            let (pos, h) = match frame {
+                Ok(f) => f,
+                Err(sluice_log::BatchError::Truncated { .. }) => break,
+                Err(e) => return Err(e.to_string()),
+            };
+            let batch = data.slice(pos..pos + h.total_size());
+            if h.is_control() {
+                let marker = sluice_log::producer_state::parse_marker(&batch);
+                if let (Some(m), Some(records)) = (marker, out.pending.remove(&h.producer_id)) {
+                    if m.commit {
+                        for (g, t, p, c) in records {
+                            out.offsets.insert((g, t, p), c);
+                        }
                     }
-                    None => {
-                        out.offsets.remove(&(g, t, p));
+                }
+                continue;
+            }
+            let records = sluice_log::decode_batch(&batch, 64 << 20).map_err(|e| e.to_string())?;
+            if h.is_transactional() {
+                let pending = out.pending.entry(h.producer_id).or_default();
+                for r in records {
+                    if let (Some(Key::Offset(g, t, p)), Some(c)) =
+                        (r.key.and_then(decode_key), r.value.and_then(decode_value))
+                    {
+                        pending.push((g, t, p, c));
                     }
-                },
-                Some(Key::Group(g)) => match r.value.and_then(decode_group_value) {
-                    Some(snapshot) => {
-                        out.groups.insert(g, snapshot);
-                    }
-                    None => {
-                        out.groups.remove(&g);
-                    }
-                },
-                None => {}
+                }
+                continue;
+            }
+            for r in records {
+                out.apply(r);
             }
         }
         offset = info.next_offset;

@@ -15,7 +15,7 @@ use sluice_proto::internal::v1::broker_internal_client::BrokerInternalClient;
 use sluice_proto::internal::v1::broker_internal_server::{BrokerInternal, BrokerInternalServer};
 use sluice_proto::internal::v1::{
     ControllerReply, ControllerRequest, RaftAck, RaftMessage, ReplicaFetchRequest,
-    ReplicaFetchResponse,
+    ReplicaFetchResponse, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use sluice_replication::controller::active::ActiveController;
 use sluice_replication::controller::api::ControllerCall;
@@ -34,7 +34,12 @@ pub struct InternalService {
     pub topics: Option<Arc<crate::topics::TopicManager>>,
     /// Bounds reassignment traffic to followers being added.
     pub throttle: crate::replica_fetch::ReplicationThrottle,
+    /// Writes transaction markers here; set once the group coordinator exists.
+    pub txn_markers: TxnMarkersSlot,
 }
+
+/// Where the broker puts its marker writer once it is built (after the internal service starts).
+pub type TxnMarkersSlot = Arc<OnceLock<Arc<crate::transactions::markers::LocalMarkers>>>;
 
 #[tonic::async_trait]
 impl BrokerInternal for InternalService {
@@ -91,6 +96,17 @@ impl BrokerInternal for InternalService {
         }
     }
 
+    async fn write_txn_markers(
+        &self,
+        request: Request<WriteTxnMarkersRequest>,
+    ) -> Result<Response<WriteTxnMarkersResponse>, Status> {
+        let markers = self
+            .txn_markers
+            .get()
+            .ok_or_else(|| Status::unavailable("this broker is still starting"))?;
+        Ok(Response::new(markers.serve(request.into_inner()).await))
+    }
+
     async fn controller(
         &self,
         request: Request<ControllerRequest>,
@@ -111,12 +127,14 @@ pub fn server(
     quorum: QuorumHandle,
     controller: Arc<ActiveController>,
     topics: Option<Arc<crate::topics::TopicManager>>,
+    txn_markers: TxnMarkersSlot,
 ) -> BrokerInternalServer<InternalService> {
     // Snapshots of a large image and replica fetches can exceed tonic's 4 MiB default.
     BrokerInternalServer::new(InternalService {
         quorum,
         controller,
         topics,
+        txn_markers,
         throttle: crate::replica_fetch::ReplicationThrottle::new(Arc::new(
             sluice_log::MonotonicClock::default(),
         )),
@@ -316,7 +334,7 @@ mod tests {
             Default::default(),
             id,
         ));
-        let svc = server(handle.clone(), controller, None);
+        let svc = server(handle.clone(), controller, None, Default::default());
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
             let _ = tonic::transport::Server::builder()

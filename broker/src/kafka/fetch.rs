@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::fetch_response::AbortedTransaction;
 use kafka_protocol::messages::fetch_response::{
     FetchResponse, FetchableTopicResponse, PartitionData,
 };
+use kafka_protocol::messages::ProducerId;
 use kafka_protocol::ResponseError;
 use sluice_log::{FileRegion, LogError};
-use kafka_protocol::messages::fetch_response::AbortedTransaction;
-use kafka_protocol::messages::ProducerId;
 use sluice_replication::{Isolation, Partition, PartitionError};
 
 use super::metadata::topic_error_code;

@@ -38,20 +38,39 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The coordinator of a group: the leader of its `__consumer_offsets` partition (created on
-/// first use, as Kafka does), from the metadata image.
-async fn coordinator_of(ctx: &Ctx, group: &str) -> (i16, i32, String, i32) {
+/// The coordinator of a group (key type 0: the leader of its `__consumer_offsets` partition)
+/// or of a transactional id (key type 1: of its `__transaction_state` partition), from the
+/// metadata image. The topic is created on first use, as Kafka does.
+async fn coordinator_of(ctx: &Ctx, key_type: i8, key: &str) -> (i16, i32, String, i32) {
     let none = |e| (e, -1, String::new(), -1);
-    if ctx.topics.get(offsets_log::TOPIC).is_err() {
-        if let Err(e) = offsets_log::ensure_topic(&ctx.admin).await {
-            tracing::warn!(error = %e, "cannot create __consumer_offsets");
+    let (topic, partition, rf) = match key_type {
+        0 => (
+            offsets_log::TOPIC,
+            offsets_log::partition_for(key),
+            ctx.config.offsets_topic_replication_factor,
+        ),
+        1 => (
+            crate::transactions::txn_log::TOPIC,
+            crate::transactions::txn_log::partition_for(key),
+            ctx.config.transaction_state_log_replication_factor,
+        ),
+        _ => return none(super::err(kafka_protocol::ResponseError::InvalidRequest)),
+    };
+    if ctx.topics.get(topic).is_err() {
+        let partitions = if key_type == 0 {
+            offsets_log::PARTITIONS
+        } else {
+            crate::transactions::txn_log::PARTITIONS
+        };
+        if let Err(e) = ctx.admin.ensure_internal_topic(topic, partitions, rf).await {
+            tracing::warn!(topic, error = %e, "cannot create an internal topic");
             return none(code::COORDINATOR_NOT_AVAILABLE);
         }
     }
     let image = ctx.quorum.image();
     let leader = image
-        .topic(offsets_log::TOPIC)
-        .and_then(|t| t.partitions.get(&offsets_log::partition_for(group)))
+        .topic(topic)
+        .and_then(|t| t.partitions.get(&partition))
         .map_or(-1, |p| p.leader);
     if leader == ctx.config.node_id {
         return (
@@ -79,14 +98,8 @@ pub async fn find_coordinator(
     version: i16,
     req: FindCoordinatorRequest,
 ) -> Result<BytesMut, String> {
-    // key_type 0 = group; transactions (1) are not coordinated yet.
-    let answer = |key: String| async move {
-        if req.key_type == 0 {
-            coordinator_of(ctx, &key).await
-        } else {
-            (code::COORDINATOR_NOT_AVAILABLE, -1, String::new(), -1)
-        }
-    };
+    // key_type 0 = group, 1 = transactional id.
+    let answer = |key: String| async move { coordinator_of(ctx, req.key_type, &key).await };
     let mut resp = FindCoordinatorResponse::default();
     if version >= 4 {
         let mut coordinators = Vec::with_capacity(req.coordinator_keys.len());
@@ -371,8 +384,22 @@ pub fn offset_fetch(
     }
     let mut by_topic: std::collections::BTreeMap<String, Vec<OffsetFetchResponsePartition>> =
         Default::default();
+    // v7+ (KIP-447): a read_committed consumer asks for stable offsets only; a partition with a
+    // transactional commit not settled yet answers UNSTABLE_OFFSET_COMMIT (it retries).
+    let unstable = if req.require_stable {
+        ctx.groups.unstable_partitions(&group)
+    } else {
+        Default::default()
+    };
     for (topic, partition, c) in ctx.groups.fetch_offsets(&group, wanted) {
         let mut p = OffsetFetchResponsePartition::default().with_partition_index(partition);
+        if unstable.contains(&(topic.clone(), partition)) {
+            p = p.with_committed_offset(-1).with_error_code(super::err(
+                kafka_protocol::ResponseError::UnstableOffsetCommit,
+            ));
+            by_topic.entry(topic).or_default().push(p);
+            continue;
+        }
         p = match c {
             Some(c) => {
                 let mut p = p

@@ -13,6 +13,7 @@ mod groups;
 mod metadata;
 pub mod produce;
 mod reassign;
+mod txn;
 pub mod zero_copy;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub struct Ctx {
     /// The metadata image and the quorum's status (who is controller).
     pub quorum: sluice_replication::controller::driver::QuorumHandle,
     pub groups: Arc<crate::groups::GroupCoordinator>,
+    pub txns: Arc<crate::transactions::TransactionCoordinator>,
     pub producer_ids: Arc<crate::requests::producer_ids::ProducerIds>,
     pub config: Arc<BrokerConfig>,
     /// Host and port clients are told to connect to (Metadata, FindCoordinator).
@@ -78,6 +80,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
 ];
@@ -239,8 +248,39 @@ async fn handle(ctx: &Ctx, mut frame: Frame, peer: &str) -> Result<Reply, String
             frame::decode_body(body, version)?,
         )),
         ApiKey::InitProducerId => reply(
-            produce::init_producer_id(ctx, corr, version, frame::decode_body(body, version)?).await,
+            txn::init_producer_id(ctx, corr, version, frame::decode_body(body, version)?).await,
         ),
+        ApiKey::AddPartitionsToTxn => reply(
+            txn::add_partitions_to_txn(ctx, corr, version, frame::decode_body(body, version)?)
+                .await,
+        ),
+        ApiKey::AddOffsetsToTxn => reply(
+            txn::add_offsets_to_txn(ctx, corr, version, frame::decode_body(body, version)?).await,
+        ),
+        ApiKey::EndTxn => {
+            reply(txn::end_txn(ctx, corr, version, frame::decode_body(body, version)?).await)
+        }
+        ApiKey::TxnOffsetCommit => reply(
+            txn::txn_offset_commit(ctx, corr, version, frame::decode_body(body, version)?).await,
+        ),
+        ApiKey::DescribeProducers => reply(txn::describe_producers(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        ApiKey::DescribeTransactions => reply(txn::describe_transactions(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
+        ApiKey::ListTransactions => reply(txn::list_transactions(
+            ctx,
+            corr,
+            version,
+            frame::decode_body(body, version)?,
+        )),
         ApiKey::OffsetForLeaderEpoch => reply(metadata::offset_for_leader_epoch(
             ctx,
             corr,
@@ -400,8 +440,16 @@ mod fuzz {
                     },
                 );
                 groups.follow().await;
+                let txns = crate::transactions::start(
+                    node.admin.clone(),
+                    node.producer_ids.clone(),
+                    groups.clone(),
+                    node.quorum.handle.clone(),
+                    &node.quorum.txn_markers,
+                );
                 let ctx = Ctx {
                     groups,
+                    txns,
                     producer_ids: node.producer_ids.clone(),
                     topics: node.topics.clone(),
                     admin: node.admin.clone(),

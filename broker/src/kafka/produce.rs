@@ -2,13 +2,10 @@
 //! validation by the log (magic, CRC, count, `max.message.bytes`).
 
 use bytes::BytesMut;
-use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
-use kafka_protocol::messages::init_producer_id_response::InitProducerIdResponse;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::ProducerId;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_log::{BatchError, LogError, ProducerError};
@@ -58,33 +55,6 @@ pub fn partition_error_code(e: &PartitionError) -> i16 {
             _ => ResponseError::KafkaStorageError,
         },
     })
-}
-
-/// InitProducerId for an idempotent producer: a fresh producer id at epoch 0, as Kafka's
-/// coordinator answers a request without a transactional id. Transactions are not served yet:
-/// a transactional id is refused with a message saying so.
-pub async fn init_producer_id(
-    ctx: &Ctx,
-    corr: i32,
-    version: i16,
-    req: InitProducerIdRequest,
-) -> Result<BytesMut, String> {
-    let resp = InitProducerIdResponse::default()
-        .with_producer_id(ProducerId(-1))
-        .with_producer_epoch(-1);
-    let resp = if let Some(txn) = req.transactional_id.as_ref().filter(|t| !t.0.is_empty()) {
-        tracing::warn!(transactional_id = %txn.0, "InitProducerId with a transactional id refused: transactions are not supported yet");
-        resp.with_error_code(err(ResponseError::UnsupportedVersion))
-    } else {
-        match ctx.producer_ids.next().await {
-            Ok(id) => resp.with_producer_id(ProducerId(id)).with_producer_epoch(0),
-            Err(e) => {
-                tracing::warn!(error = %e, "no producer id to give");
-                resp.with_error_code(err(ResponseError::CoordinatorNotAvailable))
-            }
-        }
-    };
-    encode_response(corr, version, &resp)
 }
 
 /// KIP-467: the records a rule refused, by index in their batch, so clients fail just those.

@@ -74,6 +74,55 @@ impl Admin {
     }
 
     /// `partitions` / `replication_factor` 0: the broker defaults (Kafka's -1).
+    /// An internal topic (`__consumer_offsets`, `__transaction_state`): compacted, created on
+    /// first use through the controller like any topic, with `replication_factor` capped at the
+    /// brokers there are. Concurrent first uses on several brokers create it once.
+    pub async fn ensure_internal_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+    ) -> Result<Arc<crate::topics::Topic>, TopicError> {
+        match self.topics.get(name) {
+            Err(TopicError::UnknownTopic(_)) => {}
+            other => return other,
+        }
+        let usable = self
+            .controller
+            .quorum()
+            .image()
+            .brokers
+            .values()
+            .filter(|b| b.is_usable())
+            .count() as u32;
+        let configs = [
+            ("cleanup.policy".to_string(), "compact".to_string()),
+            ("segment.bytes".to_string(), (100u32 << 20).to_string()),
+        ]
+        .into();
+        let rf = replication_factor.min(usable.max(1));
+        match self
+            .create_topic(name, partitions, rf, configs, false)
+            .await
+        {
+            Ok(_) => self.topics.get(name),
+            // Someone else created it just now: wait (bounded) until this broker has it.
+            Err(TopicError::AlreadyExists(_)) => {
+                let mut synced = self.topics.watch_synced();
+                let appeared = async {
+                    while self.topics.get(name).is_err() {
+                        if synced.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), appeared).await;
+                self.topics.get(name)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn create_topic(
         &self,
         name: &str,
