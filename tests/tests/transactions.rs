@@ -1,0 +1,111 @@
+//! Transactions on real processes: an unmodified confluent-kafka consume-transform-produce loop
+//! (read_committed consumer, transactional producer, send_offsets_to_transaction) copies a topic
+//! across a three-broker cluster while the broker coordinating its transactions is killed with
+//! kill -9. The output must hold every input record exactly once and the committed input offsets
+//! must be the input's ends: the new coordinator finishes or aborts what the dead one left, and
+//! the epoch fencing keeps any late write of the old one out.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{start_cluster, wait_all_alive, wait_for};
+
+#[test]
+fn a_transactional_copy_loop_is_exactly_once_when_its_coordinator_is_killed() {
+    let mut bs = start_cluster(
+        3,
+        &[
+            "--broker-session-timeout-ms",
+            "3000",
+            "--broker-heartbeat-interval-ms",
+            "500",
+        ],
+    );
+    wait_all_alive(&bs);
+    const TOTAL: u64 = 1500;
+    bs[0].topic_create("txin", 3, 3, &["--config", "min.insync.replicas=2"]);
+    bs[0].topic_create("txout", 3, 3, &["--config", "min.insync.replicas=2"]);
+    for p in 0..3u64 {
+        let lines: String = (p * TOTAL / 3..(p + 1) * TOTAL / 3)
+            .map(|i| format!("{i}\n"))
+            .collect();
+        let out = bs[0].cli(
+            &[
+                "produce",
+                "txin",
+                "--partition",
+                &p.to_string(),
+                "--acks",
+                "all",
+            ],
+            Some(&lines),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let bootstrap = bs
+        .iter()
+        .map(|b| format!("127.0.0.1:{}", b.kafka_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let txn_id = "copier";
+    let work = tempfile::tempdir().unwrap();
+    let progress = work.path().join("progress");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/txn_failover.py");
+    let copier = std::process::Command::new(common::python())
+        .arg(&script)
+        .args([
+            &bootstrap,
+            "txin",
+            "txout",
+            "copier-group",
+            txn_id,
+            &TOTAL.to_string(),
+        ])
+        .arg(&progress)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let committed = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_or(0, |s| {
+            s.lines()
+                .last()
+                .and_then(|l| l.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+    };
+    wait_for("the copier committing", Duration::from_secs(90), || {
+        (committed(&progress) >= 200).then_some(())
+    });
+    // Its coordinator: the leader of its __transaction_state partition.
+    let partition = sluice_proto::routing::transaction_partition(txn_id);
+    let coordinator = wait_for("the copier's coordinator", Duration::from_secs(30), || {
+        let v = bs[0].cli_json(&["topic", "describe", "__transaction_state"])?;
+        v["partitions"][partition as usize]["leader"]
+            .as_i64()
+            .filter(|l| *l > 0)
+    });
+    let before = committed(&progress);
+    bs[coordinator as usize - 1].kill9();
+    let killed = Instant::now();
+    let out = copier.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "coordinator {coordinator} killed after {before} committed: copier {summary} ({:?} after the kill)",
+        killed.elapsed()
+    );
+    assert!(
+        out.status.success(),
+        "{summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(before < TOTAL, "the kill came after the copy was done");
+    let v: serde_json::Value = serde_json::from_str(summary.trim()).expect("summary is JSON");
+    assert_eq!(v["out"], TOTAL);
+    assert_eq!(v["duplicates"], 0);
+}
