@@ -393,6 +393,7 @@ async fn consume(opts: BenchOpts) -> Result<(), String> {
                     partition,
                     offset: from,
                     max_bytes: 4 << 20,
+                    ..Default::default()
                 })
                 .await
                 .map_err(cli::status_message)?

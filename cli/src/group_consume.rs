@@ -183,6 +183,7 @@ async fn fetch_partition(
             max_bytes: 0,
             max_wait_ms: 500,
             min_bytes: 1,
+            ..Default::default()
         };
         let r = tokio::select! {
             r = client.fetch(req) => r,
@@ -207,6 +208,7 @@ async fn fetch_partition(
                         partition: tp.1,
                         spec: pb::OffsetSpec::Earliest as i32,
                         timestamp_ms: 0,
+                        ..Default::default()
                     })
                     .await
                     .map(|r| r.into_inner().offset.unwrap_or(0));

@@ -127,6 +127,7 @@ pub async fn leader_offset(
             partition,
             spec: spec as i32,
             timestamp_ms: 0,
+            ..Default::default()
         })
         .await
         .map_err(status_message)?

@@ -185,6 +185,14 @@ pub struct ProduceArgs {
     pub conn: ConnArgs,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationArg {
+    #[value(name = "read_uncommitted")]
+    ReadUncommitted,
+    #[value(name = "read_committed")]
+    ReadCommitted,
+}
+
 #[derive(Args)]
 pub struct ConsumeArgs {
     pub topic: String,
@@ -207,6 +215,15 @@ pub struct ConsumeArgs {
     /// %t topic, \n, \t. A newline follows each record.
     #[arg(long, default_value = "%s")]
     pub format: String,
+    /// read_committed: only records of committed transactions (and non-transactional ones),
+    /// up to the last stable offset, as Kafka's isolation.level.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "read_uncommitted",
+        conflicts_with = "group"
+    )]
+    pub isolation_level: IsolationArg,
     /// Consume as a member of this consumer group: the broker assigns partitions, reading starts
     /// at the group's committed offsets (else --from-beginning or the end), and offsets are
     /// committed once records are printed. Runs until --max-messages, SIGINT or SIGTERM.
@@ -922,6 +939,10 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
         let tx = tx.clone();
         let topic = args.topic.clone();
         let follow = args.follow;
+        let isolation_level = match args.isolation_level {
+            IsolationArg::ReadUncommitted => pb::IsolationLevel::ReadUncommitted,
+            IsolationArg::ReadCommitted => pb::IsolationLevel::ReadCommitted,
+        };
         let mut leaders = leaders.clone();
         tokio::spawn(async move {
             let mut offset = start;
@@ -960,6 +981,7 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
                         max_bytes: 0,
                         max_wait_ms: if follow { 5_000 } else { 0 },
                         min_bytes: 1,
+                        isolation_level: isolation_level as i32,
                     })
                     .await;
                 match r {

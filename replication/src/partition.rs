@@ -765,10 +765,20 @@ impl Partition {
         offset: u64,
         max_bytes: usize,
     ) -> Result<(bytes::Bytes, ReadInfo), PartitionError> {
+        self.read_bytes_isolated(offset, max_bytes, Isolation::ReadUncommitted)
+    }
+
+    /// [`Partition::read_isolated`] into memory.
+    pub fn read_bytes_isolated(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> Result<(bytes::Bytes, ReadInfo), PartitionError> {
         self.check_leader()?;
         Ok(self
             .log
-            .read_bytes(offset, max_bytes, Some(self.high_watermark()))?)
+            .read_bytes(offset, max_bytes, Some(self.visible_end(isolation)))?)
     }
 
     /// Kafka's ListOffsets on this partition, from the leader: (offset, timestamp) — the

@@ -589,7 +589,7 @@ def check_transactions():
     kc.close()
     if b"kp-committed" not in vals or b"kp-aborted" in vals:
         fail("kafka-python read_committed saw %r" % vals)
-    print("transactions: ok")
+    print("transactions: ok input=%s" % tin)
 
 
 GROUP = "interop-group"

@@ -29,6 +29,7 @@ async fn read_partition(b: &Broker, topic: &str, partition: u32) -> (Vec<pb::Con
                 max_bytes: 1 << 20,
                 max_wait_ms: 0,
                 min_bytes: 0,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -58,6 +58,7 @@ async fn fetch(
             max_bytes: 0,
             max_wait_ms: 0,
             min_bytes: 0,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())
@@ -258,6 +259,7 @@ async fn long_poll_fetch_wakes_when_data_arrives_and_times_out_without() {
             max_bytes: 0,
             max_wait_ms: 300,
             min_bytes: 1,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -279,6 +281,7 @@ async fn long_poll_fetch_wakes_when_data_arrives_and_times_out_without() {
                 max_bytes: 0,
                 max_wait_ms: 20_000,
                 min_bytes: 1,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -317,6 +320,7 @@ async fn subscribe_streams_existing_and_new_records() {
             partition: 0,
             offset: 2,
             max_bytes: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -379,6 +383,7 @@ async fn list_offsets_earliest_latest_and_by_timestamp() {
             partition: 0,
             spec: spec as i32,
             timestamp_ms: ts,
+            ..Default::default()
         };
         let mut c = c.clone();
         async move { c.list_offsets(req).await.unwrap().into_inner() }
@@ -394,6 +399,7 @@ async fn list_offsets_earliest_latest_and_by_timestamp() {
             partition: 9,
             spec: 0,
             timestamp_ms: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();

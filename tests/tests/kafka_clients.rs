@@ -213,9 +213,51 @@ fn idempotent_producers_of_both_clients_get_ids_and_write_once() {
 
 #[test]
 fn transactions_commit_abort_fence_and_read_committed_with_real_clients() {
-    let (_b, port) = kafka_broker();
+    let (b, port) = kafka_broker();
     let stdout = interop(port, &["transactions"]);
     assert!(stdout.contains("transactions: ok"), "{stdout}");
+    // The same partitions over gRPC (`sluice consume`): read_committed drops the aborted
+    // transaction's records; read_uncommitted has them; neither shows the markers.
+    let input = stdout
+        .split("input=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the script names its input topic");
+    let consume = |level: &str| {
+        let out = b.cli(
+            &[
+                "consume",
+                input,
+                "--from-beginning",
+                "--isolation-level",
+                level,
+                "--format",
+                "%p %s",
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let committed = consume("read_committed");
+    let mut want: Vec<String> = (0..10)
+        .map(|i| format!("{} c{i}", i % 2))
+        .chain((0..6).map(|i| format!("{} d{i}", i % 2)))
+        .collect();
+    want.sort();
+    assert_eq!(committed, want);
+    let all = consume("read_uncommitted");
+    assert_eq!(all.len(), 27, "{all:?}");
+    assert!(all.iter().any(|l| l.ends_with(" a3")) && all.iter().any(|l| l.ends_with(" open")));
 }
 
 #[test]

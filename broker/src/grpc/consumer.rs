@@ -1,7 +1,9 @@
 //! `sluice.v1.Consumer`: long-poll fetch, streaming subscribe, list offsets.
 //!
-//! Consumers see only committed records (below the high watermark). A fetch waits on the
+//! Consumers see only committed records (below the high watermark; with READ_COMMITTED, below
+//! the last stable offset and without aborted transactions' records). A fetch waits on the
 //! partition's HW signal, so it returns as soon as `min_bytes` are committed or `max_wait_ms` ends.
+//! Transaction markers are never returned as records.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,8 +12,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use sluice_log::record::DEFAULT_DECOMPRESSED_LIMIT;
 use sluice_proto::v1::{self as pb, consumer_server::Consumer};
-use sluice_replication::OffsetQuery;
-use sluice_replication::Partition;
+use sluice_replication::{Isolation, OffsetQuery, Partition};
 use tonic::{Request, Response, Status};
 
 use crate::grpc::status;
@@ -23,16 +24,32 @@ pub struct ConsumerService {
     pub max_bytes_limit: usize,
 }
 
+fn isolation(level: i32) -> Isolation {
+    match pb::IsolationLevel::try_from(level) {
+        Ok(pb::IsolationLevel::ReadCommitted) => Isolation::ReadCommitted,
+        _ => Isolation::ReadUncommitted,
+    }
+}
+
 /// Reads committed records from `offset`, up to `max_bytes` of batches.
 fn read_records(
     p: &Partition,
     topic: &str,
     offset: u64,
     max_bytes: usize,
+    level: Isolation,
 ) -> Result<pb::FetchResponse, Status> {
-    let (data, info) = tokio::task::block_in_place(|| p.read_committed_bytes(offset, max_bytes))
-        .map_err(|e| status::from_partition_error(&e))?;
-    let (records, next_offset) = decode_stored(&data, topic, p.index(), info.next_offset)?;
+    let lso = p.last_stable_offset();
+    let (data, info) =
+        tokio::task::block_in_place(|| p.read_bytes_isolated(offset, max_bytes, level))
+            .map_err(|e| status::from_partition_error(&e))?;
+    let aborted = if level == Isolation::ReadCommitted && info.size > 0 {
+        p.aborted_transactions(offset, info.next_offset)
+    } else {
+        Vec::new()
+    };
+    let (records, next_offset) =
+        decode_stored(&data, topic, p.index(), info.next_offset, &aborted)?;
     let records: Vec<pb::ConsumedRecord> = records
         .into_iter()
         .filter(|r| r.offset >= offset)
@@ -58,6 +75,7 @@ fn read_records(
         log_start_offset: info.log_start_offset,
         next_offset,
         records,
+        last_stable_offset: lso.min(info.high_watermark),
     })
 }
 
@@ -71,6 +89,7 @@ fn decode_stored(
     topic: &str,
     partition: u32,
     read_next_offset: u64,
+    aborted: &[sluice_log::AbortedTxn],
 ) -> Result<(Vec<sluice_log::StoredRecord>, u64), Status> {
     let mut records = Vec::new();
     for frame in sluice_log::batch::BatchFrames::new(data) {
@@ -81,6 +100,14 @@ fn decode_stored(
         };
         if h.is_control() {
             continue; // a transaction marker: not a record for the consumer
+        }
+        let base = h.base_offset.max(0) as u64;
+        if h.is_transactional()
+            && aborted.iter().any(|a| {
+                a.producer_id == h.producer_id && a.first_offset <= base && base <= a.last_offset
+            })
+        {
+            continue; // a batch of an aborted transaction (read_committed)
         }
         let batch = data.slice(pos..pos + h.total_size());
         match sluice_log::decode_batch(&batch, DEFAULT_DECOMPRESSED_LIMIT) {
@@ -123,9 +150,10 @@ impl Consumer for ConsumerService {
         let max_bytes = self.max_bytes(r.max_bytes);
         let deadline = Instant::now() + Duration::from_millis(u64::from(r.max_wait_ms));
         let min_bytes = r.min_bytes.max(1) as usize;
+        let level = isolation(r.isolation_level);
         loop {
             let hw = p.high_watermark();
-            let info = tokio::task::block_in_place(|| p.read(r.offset, max_bytes))
+            let info = tokio::task::block_in_place(|| p.read_isolated(r.offset, max_bytes, level))
                 .map_err(|e| status::from_partition_error(&e))?;
             let now = Instant::now();
             if info.size as usize >= min_bytes || now >= deadline {
@@ -135,7 +163,7 @@ impl Consumer for ConsumerService {
             p.wait_for_data(hw.max(r.offset), deadline - now).await;
         }
         Ok(Response::new(read_records(
-            &p, &r.topic, r.offset, max_bytes,
+            &p, &r.topic, r.offset, max_bytes, level,
         )?))
     }
 
@@ -153,10 +181,11 @@ impl Consumer for ConsumerService {
             .map_err(|e| status::from_partition_error(&e))?;
         // A small channel is the flow control: the reader waits while the client is behind.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let level = isolation(r.isolation_level);
         tokio::spawn(async move {
             let mut offset = r.offset;
             loop {
-                let resp = read_records(&p, &r.topic, offset, max_bytes);
+                let resp = read_records(&p, &r.topic, offset, max_bytes, level);
                 match resp {
                     Ok(resp) if resp.next_offset > offset => {
                         offset = resp.next_offset;
@@ -165,8 +194,11 @@ impl Consumer for ConsumerService {
                         }
                     }
                     Ok(_) => {
+                        // Wait for the HW to move past what is known (with READ_COMMITTED the
+                        // stable end can sit below it; it only moves when the HW does).
+                        let seen = p.high_watermark().max(offset);
                         tokio::select! {
-                            _ = p.wait_for_data(offset, Duration::from_secs(30)) => {}
+                            _ = p.wait_for_data(seen, Duration::from_secs(30)) => {}
                             _ = tx.closed() => return,
                         }
                     }
@@ -200,7 +232,7 @@ impl Consumer for ConsumerService {
             }
         };
         let (offset, timestamp_ms) = match p
-            .list_offset(query, sluice_replication::Isolation::ReadUncommitted)
+            .list_offset(query, isolation(r.isolation_level))
             .map_err(|e| status::from_partition_error(&e))?
         {
             Some((o, ts)) => (Some(o), ts),
