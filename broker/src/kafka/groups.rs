@@ -257,6 +257,20 @@ pub fn leave_group(
     encode_response(corr, version, &resp)
 }
 
+/// Whether a partition exists per the metadata image: OffsetCommit and TxnOffsetCommit answer
+/// UNKNOWN_TOPIC_OR_PARTITION for those that do not, as Kafka's KafkaApis.
+pub(super) fn partition_exists(
+    image: &sluice_replication::metadata::image::MetadataImage,
+    topic: &str,
+    partition: i32,
+) -> bool {
+    u32::try_from(partition).is_ok_and(|p| {
+        image
+            .topic(topic)
+            .is_some_and(|t| t.partitions.contains_key(&p))
+    })
+}
+
 pub async fn offset_commit(
     ctx: &Ctx,
     corr: i32,
@@ -268,13 +282,7 @@ pub async fn offset_commit(
     // As Kafka's KafkaApis: partitions of topics that do not exist get UNKNOWN_TOPIC_OR_PARTITION
     // and are not committed; the others go to the coordinator.
     let image = ctx.quorum.image();
-    let exists = |topic: &str, p: i32| {
-        u32::try_from(p).is_ok_and(|p| {
-            image
-                .topic(topic)
-                .is_some_and(|t| t.partitions.contains_key(&p))
-        })
-    };
+    let exists = |topic: &str, p: i32| partition_exists(&image, topic, p);
     let offsets: Vec<(String, i32, Committed)> = req
         .topics
         .iter()

@@ -238,13 +238,7 @@ pub async fn txn_offset_commit(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let image = ctx.quorum.image();
-    let exists = |topic: &str, p: i32| {
-        u32::try_from(p).is_ok_and(|p| {
-            image
-                .topic(topic)
-                .is_some_and(|t| t.partitions.contains_key(&p))
-        })
-    };
+    let exists = |topic: &str, p: i32| super::groups::partition_exists(&image, topic, p);
     let offsets: Vec<(String, i32, Committed)> = req
         .topics
         .iter()
