@@ -235,9 +235,10 @@ fn grpc_group_members_split_rebalance_on_silent_death_commit_and_survive_restart
     let topic = "orders";
     let out = b.cli(&["topic", "create", topic, "--partitions", "6"], None);
     assert!(out.status.success());
-    produce(&b, topic, 0, 600);
 
-    // Three members split six partitions two each.
+    // Three members split six partitions two each. The records come once they have (on a busy
+    // machine the first member could otherwise read everything before the others join, and the
+    // member killed below would have printed nothing).
     let mut consumers: Vec<GroupConsumer> = (0..3)
         .map(|_| GroupConsumer::start(&b, topic, "g", &[]))
         .collect();
@@ -247,6 +248,7 @@ fn grpc_group_members_split_rebalance_on_silent_death_commit_and_survive_restart
     });
     let all: BTreeSet<u64> = members.values().flatten().copied().collect();
     assert_eq!(all, (0..6).collect(), "every partition has one owner");
+    produce(&b, topic, 0, 600);
     wait_for(
         "the first 600 to be committed",
         Duration::from_secs(30),
