@@ -50,48 +50,51 @@ pub struct LocalMarkers {
 }
 
 impl LocalMarkers {
-    /// Writes `m` to each partition: its Kafka code and message.
+    /// Writes `m` to each partition, all at once (each waits for its ISR): its Kafka code and
+    /// message.
     pub async fn write(
         &self,
         m: &MarkerBatch,
         partitions: &[(String, u32)],
     ) -> Vec<(String, u32, i16, String)> {
-        let mut out = Vec::with_capacity(partitions.len());
-        for (topic, index) in partitions {
-            let (code, message) = match self.topics.partition(topic, *index) {
-                Err(TopicError::UnknownTopic(_) | TopicError::UnknownPartition { .. }) => {
-                    (code::UNKNOWN_TOPIC_OR_PARTITION, "no such partition".into())
-                }
-                Err(e) => (code::NOT_LEADER_OR_FOLLOWER, e.to_string()),
-                Ok(p) => {
-                    let marker = sluice_log::Marker {
-                        commit: m.commit,
-                        coordinator_epoch: m.coordinator_epoch,
-                    };
-                    match p
-                        .append_marker(m.producer_id, m.producer_epoch, marker, MARKER_TIMEOUT)
-                        .await
-                    {
-                        Ok(_) => {
-                            if topic == crate::groups::offsets_log::TOPIC {
-                                self.groups
-                                    .complete_transaction(*index, m.producer_id, m.commit);
-                            }
-                            (code::NONE, String::new())
-                        }
-                        Err(e) => (
-                            crate::kafka::produce::partition_error_code(&e),
-                            e.to_string(),
-                        ),
-                    }
-                }
-            };
+        let writes = partitions.iter().map(|(topic, index)| async move {
+            let (code, message) = self.write_one(m, topic, *index).await;
             if code != code::NONE {
                 tracing::debug!(topic, partition = index, producer_id = m.producer_id, code, %message, "transaction marker not written");
             }
-            out.push((topic.clone(), *index, code, message));
+            (topic.clone(), *index, code, message)
+        });
+        futures::future::join_all(writes).await
+    }
+
+    async fn write_one(&self, m: &MarkerBatch, topic: &str, index: u32) -> (i16, String) {
+        let p = match self.topics.partition(topic, index) {
+            Err(TopicError::UnknownTopic(_) | TopicError::UnknownPartition { .. }) => {
+                return (code::UNKNOWN_TOPIC_OR_PARTITION, "no such partition".into())
+            }
+            Err(e) => return (code::NOT_LEADER_OR_FOLLOWER, e.to_string()),
+            Ok(p) => p,
+        };
+        let marker = sluice_log::Marker {
+            commit: m.commit,
+            coordinator_epoch: m.coordinator_epoch,
+        };
+        match p
+            .append_marker(m.producer_id, m.producer_epoch, marker, MARKER_TIMEOUT)
+            .await
+        {
+            Ok(_) => {
+                if topic == crate::groups::offsets_log::TOPIC {
+                    self.groups
+                        .complete_transaction(index, m.producer_id, m.commit);
+                }
+                (code::NONE, String::new())
+            }
+            Err(e) => (
+                crate::kafka::produce::partition_error_code(&e),
+                e.to_string(),
+            ),
         }
-        out
     }
 
     /// The WriteTxnMarkers RPC.
@@ -174,16 +177,22 @@ impl MarkerSender {
                 }
             }
         }
-        for (leader, parts) in by_leader {
-            let results = if leader == self.node_id {
-                self.local.write(m, &parts).await
-            } else {
-                let addr = image.broker(leader).map(|b| b.endpoints.controller.clone());
-                match addr {
-                    Some(addr) => self.remote(&addr, m, &parts).await,
-                    None => Vec::new(),
-                }
-            };
+        // Every leader at once: a transaction's latency is its slowest leader's, not their sum.
+        let calls = by_leader.into_iter().map(|(leader, parts)| {
+            let addr = image.broker(leader).map(|b| b.endpoints.controller.clone());
+            async move {
+                let results = if leader == self.node_id {
+                    self.local.write(m, &parts).await
+                } else {
+                    match addr {
+                        Some(addr) => self.remote(&addr, m, &parts).await,
+                        None => Vec::new(),
+                    }
+                };
+                (parts, results)
+            }
+        });
+        for (parts, results) in futures::future::join_all(calls).await {
             let mut answered: BTreeSet<(String, u32)> = BTreeSet::new();
             for (topic, index, code, message) in results {
                 answered.insert((topic.clone(), index));
@@ -212,18 +221,20 @@ impl MarkerSender {
         m: &MarkerBatch,
         parts: &[(String, u32)],
     ) -> Vec<(String, u32, i16, String)> {
-        let mut client = {
-            let mut clients = self.clients.lock().await;
-            match clients.get(addr) {
-                Some(c) => c.clone(),
-                None => match crate::replica_fetch::connect(addr).await {
-                    Some(c) => {
-                        clients.insert(addr.to_string(), c.clone());
-                        c
-                    }
-                    None => return Vec::new(),
-                },
-            }
+        // Connect outside the lock: an unreachable leader must not hold up the others.
+        let cached = self.clients.lock().await.get(addr).cloned();
+        let mut client = match cached {
+            Some(c) => c,
+            None => match crate::replica_fetch::connect(addr).await {
+                Some(c) => {
+                    self.clients
+                        .lock()
+                        .await
+                        .insert(addr.to_string(), c.clone());
+                    c
+                }
+                None => return Vec::new(),
+            },
         };
         let req = WriteTxnMarkersRequest {
             producer_id: m.producer_id,
