@@ -226,6 +226,20 @@ impl TopicManager {
         })
     }
 
+    /// The partitions of `name` this broker leads (none if it does not know the topic): what
+    /// the group and transaction coordinators serve.
+    pub fn led_partitions(&self, name: &str) -> BTreeMap<u32, Arc<Partition>> {
+        self.get(name)
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .filter(|(_, p)| p.is_leader())
+                    .map(|(i, p)| (*i, p.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn get(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
         self.topics
             .read()

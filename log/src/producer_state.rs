@@ -236,14 +236,6 @@ impl ProducerStates {
         self.producers.iter().map(|(id, e)| (*id, e))
     }
 
-    pub fn len(&self) -> usize {
-        self.producers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.producers.is_empty()
-    }
-
     /// The leader's check of an incoming batch (offsets not assigned yet).
     pub fn check(&self, h: &BatchHeader) -> Result<Check, ProducerError> {
         if !is_idempotent(h) {

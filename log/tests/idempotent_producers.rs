@@ -2,31 +2,12 @@
 //! offsets and not written twice — also after the log is reopened (state rebuilt from the batch
 //! headers) and after a follower-style truncation; gaps and fenced epochs are refused.
 
-use sluice_log::record::BatchTemplate;
-use sluice_log::{BatchBuilder, Compression, Log, LogConfig, LogError, ProducerError, Record};
+mod common;
 
-/// A batch of `n` records from producer `pid` at `epoch`, first sequence `seq`.
+use sluice_log::{Log, LogConfig, LogError, ProducerError};
+
 fn batch(pid: i64, epoch: i16, seq: i32, n: i32) -> bytes::BytesMut {
-    let mut b = BatchBuilder::new(Compression::None);
-    for i in 0..n {
-        b.push(&Record {
-            key: None,
-            value: Some(format!("{pid}-{epoch}-{}", seq + i).into_bytes().into()),
-            headers: vec![],
-            timestamp: 1_700_000_000_000,
-        });
-    }
-    b.build_with(&BatchTemplate {
-        base_offset: 0,
-        partition_leader_epoch: -1,
-        attributes: 0,
-        last_offset_delta: n - 1,
-        max_timestamp: None,
-        producer_id: pid,
-        producer_epoch: epoch,
-        base_sequence: seq,
-    })
-    .unwrap()
+    common::producer_batch(pid, epoch, seq, n, false)
 }
 
 #[test]

@@ -211,11 +211,7 @@ fn a_partition_moves_to_a_fresh_broker_and_off_its_leader_with_its_data() {
     let (kl, kr) = (k["leader"].as_i64().unwrap() as i32, ids(&k["replicas"]));
     let kfresh = (1..=3).find(|b| !kr.contains(b)).unwrap();
     let kother = *kr.iter().find(|b| **b != kl).unwrap();
-    let bootstrap: String = bs
-        .iter()
-        .map(|b| format!("127.0.0.1:{}", b.kafka_port))
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap: String = common::kafka_bootstrap(&bs);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/reassign_client.py");
     let out = std::process::Command::new(python())
         .arg(&script)

@@ -438,11 +438,7 @@ fn a_confluent_kafka_group_member_carries_on_when_its_coordinator_is_killed() {
     // The group's coordinator: the leader of its __consumer_offsets partition (which exists
     // once the first member looks for it, so the member starts first).
     let group = "cg-group";
-    let bootstrap = bs
-        .iter()
-        .map(|b| format!("127.0.0.1:{}", b.kafka_port))
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = common::kafka_bootstrap(&bs);
     let work = tempfile::tempdir().unwrap();
     let progress = work.path().join("progress");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/group_failover.py");

@@ -47,11 +47,7 @@ fn a_transactional_copy_loop_is_exactly_once_when_its_coordinator_is_killed() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let bootstrap = bs
-        .iter()
-        .map(|b| format!("127.0.0.1:{}", b.kafka_port))
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = common::kafka_bootstrap(&bs);
     let txn_id = "copier";
     let work = tempfile::tempdir().unwrap();
     let progress = work.path().join("progress");

@@ -422,16 +422,7 @@ impl GroupCoordinator {
     /// drops those of partitions it no longer leads (their new leader loads them).
     pub async fn follow(&self) {
         let _one_at_a_time = self.loading.lock().await;
-        let leading: BTreeMap<u32, Arc<sluice_replication::Partition>> =
-            match self.admin.topics.get(offsets_log::TOPIC) {
-                Ok(t) => t
-                    .partitions
-                    .iter()
-                    .filter(|(_, p)| p.is_leader())
-                    .map(|(i, p)| (*i, p.clone()))
-                    .collect(),
-                Err(_) => BTreeMap::new(),
-            };
+        let leading = self.admin.topics.led_partitions(offsets_log::TOPIC);
         let owned = self.owned().clone();
         let lost: Vec<u32> = owned
             .iter()

@@ -32,7 +32,7 @@ fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -271,6 +271,36 @@ pub(super) fn partition_exists(
     })
 }
 
+/// The offsets of an OffsetCommit or TxnOffsetCommit whose partitions exist, as the group
+/// coordinator stores them. `fields` reads a request partition's (index, offset, leader epoch,
+/// metadata).
+pub(super) fn existing_commits<'a, P: 'a>(
+    image: &sluice_replication::metadata::image::MetadataImage,
+    topics: impl IntoIterator<Item = (&'a str, &'a [P])>,
+    fields: impl Fn(&P) -> (i32, i64, i32, Option<&StrBytes>),
+    now: i64,
+) -> Vec<(String, i32, Committed)> {
+    let mut out = Vec::new();
+    for (topic, partitions) in topics {
+        for p in partitions {
+            let (index, offset, leader_epoch, metadata) = fields(p);
+            if partition_exists(image, topic, index) {
+                out.push((
+                    topic.to_string(),
+                    index,
+                    Committed {
+                        offset,
+                        leader_epoch,
+                        metadata: metadata.map(|m| m.to_string()).unwrap_or_default(),
+                        timestamp: now,
+                    },
+                ));
+            }
+        }
+    }
+    out
+}
+
 pub async fn offset_commit(
     ctx: &Ctx,
     corr: i32,
@@ -283,32 +313,21 @@ pub async fn offset_commit(
     // and are not committed; the others go to the coordinator.
     let image = ctx.quorum.image();
     let exists = |topic: &str, p: i32| partition_exists(&image, topic, p);
-    let offsets: Vec<(String, i32, Committed)> = req
-        .topics
-        .iter()
-        .flat_map(|t| {
-            let name = t.name.0.to_string();
-            t.partitions
-                .iter()
-                .filter(move |p| exists(&name, p.partition_index))
-                .map(|p| {
-                    (
-                        t.name.0.to_string(),
-                        p.partition_index,
-                        Committed {
-                            offset: p.committed_offset,
-                            leader_epoch: p.committed_leader_epoch,
-                            metadata: p
-                                .committed_metadata
-                                .as_ref()
-                                .map(|m| m.to_string())
-                                .unwrap_or_default(),
-                            timestamp: now,
-                        },
-                    )
-                })
-        })
-        .collect();
+    let offsets = existing_commits(
+        &image,
+        req.topics
+            .iter()
+            .map(|t| (t.name.0.as_str(), &t.partitions[..])),
+        |p| {
+            (
+                p.partition_index,
+                p.committed_offset,
+                p.committed_leader_epoch,
+                p.committed_metadata.as_ref(),
+            )
+        },
+        now,
+    );
     let error = if offsets.is_empty() {
         code::NONE
     } else {

@@ -35,7 +35,7 @@ use kafka_protocol::ResponseError;
 
 use super::metadata::topic_error_code;
 use super::{err, frame::encode_response, Ctx};
-use crate::groups::{offsets_log, Committed};
+use crate::groups::offsets_log;
 use crate::transactions::code;
 
 fn s(v: impl Into<String>) -> StrBytes {
@@ -234,36 +234,24 @@ pub async fn txn_offset_commit(
     req: TxnOffsetCommitRequest,
 ) -> Result<BytesMut, String> {
     let group = req.group_id.0.to_string();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = super::groups::now_ms();
     let image = ctx.quorum.image();
     let exists = |topic: &str, p: i32| super::groups::partition_exists(&image, topic, p);
-    let offsets: Vec<(String, i32, Committed)> = req
-        .topics
-        .iter()
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .filter(|p| exists(&t.name.0, p.partition_index))
-                .map(|p| {
-                    (
-                        t.name.0.to_string(),
-                        p.partition_index,
-                        Committed {
-                            offset: p.committed_offset,
-                            leader_epoch: p.committed_leader_epoch,
-                            metadata: p
-                                .committed_metadata
-                                .as_ref()
-                                .map(|m| m.to_string())
-                                .unwrap_or_default(),
-                            timestamp: now,
-                        },
-                    )
-                })
-        })
-        .collect();
+    let offsets = super::groups::existing_commits(
+        &image,
+        req.topics
+            .iter()
+            .map(|t| (t.name.0.as_str(), &t.partitions[..])),
+        |p| {
+            (
+                p.partition_index,
+                p.committed_offset,
+                p.committed_leader_epoch,
+                p.committed_metadata.as_ref(),
+            )
+        },
+        now,
+    );
     let code = if offsets.is_empty() {
         code::NONE
     } else {
@@ -385,9 +373,7 @@ pub fn list_transactions(
         .map(|f| s(f.clone()))
         .collect();
     let pids: Vec<i64> = req.producer_id_filters.iter().map(|p| p.0).collect();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = super::groups::now_ms();
     let states = ctx
         .txns
         .list(&filters, &pids)

@@ -151,16 +151,7 @@ impl TransactionCoordinator {
     /// drops those of partitions it no longer leads.
     pub async fn follow(self: &Arc<Self>) {
         let _one_at_a_time = self.loading.lock().await;
-        let leading: BTreeMap<u32, Arc<sluice_replication::Partition>> =
-            match self.admin.topics.get(txn_log::TOPIC) {
-                Ok(t) => t
-                    .partitions
-                    .iter()
-                    .filter(|(_, p)| p.is_leader())
-                    .map(|(i, p)| (*i, p.clone()))
-                    .collect(),
-                Err(_) => BTreeMap::new(),
-            };
+        let leading = self.admin.topics.led_partitions(txn_log::TOPIC);
         let owned = lock(&self.owned).clone();
         let lost: Vec<u32> = owned
             .iter()

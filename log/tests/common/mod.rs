@@ -47,3 +47,28 @@ pub fn values(recs: &[StoredRecord]) -> Vec<String> {
         .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
         .collect()
 }
+
+/// A batch of `n` records from producer `pid` at `epoch`, first sequence `seq` (values
+/// "<pid>-<epoch>-<seq>"), transactional or not.
+pub fn producer_batch(pid: i64, epoch: i16, seq: i32, n: i32, transactional: bool) -> BytesMut {
+    let mut b = BatchBuilder::new(Compression::None);
+    for i in 0..n {
+        b.push(&Record {
+            key: None,
+            value: Some(format!("{pid}-{epoch}-{}", seq + i).into_bytes().into()),
+            headers: vec![],
+            timestamp: TS0,
+        });
+    }
+    b.build_with(&sluice_log::BatchTemplate {
+        base_offset: 0,
+        partition_leader_epoch: -1,
+        attributes: if transactional { 0x10 } else { 0 },
+        last_offset_delta: n - 1,
+        max_timestamp: None,
+        producer_id: pid,
+        producer_epoch: epoch,
+        base_sequence: seq,
+    })
+    .expect("non-empty batch")
+}

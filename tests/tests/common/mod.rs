@@ -491,6 +491,14 @@ impl Broker {
     }
 }
 
+/// The Kafka bootstrap list of a cluster: `127.0.0.1:<port>,...`.
+pub fn kafka_bootstrap(bs: &[Broker]) -> String {
+    bs.iter()
+        .map(|b| format!("127.0.0.1:{}", b.kafka_port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Waits until `bs[0]` sees all of `bs` alive (registered and unfenced).
 pub fn wait_all_alive(bs: &[Broker]) {
     let ids: Vec<i64> = (1..=bs.len() as i64).collect();
