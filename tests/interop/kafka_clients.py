@@ -157,7 +157,9 @@ def check_kafka_python():
             v = ("%s-%d" % (codec, i)).encode()
             p.send(topic, value=v, key=b"k%d" % (i % 5), headers=[("h", b"1")])
             sent.add(v)
-        p.flush(15)
+        # A deadline past kafka-python's own request timeout (30 s), so one slow request on a
+        # loaded machine is retried by the client before the check gives up.
+        p.flush(60)
         p.close()
     c = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, consumer_timeout_ms=5000)
     c.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
