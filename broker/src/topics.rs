@@ -188,6 +188,7 @@ impl TopicManager {
     pub fn open(config: Arc<BrokerConfig>) -> Result<TopicManager, TopicError> {
         let meta_dir = config.data_dir.join("meta");
         std::fs::create_dir_all(&meta_dir).map_err(io(format!("create {}", meta_dir.display())))?;
+        remove_leftover_deletions(&config.data_dir);
         let legacy = read_legacy(&config.data_dir)?;
         if let Some(l) = &legacy {
             tracing::info!(
@@ -295,6 +296,7 @@ impl TopicManager {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut next = BTreeMap::new();
+        let mut doomed = Vec::new();
         for t in image.topics.values() {
             let overrides = image.topic_configs(&t.name);
             let settings = match self.config.topic_settings(&overrides) {
@@ -348,7 +350,7 @@ impl TopicManager {
                 for (index, p) in &o.partitions {
                     if !partitions.contains_key(index) {
                         tracing::info!(topic = %t.name, partition = index, "replica moved away; deleting it");
-                        delete_replica(p);
+                        doomed.push(p.clone());
                     }
                 }
             }
@@ -369,11 +371,16 @@ impl TopicManager {
                 continue;
             }
             tracing::info!(topic = %name, "topic deleted; deleting its replicas");
-            for p in old.partitions.values() {
-                delete_replica(p);
-            }
+            doomed.extend(old.partitions.values().cloned());
         }
+        // Gone from the map first, so new requests answer UNKNOWN_TOPIC_OR_PARTITION; requests
+        // already holding a doomed replica get the same from its log (`LogError::Deleted`).
         *self.topics.write().unwrap_or_else(|e| e.into_inner()) = next;
+        // Renamed aside here, under `changes`: a topic of the same name created by a later image
+        // opens a fresh directory, never the old one.
+        for p in &doomed {
+            delete_replica(p);
+        }
         self.synced.send_replace(image.offset);
     }
 
@@ -536,6 +543,7 @@ impl TopicManager {
                 Ok(n) => {
                     tracing::info!(topic = %t.name, partition = p.index(), segments = n, "retention deleted segments")
                 }
+                Err(_) if p.log().is_deleted() => {}
                 Err(e) => {
                     tracing::error!(topic = %t.name, partition = p.index(), error = %e, "retention failed")
                 }
@@ -556,6 +564,9 @@ impl TopicManager {
         }
         for (t, p) in self.replicas() {
             if let Err(e) = p.log().flush_if_due().and_then(|_| p.log().checkpoint()) {
+                if p.log().is_deleted() {
+                    continue; // deleted under our feet: nothing to say about the disk
+                }
                 self.dir_health
                     .record_failure(&format!("{}-{}", t.name, p.index()), &e);
                 tracing::error!(topic = %t.name, partition = p.index(), error = %e, "flush failed");
@@ -579,6 +590,9 @@ impl TopicManager {
                 return;
             }
             if let Err(e) = p.log().compact(&options) {
+                if p.log().is_deleted() {
+                    continue;
+                }
                 self.dir_health
                     .record_failure(&format!("{}-{}", t.name, p.index()), &e);
                 tracing::error!(topic = %t.name, partition = p.index(), error = %e, "compaction failed");
@@ -608,11 +622,45 @@ impl TopicManager {
     }
 }
 
+/// Kafka's asynchronous delete: the replica's directory is renamed to `…-delete` at once (every
+/// background duty done with it first) and removed by a thread of its own.
 fn delete_replica(p: &Arc<Partition>) {
-    let dir = p.log().dir().to_path_buf();
-    let _ = p.log().close();
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
-        tracing::error!(dir = %dir.display(), error = %e, "cannot delete replica directory");
+    match p.delete() {
+        Ok(doomed) => remove_deleted_dir(doomed),
+        Err(e) => {
+            // The directory stays under its name (a topic of the same name set it aside as a
+            // stray, by its topic id): disk space until removed by hand, never reopened as data.
+            tracing::error!(topic = p.topic(), partition = p.index(), dir = %p.log().dir().display(), error = %e, "cannot delete replica directory");
+        }
+    }
+}
+
+fn remove_deleted_dir(dir: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("sluice-delete".into())
+        .spawn(move || match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::debug!(dir = %dir.display(), "deleted replica directory removed"),
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot remove deleted replica directory")
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start a thread to remove a deleted replica directory");
+    }
+}
+
+/// Removes what deletions interrupted by a crash left behind (`<topic>-<p>.<id>-delete`).
+fn remove_leftover_deletions(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(sluice_log::DELETE_SUFFIX) && e.path().is_dir() {
+            tracing::info!(dir = %e.path().display(), "removing a replica directory deleted before the restart");
+            remove_deleted_dir(e.path());
+        }
     }
 }
 

@@ -77,6 +77,9 @@ pub enum LogError {
     LogDirOffline { dir: PathBuf, reason: String },
     #[error("log is closed")]
     Closed,
+    /// The partition was deleted (its topic deleted, or the replica moved away).
+    #[error("the partition was deleted")]
+    Deleted,
     /// An idempotent producer's batch out of its sequence or from a fenced epoch.
     #[error(transparent)]
     Producer(#[from] crate::producer_state::ProducerError),

@@ -57,7 +57,9 @@ pub use crate::config::{
 };
 pub use crate::error::{BatchError, LogError, RecordError, Result};
 pub use crate::leader_epoch::EpochEntry;
-pub use crate::log::{AppendInfo, CleanStats, CleanerOptions, Log, ReadInfo, MAP_ENTRY_OVERHEAD};
+pub use crate::log::{
+    AppendInfo, CleanStats, CleanerOptions, Log, ReadInfo, DELETE_SUFFIX, MAP_ENTRY_OVERHEAD,
+};
 pub use crate::log_dir::LogDirHealth;
 pub use crate::producer_state::{Marker, ProducerError, ProducerStates};
 pub use crate::record::{

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
@@ -102,6 +102,9 @@ pub struct Log {
     background: Mutex<Vec<JoinHandle<()>>>,
     /// Serialises segment-set maintenance: compaction, retention, truncation.
     maintenance: Mutex<()>,
+    /// Set by [`Log::delete_dir`]: the partition is gone. Appends answer [`LogError::Deleted`],
+    /// background duties (flush, checkpoint, retention, compaction) skip it.
+    deleted: AtomicBool,
     /// Compaction's dirty section starts here (persisted in `cleaner-offset-checkpoint`).
     first_dirty_offset: AtomicU64,
     /// Leader epoch -> first offset (persisted in `leader-epoch-checkpoint`).
@@ -119,6 +122,20 @@ pub struct Log {
 /// producer whose batches are older is accepted as unknown (any sequence), as Kafka does once
 /// retention deleted them. Bounds the work of opening such a log.
 const PRODUCER_STATE_SEGMENTS: usize = 2;
+
+/// A deleted partition's directory ends in this until it is removed (Kafka's suffix).
+pub const DELETE_SUFFIX: &str = "-delete";
+
+/// 32 hex digits unique within this host (Kafka puts a UUID where this goes): the wall clock in
+/// nanoseconds, the process and a counter.
+fn unique_hex() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{nanos:016x}{:08x}{:08x}", std::process::id(), n as u32)
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -248,6 +265,7 @@ impl Log {
             producers: Mutex::new(ProducerStates::new()),
             txn_index: Mutex::new(TxnIndex::open(&dir)?),
             maintenance: Mutex::new(()),
+            deleted: AtomicBool::new(false),
             first_dirty_offset: AtomicU64::new(first_dirty),
             flush_state: Arc::new(FlushState {
                 dir: dir.clone(),
@@ -649,7 +667,11 @@ impl Log {
     fn lock_appender(&self) -> Result<MutexGuard<'_, AppendState>> {
         let st = lock(&self.appender);
         if st.closed {
-            return Err(LogError::Closed);
+            return Err(if self.is_deleted() {
+                LogError::Deleted
+            } else {
+                LogError::Closed
+            });
         }
         Ok(st)
     }
@@ -833,12 +855,19 @@ impl Log {
     /// fsyncs everything appended so far and advances the recovery point to the log end offset.
     pub fn flush(&self) -> Result<()> {
         let mut st = lock(&self.appender);
+        if st.closed {
+            // Closing flushed everything; a deleted log has nothing worth an fsync.
+            return Ok(());
+        }
         self.flush_locked(&mut st)
     }
 
     /// Flushes if `flush.ms` has passed since the last flush (for a periodic task).
     pub fn flush_if_due(&self) -> Result<bool> {
         let mut st = lock(&self.appender);
+        if st.closed {
+            return Ok(false);
+        }
         let due = (self.clock.now_ms() - st.last_flush_ms).max(0) as u64 >= self.config().flush_ms;
         if due && st.unflushed_messages > 0 {
             self.flush_locked(&mut st)?;
@@ -866,6 +895,9 @@ impl Log {
     /// Persists the recovery point (a periodic task's job; roll and close do it too).
     pub fn checkpoint(&self) -> Result<()> {
         let _g = lock(&self.flush_state.lock);
+        if self.is_deleted() {
+            return Ok(());
+        }
         let rp = self.recovery_point();
         // The recovery point moves only when segments are fsynced (a roll, `flush.*`): most
         // ticks have nothing to write, and a write is an fsync per partition.
@@ -998,6 +1030,9 @@ impl Log {
             return Ok(0);
         }
         let _maintenance = lock(&self.maintenance);
+        if self.is_deleted() {
+            return Ok(0);
+        }
         let now = self.clock.now_ms();
         let hw = self.high_watermark();
         let segments = self.segments_snapshot();
@@ -1185,9 +1220,41 @@ impl Log {
 
     /// Deletes the partition: its segments and its directory.
     pub fn delete(self) -> Result<()> {
+        let doomed = self.delete_dir()?;
+        fs::remove_dir_all(&doomed).ctx("delete log directory", &doomed)
+    }
+
+    /// True once [`Log::delete_dir`] has begun.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Deletes the partition as Kafka does: appends stop (answering [`LogError::Deleted`]), the
+    /// background duties in progress finish or abort (compaction), and the directory is renamed
+    /// at once to `<dir>.<uuid>-delete` ([`DELETE_SUFFIX`]) — so a partition of the same name
+    /// can be created right away and nothing touches the old one again. Returns the new path;
+    /// the caller removes it (off any request path: a large log takes a while to unlink), and
+    /// start-up removes any left over. Reads already holding the files go on working.
+    pub fn delete_dir(&self) -> Result<PathBuf> {
+        self.deleted.store(true, Ordering::Release);
         lock(&self.appender).closed = true;
         self.join_background();
-        fs::remove_dir_all(&self.dir).ctx("delete log directory", &self.dir)
+        // Compaction and retention see the flag and stop; flush and checkpoint finish or skip.
+        let _maintenance = lock(&self.maintenance);
+        let _flush = lock(&self.flush_state.lock);
+        let name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let doomed = self
+            .dir
+            .with_file_name(format!("{name}.{}{DELETE_SUFFIX}", unique_hex()));
+        fs::rename(&self.dir, &doomed).ctx("rename deleted log directory", &self.dir)?;
+        if let Some(parent) = self.dir.parent() {
+            checkpoint::sync_dir(parent)?;
+        }
+        Ok(doomed)
     }
 }
 

@@ -499,3 +499,46 @@ fn delete_removes_the_partition_directory() {
     log.delete().unwrap();
     assert!(!dir.exists());
 }
+
+#[test]
+fn delete_dir_renames_at_once_and_the_log_refuses_work_but_still_reads() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("t-0");
+    let mut config = small_config();
+    config.cleanup_compact = true;
+    let log = Log::open(&dir, config).unwrap();
+    for i in 0..50 {
+        log.append_as_leader(&mut batch(&format!("x{i}"), 3, TS0), 0)
+            .unwrap();
+    }
+    log.set_high_watermark(log.log_end_offset());
+    let doomed = log.delete_dir().unwrap();
+    // Renamed aside in the same directory, Kafka's `<name>.<id>-delete`: the name is free for a
+    // new partition at once.
+    assert!(!dir.exists());
+    assert_eq!(doomed.parent(), dir.parent());
+    let name = doomed.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("t-0.") && name.ends_with(sluice_log::DELETE_SUFFIX),
+        "{name}"
+    );
+    assert!(log.is_deleted());
+    // Writes are refused as deleted; the background duties are no-ops that touch nothing.
+    assert!(matches!(
+        log.append_as_leader(&mut batch("late", 1, TS0), 0),
+        Err(LogError::Deleted)
+    ));
+    assert!(!log.flush_if_due().unwrap());
+    log.flush().unwrap();
+    log.checkpoint().unwrap();
+    assert_eq!(log.delete_old_segments().unwrap(), 0);
+    assert!(log
+        .compact(&sluice_log::CleanerOptions::default())
+        .unwrap()
+        .is_none());
+    log.close().unwrap();
+    assert!(!dir.exists(), "nothing recreated the old directory");
+    // A request that already held the log still reads what it had.
+    assert_eq!(log.read(0, 1 << 20, None).unwrap().next_offset, 150);
+    std::fs::remove_dir_all(&doomed).unwrap();
+}

@@ -205,6 +205,8 @@ pub struct Partition {
     hw_tx: watch::Sender<u64>,
     /// The write health of the log directory this replica lives in.
     dir_health: Arc<LogDirHealth>,
+    /// True once the replica is deleted: wakes acks=all waiters with an error at once.
+    deleted_tx: watch::Sender<bool>,
 }
 
 impl Partition {
@@ -246,7 +248,17 @@ impl Partition {
             replica_config: std::sync::RwLock::new(replica_config),
             hw_tx,
             dir_health,
+            deleted_tx: watch::channel(false).0,
         })
+    }
+
+    /// Deletes this replica (its topic was deleted, or it moved to other brokers): writes stop
+    /// with [`LogError::Deleted`], producers waiting for acks=all are answered at once, and the
+    /// log directory is renamed aside (see [`Log::delete_dir`]); returns where it now is, for
+    /// the caller to remove.
+    pub fn delete(&self) -> Result<std::path::PathBuf, PartitionError> {
+        self.deleted_tx.send_replace(true);
+        Ok(self.log.delete_dir()?)
     }
 
     pub fn topic(&self) -> &str {
@@ -471,12 +483,21 @@ impl Partition {
             return Ok(info);
         }
         let mut hw = self.hw_tx.subscribe();
+        let mut deleted = self.deleted_tx.subscribe();
         let waiting_since = self.clock.now_ms();
-        let replicated =
-            tokio::time::timeout(timeout, hw.wait_for(|hw| *hw > info.last_offset)).await;
+        let replicated = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                r = hw.wait_for(|hw| *hw > info.last_offset) => r.is_ok(),
+                _ = deleted.wait_for(|d| *d) => false,
+            }
+        })
+        .await;
         crate::histogram::ACKS_ALL_WAIT
             .observe((self.clock.now_ms() - waiting_since).max(0) as u64);
-        if !matches!(replicated, Ok(Ok(_))) {
+        if *self.deleted_tx.borrow() {
+            return Err(LogError::Deleted.into());
+        }
+        if !matches!(replicated, Ok(true)) {
             return Err(PartitionError::Timeout {
                 timeout_ms: timeout.as_millis() as u64,
             });

@@ -638,3 +638,72 @@ fn a_grpc_member_and_a_kafka_client_share_a_group() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Issue 12 item 1: topics created and deleted in a loop while a producer and a consumer work on
+/// them and the flush, retention and compaction loops run as often as they can. Clients hear
+/// nothing but "unknown topic or partition"; every deleted directory goes; the data directory
+/// stays writable (before: a flush racing a delete failed on the vanished directory, took the
+/// whole log directory offline, and DeleteTopics answered KAFKA_STORAGE_ERROR).
+#[test]
+fn topics_deleted_under_load_vanish_atomically() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("sluice.toml");
+    std::fs::write(
+        &cfg,
+        // Without auto-creation: the clients' metadata requests for a topic just deleted would
+        // create it again (as with Kafka's default), and the churn would never end.
+        "flush_check_interval_ms = 10\nretention_check_interval_ms = 10\nlog_cleaner_backoff_ms = 10\n\
+         auto_create_topics_enable = false\n",
+    )
+    .unwrap();
+    let b = Broker::start_with(vec!["--config".into(), cfg.display().to_string()]);
+    let rounds = std::env::var("SLUICE_CHURN_ROUNDS").unwrap_or_else(|_| "200".into());
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/topic_churn.py");
+    let out = Command::new(common::python())
+        .arg(script)
+        .arg(format!("127.0.0.1:{}", b.kafka_port))
+        .arg(&rounds)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python ({e}): run scripts/install-test-deps.sh"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("churn: ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "write failed",
+        "flush failed",
+        "retention failed",
+        "compaction failed",
+        "log directory offline",
+        "cannot delete",
+        "cannot remove",
+    ] {
+        let lines = b.log_lines(needle);
+        assert!(lines.is_empty(), "{needle}: {lines:#?}");
+    }
+    // Removal is asynchronous (Kafka's `-delete` directories): nothing of the churned topics is
+    // left once it has run.
+    let data = b.data_dir();
+    common::wait_for(
+        "deleted directories removed",
+        Duration::from_secs(60),
+        || {
+            let left: Vec<String> = std::fs::read_dir(&data)
+                .ok()?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("churn-"))
+                .collect();
+            left.is_empty().then_some(())
+        },
+    );
+    // Still writable.
+    b.topic_create("after-churn", 1, 1, &[]);
+    let bootstrap = format!("127.0.0.1:{}", b.kafka_port);
+    run_kcat(
+        &["-b", &bootstrap, "-P", "-t", "after-churn"],
+        Some("still-writable\n"),
+    );
+}

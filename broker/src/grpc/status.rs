@@ -74,6 +74,7 @@ pub fn from_partition_error(e: &PartitionError) -> Status {
                 Code::FailedPrecondition
             }
             LogError::Closed | LogError::LogDirOffline { .. } => Code::Unavailable,
+            LogError::Deleted => Code::NotFound,
             LogError::Corrupt { .. } | LogError::Io { .. } => Code::Internal,
         },
     };

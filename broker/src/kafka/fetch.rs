@@ -83,6 +83,9 @@ fn read_one(w: &Wanted, budget: usize, isolation: Isolation) -> Got {
         Err(PartitionError::Log(LogError::OffsetOutOfRange { .. })) => {
             empty(err(ResponseError::OffsetOutOfRange), hw, start)
         }
+        Err(PartitionError::Log(LogError::Deleted)) => {
+            empty(err(ResponseError::UnknownTopicOrPartition), hw, start)
+        }
         Err(e) => {
             tracing::error!(topic = p.topic(), partition = p.index(), error = %e, "fetch read failed");
             empty(err(ResponseError::KafkaStorageError), hw, start)

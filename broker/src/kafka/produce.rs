@@ -40,6 +40,10 @@ pub fn partition_error_code(e: &PartitionError) -> i16 {
             } => ResponseError::InvalidTimestamp,
             LogError::RecordsRejected { .. } => ResponseError::InvalidRecord,
             LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+            // Deleted while the request held it: as if it had arrived a moment later.
+            LogError::Deleted => ResponseError::UnknownTopicOrPartition,
+            // Shutting down: another broker leads it soon.
+            LogError::Closed => ResponseError::NotLeaderOrFollower,
             LogError::Producer(ProducerError::OutOfOrder { .. }) => {
                 ResponseError::OutOfOrderSequenceNumber
             }

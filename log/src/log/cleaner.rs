@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,21 +84,31 @@ pub struct CleanStats {
 }
 
 /// Caps the cleaner's read rate.
-struct Throttle {
+struct Throttle<'a> {
     limit: Option<u64>,
     start: Instant,
     bytes: u64,
+    /// The log's deleted flag: a pass over a partition being deleted stops at the next batch.
+    deleted: &'a AtomicBool,
 }
 
-impl Throttle {
-    fn account(&mut self, n: u64) {
+impl Throttle<'_> {
+    fn account(&mut self, n: u64) -> Result<()> {
         self.bytes += n;
         if let Some(limit) = self.limit.filter(|l| *l > 0) {
             let due = Duration::from_secs_f64(self.bytes as f64 / limit as f64);
-            if let Some(wait) = due.checked_sub(self.start.elapsed()) {
-                std::thread::sleep(wait);
+            while let Some(wait) = due.checked_sub(self.start.elapsed()) {
+                if self.deleted.load(Ordering::Acquire) {
+                    break;
+                }
+                // In slices, so a deletion does not wait out a long throttle.
+                std::thread::sleep(wait.min(Duration::from_millis(100)));
             }
         }
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(LogError::Deleted);
+        }
+        Ok(())
     }
 }
 
@@ -129,6 +139,9 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
         return Ok(None);
     }
     let _maintenance = super::lock(&log.maintenance);
+    if log.is_deleted() {
+        return Ok(None);
+    }
     let now = log.clock.now_ms();
     let segments = log.segments_snapshot();
     let Some((_active, sealed)) = segments.split_last() else {
@@ -160,6 +173,7 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
         limit: options.io_bytes_per_sec,
         start: Instant::now(),
         bytes: 0,
+        deleted: &log.deleted,
     };
 
     // 1. key -> latest offset over the dirty section, until the map's budget is spent. Whole
@@ -173,7 +187,7 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
         while let Some(h) = seg.header_at(pos, limit)? {
             let bytes = seg.read_bytes(pos, h.total_size())?;
             pos += h.total_size() as u64;
-            throttle.account(bytes.len() as u64);
+            throttle.account(bytes.len() as u64)?;
             let next = (h.last_offset() + 1).max(0) as u64;
             if next <= first_dirty {
                 continue;
@@ -235,7 +249,7 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
                 .ctx("write cleaned segment", &cleaned_path)
         };
         for_each_batch(seg, |h, bytes| {
-            throttle.account(bytes.len() as u64);
+            throttle.account(bytes.len() as u64)?;
             if h.is_control() || h.is_transactional() || h.base_offset as u64 >= map_end {
                 return emit(&bytes);
             }
