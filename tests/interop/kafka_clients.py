@@ -594,6 +594,44 @@ def check_transactions():
     print("transactions: ok input=%s" % tin)
 
 
+def check_fetch_limits():
+    """A fetch answer stays within the consumer's fetch.max.bytes: only the first partition with
+    data may return a batch larger than what is left (KIP-74). Four partitions of one 250 kB
+    record each, a consumer allowing 600 kB per response (and receiving at most that + 512):
+    before, the third partition's batch came whole too, the response was ~750 kB, and librdkafka
+    dropped the connection ("Invalid response size") and retried forever."""
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    topic = "limits-" + uuid.uuid4().hex[:8]
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(10)
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "compression.type": "none"})
+    value = b"x" * 250_000
+    for part in range(4):
+        p.produce(topic, value=value, partition=part)
+    if p.flush(60):
+        fail("fetch_limits: produce did not complete")
+    errors = []
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "limits-" + uuid.uuid4().hex[:8],
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "fetch.max.bytes": 600_000, "receive.message.max.bytes": 600_512,
+                  "message.max.bytes": 600_000,
+                  "error_cb": lambda e: errors.append(e)})
+    c.subscribe([topic])
+    got = set()
+    deadline = time.time() + 60
+    while len(got) < 4 and time.time() < deadline and not errors:
+        m = c.poll(0.5)
+        if m is not None and not m.error() and len(m.value()) == len(value):
+            got.add(m.partition())
+    c.close()
+    if errors:
+        fail("fetch_limits: client error %s" % errors[0])
+    if len(got) != 4:
+        fail("fetch_limits: read partitions %r of 4" % sorted(got))
+    print("fetch_limits: ok")
+
+
 GROUP = "interop-group"
 TOPIC = "interop-groups"
 for check in sys.argv[2:]:
@@ -601,4 +639,4 @@ for check in sys.argv[2:]:
      "groups_resume": check_groups_resume, "group_admin": check_group_admin,
      "mixed_group": check_mixed_group, "idempotent": check_idempotent,
      "configs": check_configs, "commit_unknown": check_commit_unknown,
-     "transactions": check_transactions}[check]()
+     "transactions": check_transactions, "fetch_limits": check_fetch_limits}[check]()

@@ -271,6 +271,13 @@ fn topic_configs_and_commits_to_unknown_topics_as_kafka_answers_them() {
 }
 
 #[test]
+fn fetch_responses_respect_the_clients_max_bytes() {
+    let (_b, port) = kafka_broker();
+    let stdout = interop(port, &["fetch_limits"]);
+    assert!(stdout.contains("fetch_limits: ok"), "{stdout}");
+}
+
+#[test]
 fn consumer_groups_rebalance_commit_and_resume_after_kill9() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sluice.toml");

@@ -40,7 +40,11 @@ struct Got {
     aborted: Vec<(i64, i64)>,
 }
 
-fn read_one(w: &Wanted, budget: usize, isolation: Isolation) -> Got {
+/// Reads one partition of a fetch within `budget` (what the response's `max_bytes` has left) and
+/// the partition's own `partition_max_bytes`. `min_one`: Kafka's KIP-74 exception — the first
+/// partition with data returns its first batch whole even if larger than both limits, so a
+/// consumer always progresses; every later partition returns only what fits.
+fn read_one(w: &Wanted, budget: usize, isolation: Isolation, min_one: bool) -> Got {
     let empty = |error_code, hw: i64, start: i64| Got {
         error_code,
         regions: Vec::new(),
@@ -63,7 +67,11 @@ fn read_one(w: &Wanted, budget: usize, isolation: Isolation) -> Got {
         return empty(0, hw, start);
     }
     let lso = p.last_stable_offset() as i64;
-    match p.read_isolated(offset, w.max_bytes.min(budget), isolation) {
+    let limit = w.max_bytes.min(budget);
+    match p.read_isolated(offset, limit, isolation) {
+        // The log returns a first batch larger than the limit alone: only the first partition
+        // with data may take it.
+        Ok(info) if !min_one && info.size as usize > limit => empty(0, hw, start),
         Ok(info) => Got {
             error_code: 0,
             size: info.size,
@@ -140,12 +148,14 @@ pub async fn fetch(ctx: &Ctx, corr: i32, version: i16, req: FetchRequest) -> Res
     }
     let got = loop {
         let mut budget = max_bytes;
+        let mut min_one = true;
         let got: Vec<Got> = tokio::task::block_in_place(|| {
             wanted
                 .iter()
                 .map(|w| {
-                    let g = read_one(w, budget, isolation);
+                    let g = read_one(w, budget, isolation, min_one);
                     budget = budget.saturating_sub(g.size as usize);
+                    min_one &= g.size == 0;
                     g
                 })
                 .collect()
