@@ -632,6 +632,68 @@ def check_fetch_limits():
     print("fetch_limits: ok")
 
 
+def check_invalid_records():
+    """Records Kafka refuses get their delivery report with Kafka's error, one per record: a
+    keyless record on a compacted topic INVALID_RECORD, a timestamp outside the topic's
+    message.timestamp.difference.max.ms INVALID_TIMESTAMP; the valid ones are written."""
+    from confluent_kafka import KafkaError, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    compacted = "inv-c-" + uuid.uuid4().hex[:8]
+    strict = "inv-t-" + uuid.uuid4().hex[:8]
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    fs = admin.create_topics([
+        NewTopic(compacted, 1, 1, config={"cleanup.policy": "compact"}),
+        NewTopic(strict, 1, 1, config={"message.timestamp.difference.max.ms": "60000"})])
+    for f in fs.values():
+        f.result(10)
+    reports = []
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 0, "retries": 0})
+
+    def report(err, msg):
+        reports.append((msg.topic(), msg.value(), err.code() if err else None))
+
+    now = int(time.time() * 1000)
+    p.produce(compacted, key=b"k", value=b"keyed", on_delivery=report)
+    p.flush(30)
+    p.produce(compacted, value=b"keyless", on_delivery=report)
+    p.flush(30)
+    p.produce(strict, value=b"old", timestamp=now - 3_600_000, on_delivery=report)
+    p.flush(30)
+    p.produce(strict, value=b"future", timestamp=now + 3_600_000, on_delivery=report)
+    p.flush(30)
+    p.produce(strict, value=b"now", timestamp=now, on_delivery=report)
+    if p.flush(30):
+        fail("invalid_records: delivery reports missing")
+    got = {v: code for _, v, code in reports}
+    want = {b"keyed": None, b"keyless": KafkaError.INVALID_RECORD,
+            b"old": KafkaError.INVALID_TIMESTAMP, b"future": KafkaError.INVALID_TIMESTAMP,
+            b"now": None}
+    if len(reports) != len(want) or got != want:
+        fail("invalid_records: reports %r" % reports)
+    print("invalid_records: ok")
+
+
+def check_invalid_topic_names():
+    """Producing to a name no topic can have fails at once with Kafka's INVALID_TOPIC_EXCEPTION
+    (Metadata answers it for that topic); before, the messages sat queued until their timeout."""
+    from confluent_kafka import KafkaError, Producer
+    reports = []
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "message.timeout.ms": 120000})
+    names = ["bad name!", "x" * 250, "a/b"]
+    start = time.time()
+    for n in names:
+        p.produce(n, value=b"v", on_delivery=lambda e, m: reports.append(
+            (m.topic(), e.code() if e else None)))
+    left = p.flush(30)
+    took = time.time() - start
+    if left or len(reports) != len(names):
+        fail("invalid_topic_names: %d message(s) still queued after %.1f s" % (left, took))
+    bad = [r for r in reports if r[1] != KafkaError.TOPIC_EXCEPTION]
+    if bad:
+        fail("invalid_topic_names: reports %r" % bad)
+    print("invalid_topic_names: ok (%.1f s)" % took)
+
+
 GROUP = "interop-group"
 TOPIC = "interop-groups"
 for check in sys.argv[2:]:
@@ -639,4 +701,6 @@ for check in sys.argv[2:]:
      "groups_resume": check_groups_resume, "group_admin": check_group_admin,
      "mixed_group": check_mixed_group, "idempotent": check_idempotent,
      "configs": check_configs, "commit_unknown": check_commit_unknown,
-     "transactions": check_transactions, "fetch_limits": check_fetch_limits}[check]()
+     "transactions": check_transactions, "fetch_limits": check_fetch_limits,
+     "invalid_records": check_invalid_records,
+     "invalid_topic_names": check_invalid_topic_names}[check]()

@@ -277,6 +277,22 @@ fn fetch_responses_respect_the_clients_max_bytes() {
     assert!(stdout.contains("fetch_limits: ok"), "{stdout}");
 }
 
+/// Issue 12 item 3 with a real client (the rules themselves: tests/robustness.rs).
+#[test]
+fn refused_records_get_kafkas_errors_in_their_delivery_reports() {
+    let (_b, port) = kafka_broker();
+    let stdout = interop(port, &["invalid_records"]);
+    assert!(stdout.contains("invalid_records: ok"), "{stdout}");
+}
+
+/// Issue 12 item 4: INVALID_TOPIC_EXCEPTION in Metadata for names no topic can have.
+#[test]
+fn producing_to_an_invalid_topic_name_fails_at_once() {
+    let (_b, port) = kafka_broker();
+    let stdout = interop(port, &["invalid_topic_names"]);
+    assert!(stdout.contains("invalid_topic_names: ok"), "{stdout}");
+}
+
 #[test]
 fn consumer_groups_rebalance_commit_and_resume_after_kill9() {
     let dir = tempfile::tempdir().unwrap();

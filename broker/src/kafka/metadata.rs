@@ -154,6 +154,12 @@ fn describe_topic(image: &MetadataImage, name: &str, version: i16) -> MetadataRe
                         .collect(),
                 );
         }
+        // Kafka's rule (KafkaApis.getTopicMetadata): a name no topic could have is
+        // INVALID_TOPIC_EXCEPTION, which clients treat as permanent and fail the messages at
+        // once; a valid one that does not exist (yet) is retriable.
+        None if validate_topic_name(name).is_err() => {
+            t = t.with_error_code(err(ResponseError::InvalidTopicException))
+        }
         None => t = t.with_error_code(err(ResponseError::UnknownTopicOrPartition)),
     }
     t
