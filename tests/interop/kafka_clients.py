@@ -694,6 +694,61 @@ def check_invalid_topic_names():
     print("invalid_topic_names: ok (%.1f s)" % took)
 
 
+def check_fenced_instance():
+    """Two consumers with the same group.instance.id: the newer takes the place, the older is
+    told FENCED_INSTANCE_ID — a fatal error for librdkafka, so it stops instead of rejoining and
+    fighting the newer one for the assignment (before: UNKNOWN_MEMBER_ID, and both kept
+    rejoining)."""
+    from confluent_kafka import Consumer, KafkaError, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    topic = "fence-" + uuid.uuid4().hex[:8]
+    group = "fence-" + uuid.uuid4().hex[:8]
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(10)
+    p = Producer({"bootstrap.servers": BOOTSTRAP})
+    for i in range(10):
+        p.produce(topic, value=b"m%d" % i, partition=i % 2)
+    p.flush(30)
+
+    def consumer(errors):
+        return Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group,
+                         "group.instance.id": "instance-1", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False, "session.timeout.ms": 30000,
+                         "heartbeat.interval.ms": 300,
+                         "error_cb": lambda e: errors.append(e)})
+
+    old_errors, new_errors = [], []
+    old = consumer(old_errors)
+    old.subscribe([topic])
+    deadline = time.time() + 60
+    while not old.assignment() and time.time() < deadline:
+        old.poll(0.2)
+    if not old.assignment():
+        fail("fenced_instance: the first instance got no assignment")
+    new = consumer(new_errors)
+    new.subscribe([topic])
+    fenced = None
+    got = 0
+    deadline = time.time() + 60
+    while time.time() < deadline and (fenced is None or got < 10):
+        if fenced is None:
+            m = old.poll(0.1)
+            if m is not None and m.error() and m.error().code() == KafkaError._FATAL:
+                fenced = m.error()
+            for e in old_errors:
+                if e.fatal() or e.code() == KafkaError.FENCED_INSTANCE_ID:
+                    fenced = e
+        m = new.poll(0.1)
+        if m is not None and not m.error():
+            got += 1
+    if fenced is None:
+        fail("fenced_instance: the older instance was never fenced; its errors: %r" % old_errors)
+    if got < 10:
+        fail("fenced_instance: the newer instance read %d of 10 (errors %r)" % (got, new_errors))
+    new.close()
+    print("fenced_instance: ok (%s)" % fenced.str())
+
+
 GROUP = "interop-group"
 TOPIC = "interop-groups"
 for check in sys.argv[2:]:
@@ -703,4 +758,5 @@ for check in sys.argv[2:]:
      "configs": check_configs, "commit_unknown": check_commit_unknown,
      "transactions": check_transactions, "fetch_limits": check_fetch_limits,
      "invalid_records": check_invalid_records,
-     "invalid_topic_names": check_invalid_topic_names}[check]()
+     "invalid_topic_names": check_invalid_topic_names,
+     "fenced_instance": check_fenced_instance}[check]()

@@ -293,6 +293,14 @@ fn producing_to_an_invalid_topic_name_fails_at_once() {
     assert!(stdout.contains("invalid_topic_names: ok"), "{stdout}");
 }
 
+/// Issue 12 item 6: a static member replaced by a newer instance is told FENCED_INSTANCE_ID.
+#[test]
+fn a_replaced_static_member_is_fenced() {
+    let (_b, port) = kafka_broker();
+    let stdout = interop(port, &["fenced_instance"]);
+    assert!(stdout.contains("fenced_instance: ok"), "{stdout}");
+}
+
 #[test]
 fn consumer_groups_rebalance_commit_and_resume_after_kill9() {
     let dir = tempfile::tempdir().unwrap();

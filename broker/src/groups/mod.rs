@@ -42,6 +42,7 @@ pub mod code {
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const NON_EMPTY_GROUP: i16 = 68;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const FENCED_INSTANCE_ID: i16 = 82;
     pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 }
 
@@ -322,6 +323,67 @@ impl Group {
         }
     }
 
+    /// The current member id of a static member (`group.instance.id`).
+    fn static_member(&self, instance_id: &str) -> Option<&str> {
+        self.members
+            .values()
+            .find(|m| m.instance_id.as_deref() == Some(instance_id))
+            .map(|m| m.id.as_str())
+    }
+
+    /// Kafka's `validateCurrentMember`: a request naming an instance id must come from that
+    /// instance's current member id — else a newer instance has taken its place and the sender
+    /// is FENCED_INSTANCE_ID (fatal for the client, so two instances never fight over one
+    /// assignment); otherwise the member must be in the group.
+    fn check_member(&self, member: &str, instance_id: Option<&str>) -> Result<(), i16> {
+        if let Some(current) = instance_id.and_then(|iid| self.static_member(iid)) {
+            if current != member {
+                tracing::info!(member, instance_id, current, "fenced static member refused");
+                return Err(code::FENCED_INSTANCE_ID);
+            }
+            return Ok(());
+        }
+        if self.members.contains_key(member) {
+            Ok(())
+        } else {
+            Err(code::UNKNOWN_MEMBER_ID)
+        }
+    }
+
+    /// A static member's instance rejoining without its member id (a restarted consumer):
+    /// it takes the member's place under `new_id`; the old id is fenced, and a join or sync the
+    /// old instance has pending is answered FENCED_INSTANCE_ID.
+    fn replace_static_member(&mut self, old_id: &str, new_id: &str, req: &JoinRequest) {
+        let Some(mut m) = self.members.remove(old_id) else {
+            return;
+        };
+        m.id = new_id.to_string();
+        m.client_id = req.client_id.clone();
+        m.client_host = req.client_host.clone();
+        m.session_timeout = req.session_timeout;
+        m.rebalance_timeout = req.rebalance_timeout;
+        m.protocols = req.protocols.clone();
+        m.last_heartbeat = Instant::now();
+        self.members.insert(new_id.to_string(), m);
+        if self.leader == old_id {
+            self.leader = new_id.to_string();
+        }
+        if let Some(tx) = self.pending_joins.remove(old_id) {
+            let _ = tx.send(JoinResult {
+                error: code::FENCED_INSTANCE_ID,
+                member_id: old_id.to_string(),
+                ..Default::default()
+            });
+        }
+        if let Some(tx) = self.pending_syncs.remove(old_id) {
+            let _ = tx.send(SyncResult {
+                error: code::FENCED_INSTANCE_ID,
+                ..Default::default()
+            });
+        }
+        self.needs_store = true;
+    }
+
     fn remove_member(&mut self, id: &str, initial_delay: Duration) {
         if self.members.remove(id).is_none() {
             return;
@@ -595,33 +657,24 @@ impl GroupCoordinator {
                     ..Default::default()
                 };
             }
-            let existing_static = req.instance_id.as_ref().and_then(|iid| {
-                g.members
-                    .values()
-                    .find(|m| m.instance_id.as_ref() == Some(iid))
-                    .map(|m| m.id.clone())
-            });
+            let existing_static = req
+                .instance_id
+                .as_deref()
+                .and_then(|iid| g.static_member(iid))
+                .map(str::to_string);
             // Kafka's static membership: a known instance coming back (a restarted consumer, new
-            // member id) into a Stable group takes its old place under a new id, keeping its
-            // assignment, without a rebalance. The old id is fenced.
-            if let (true, Some(old_id), State::Stable) =
-                (req.member_id.is_empty(), &existing_static, g.state())
-            {
-                let new_id = self.new_member_id(&req.client_id);
-                if let Some(mut m) = g.members.remove(old_id) {
-                    m.id = new_id.clone();
-                    m.client_id = req.client_id.clone();
-                    m.client_host = req.client_host.clone();
-                    m.session_timeout = req.session_timeout;
-                    m.rebalance_timeout = req.rebalance_timeout;
-                    m.protocols = req.protocols;
-                    m.last_heartbeat = Instant::now();
-                    g.members.insert(new_id.clone(), m);
+            // member id) takes its old place under a new id; the old id is fenced. Into a Stable
+            // group it keeps its assignment without a rebalance.
+            let replaced = match (req.member_id.is_empty(), &existing_static) {
+                (true, Some(old_id)) => {
+                    let new_id = self.new_member_id(&req.client_id);
+                    g.replace_static_member(old_id, &new_id, &req);
+                    Some(new_id)
                 }
-                if g.leader == *old_id {
-                    g.leader = new_id.clone();
-                }
-                g.needs_store = true;
+                _ => None,
+            };
+            if let (Some(new_id), State::Stable) = (&replaced, g.state()) {
+                let new_id = new_id.clone();
                 let members = if g.leader == new_id {
                     g.members_metadata()
                 } else {
@@ -637,18 +690,18 @@ impl GroupCoordinator {
                     members,
                 };
             }
-            let member_id = if !req.member_id.is_empty() {
-                if !g.members.contains_key(&req.member_id) {
+            let member_id = if let Some(id) = replaced {
+                // Mid-rebalance: the instance joins the rebalance in its old place.
+                id
+            } else if !req.member_id.is_empty() {
+                if let Err(error) = g.check_member(&req.member_id, req.instance_id.as_deref()) {
                     return JoinResult {
-                        error: code::UNKNOWN_MEMBER_ID,
+                        error,
                         member_id: req.member_id,
                         ..Default::default()
                     };
                 }
                 req.member_id.clone()
-            } else if let Some(id) = existing_static {
-                // Mid-rebalance: the instance simply rejoins in its old place.
-                id
             } else {
                 self.new_member_id(&req.client_id)
             };
@@ -706,6 +759,7 @@ impl GroupCoordinator {
         group: &str,
         generation: i32,
         member: &str,
+        instance_id: Option<&str>,
         assignments: Vec<(String, Bytes)>,
     ) -> SyncResult {
         if let Some(error) = self.owner_error(group) {
@@ -722,9 +776,9 @@ impl GroupCoordinator {
                     ..Default::default()
                 };
             };
-            if !g.members.contains_key(member) {
+            if let Err(error) = g.check_member(member, instance_id) {
                 return SyncResult {
-                    error: code::UNKNOWN_MEMBER_ID,
+                    error,
                     ..Default::default()
                 };
             }
@@ -781,7 +835,13 @@ impl GroupCoordinator {
         })
     }
 
-    pub fn heartbeat(&self, group: &str, generation: i32, member: &str) -> i16 {
+    pub fn heartbeat(
+        &self,
+        group: &str,
+        generation: i32,
+        member: &str,
+        instance_id: Option<&str>,
+    ) -> i16 {
         if let Some(e) = self.owner_error(group) {
             return e;
         }
@@ -789,6 +849,9 @@ impl GroupCoordinator {
         let Some(g) = groups.get_mut(group) else {
             return code::UNKNOWN_MEMBER_ID;
         };
+        if let Err(e) = g.check_member(member, instance_id) {
+            return e;
+        }
         let state = g.state();
         let current = g.generation;
         let Some(m) = g.members.get_mut(member) else {
@@ -804,18 +867,30 @@ impl GroupCoordinator {
         code::NONE
     }
 
-    pub fn leave(&self, group: &str, member: &str) -> i16 {
+    /// LeaveGroup. With an instance id (v3+), Kafka's rule: the static member leaves if
+    /// `member` is its current id or empty (an admin removing it, KIP-345); another id is
+    /// FENCED_INSTANCE_ID.
+    pub fn leave(&self, group: &str, member: &str, instance_id: Option<&str>) -> i16 {
         if let Some(e) = self.owner_error(group) {
             return e;
         }
         let mut groups = self.lock();
-        match groups.get_mut(group) {
-            Some(g) if g.members.contains_key(member) => {
-                g.remove_member(member, self.settings.initial_delay);
-                code::NONE
-            }
-            _ => code::UNKNOWN_MEMBER_ID,
-        }
+        let Some(g) = groups.get_mut(group) else {
+            return code::UNKNOWN_MEMBER_ID;
+        };
+        let id = match instance_id {
+            Some(iid) => match g.static_member(iid) {
+                None => return code::UNKNOWN_MEMBER_ID,
+                Some(current) if !member.is_empty() && current != member => {
+                    return code::FENCED_INSTANCE_ID;
+                }
+                Some(current) => current.to_string(),
+            },
+            None if g.members.contains_key(member) => member.to_string(),
+            None => return code::UNKNOWN_MEMBER_ID,
+        };
+        g.remove_member(&id, self.settings.initial_delay);
+        code::NONE
     }
 
     /// Stores offsets. `generation < 0` is a commit outside group management (manual
@@ -825,6 +900,7 @@ impl GroupCoordinator {
         group: &str,
         generation: i32,
         member: &str,
+        instance_id: Option<&str>,
         offsets: Vec<(String, i32, Committed)>,
     ) -> i16 {
         if let Err(e) = self.check(group).await {
@@ -834,8 +910,8 @@ impl GroupCoordinator {
             let mut groups = self.lock();
             let g = groups.entry(group.to_string()).or_default();
             if generation >= 0 || !g.members.is_empty() {
-                if !g.members.contains_key(member) {
-                    return code::UNKNOWN_MEMBER_ID;
+                if let Err(e) = g.check_member(member, instance_id) {
+                    return e;
                 }
                 // Kafka's rule: while a rebalance is being prepared the current generation may
                 // still commit (consumers commit what they processed before rejoining); once the
@@ -871,6 +947,7 @@ impl GroupCoordinator {
         producer: (i64, i16),
         generation: i32,
         member: &str,
+        instance_id: Option<&str>,
         offsets: Vec<(String, i32, Committed)>,
     ) -> i16 {
         if let Err(e) = self.check(group).await {
@@ -880,8 +957,8 @@ impl GroupCoordinator {
             let mut groups = self.lock();
             let g = groups.entry(group.to_string()).or_default();
             if !member.is_empty() || generation >= 0 {
-                if !g.members.contains_key(member) {
-                    return code::UNKNOWN_MEMBER_ID;
+                if let Err(e) = g.check_member(member, instance_id) {
+                    return e;
                 }
                 if generation != g.generation {
                     return code::ILLEGAL_GENERATION;
@@ -1282,24 +1359,28 @@ mod tests {
                 "g",
                 1,
                 &a.member_id,
+                None,
                 vec![(a.member_id.clone(), Bytes::from_static(b"all"))],
             )
             .await;
         assert_eq!((s.error, &s.assignment[..]), (code::NONE, &b"all"[..]));
-        assert_eq!(c.heartbeat("g", 1, &a.member_id), code::NONE);
-        assert_eq!(c.heartbeat("g", 0, &a.member_id), code::ILLEGAL_GENERATION);
-        assert_eq!(c.heartbeat("g", 1, "nobody"), code::UNKNOWN_MEMBER_ID);
+        assert_eq!(c.heartbeat("g", 1, &a.member_id, None), code::NONE);
+        assert_eq!(
+            c.heartbeat("g", 0, &a.member_id, None),
+            code::ILLEGAL_GENERATION
+        );
+        assert_eq!(c.heartbeat("g", 1, "nobody", None), code::UNKNOWN_MEMBER_ID);
         // A second member starts a rebalance; the first learns it from its heartbeat and rejoins.
         let c2 = c.clone();
         let b = tokio::spawn(async move { c2.join(join("", 1000)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(
-            c.heartbeat("g", 1, &a.member_id),
+            c.heartbeat("g", 1, &a.member_id, None),
             code::REBALANCE_IN_PROGRESS
         );
         // While the rebalance is being prepared, the current generation may still commit.
         assert_eq!(
-            c.commit("g", 1, &a.member_id, offset(3, 0)).await,
+            c.commit("g", 1, &a.member_id, None, offset(3, 0)).await,
             code::NONE
         );
         let a2 = c.join(join(&a.member_id, 1000)).await;
@@ -1313,7 +1394,7 @@ mod tests {
         );
         // Commits are checked against the generation.
         assert_eq!(
-            c.commit("g", 1, &a.member_id, offset(5, 0)).await,
+            c.commit("g", 1, &a.member_id, None, offset(5, 0)).await,
             code::REBALANCE_IN_PROGRESS,
             "the join phase is over: generation 1's assignment no longer holds"
         );
@@ -1324,7 +1405,7 @@ mod tests {
         // b stops heartbeating: its session (1 s) expires and a rebalance starts without it.
         let deadline = Instant::now() + Duration::from_secs(5);
         while c.describe("g").map(|d| d.3.len()) != Some(1) && Instant::now() < deadline {
-            c.heartbeat("g", 2, &a.member_id);
+            c.heartbeat("g", 2, &a.member_id, None);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(
@@ -1360,12 +1441,13 @@ mod tests {
                     "g",
                     a.generation,
                     &a.member_id,
+                    None,
                     vec![(a.member_id.clone(), Bytes::from_static(b"t:0,1"))],
                 )
                 .await;
             assert_eq!(s.error, code::NONE);
             assert_eq!(
-                c.commit("g", 1, &a.member_id, offset(7, 1)).await,
+                c.commit("g", 1, &a.member_id, None, offset(7, 1)).await,
                 code::NONE
             );
             c.store_groups().await;
@@ -1387,10 +1469,10 @@ mod tests {
             (&member, &assignment)
         );
         assert_eq!(members[0].session_timeout, Duration::from_millis(5000));
-        assert_eq!(c.heartbeat("g", 1, &member), code::NONE);
+        assert_eq!(c.heartbeat("g", 1, &member, None), code::NONE);
         assert_eq!(c.fetch_offsets("g", None)[0].2.as_ref().unwrap().offset, 7);
         // It leaves; the empty group is stored too and comes back empty, offsets kept.
-        assert_eq!(c.leave("g", &member), code::NONE);
+        assert_eq!(c.leave("g", &member, None), code::NONE);
         c.store_groups().await;
         c.close().await;
         let c = coordinator(dir.path()).await;
@@ -1431,8 +1513,8 @@ mod tests {
         let c2 = c.clone();
         let fid = follower.member_id.clone();
         let gen = follower.generation;
-        let f_sync = tokio::spawn(async move { c2.sync("g", gen, &fid, Vec::new()).await });
-        c.sync("g", leader.generation, &leader.member_id, assignments)
+        let f_sync = tokio::spawn(async move { c2.sync("g", gen, &fid, None, Vec::new()).await });
+        c.sync("g", leader.generation, &leader.member_id, None, assignments)
             .await;
         assert_eq!(&f_sync.await.unwrap().assignment[..], b"F");
         let generation = follower.generation;
@@ -1450,14 +1532,49 @@ mod tests {
         assert_ne!(back.member_id, follower.member_id, "a new member id");
         assert_eq!(back.generation, generation, "no rebalance");
         assert_eq!(c.describe("g").unwrap().0, State::Stable);
-        let s = c.sync("g", generation, &back.member_id, Vec::new()).await;
+        let s = c
+            .sync("g", generation, &back.member_id, None, Vec::new())
+            .await;
         assert_eq!((s.error, &s.assignment[..]), (code::NONE, &b"F"[..]));
         // The old incarnation is fenced; the leader never noticed.
         assert_eq!(
-            c.heartbeat("g", generation, &follower.member_id),
+            c.heartbeat("g", generation, &follower.member_id, None),
             code::UNKNOWN_MEMBER_ID
         );
-        assert_eq!(c.heartbeat("g", generation, &leader.member_id), code::NONE);
+        assert_eq!(
+            c.heartbeat("g", generation, &leader.member_id, None),
+            code::NONE
+        );
+        // Naming its instance id, the old incarnation is told it was fenced (fatal for Kafka
+        // clients) on every request, rather than UNKNOWN_MEMBER_ID (which makes it rejoin and
+        // fight the new one for the assignment).
+        let old = (follower.member_id.as_str(), Some(instance.as_str()));
+        assert_eq!(
+            c.heartbeat("g", generation, old.0, old.1),
+            code::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            c.sync("g", generation, old.0, old.1, Vec::new())
+                .await
+                .error,
+            code::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            c.commit("g", generation, old.0, old.1, offset(1, 0)).await,
+            code::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            c.join(static_join(old.0, &instance)).await.error,
+            code::FENCED_INSTANCE_ID
+        );
+        assert_eq!(c.leave("g", old.0, old.1), code::FENCED_INSTANCE_ID);
+        assert_eq!(c.describe("g").unwrap().0, State::Stable, "nothing moved");
+        assert_eq!(
+            c.heartbeat("g", generation, &back.member_id, old.1),
+            code::NONE
+        );
+        // The current incarnation leaves by its instance id.
+        assert_eq!(c.leave("g", &back.member_id, old.1), code::NONE);
         ticker.abort();
     }
 
@@ -1476,15 +1593,19 @@ mod tests {
         };
         let c = open().await;
         let t0 = now_ms();
-        assert_eq!(c.commit("idle", -1, "", offset(5, t0)).await, code::NONE);
+        assert_eq!(
+            c.commit("idle", -1, "", None, offset(5, t0)).await,
+            code::NONE
+        );
         // A group with a member keeps its offsets however old they are.
         let ticker = tokio::spawn(ticking(c.clone()));
         let mut j = join("", 30_000);
         j.group = "busy".into();
         let a = c.join(j).await;
-        c.sync("busy", a.generation, &a.member_id, Vec::new()).await;
+        c.sync("busy", a.generation, &a.member_id, None, Vec::new())
+            .await;
         assert_eq!(
-            c.commit("busy", a.generation, &a.member_id, offset(9, t0))
+            c.commit("busy", a.generation, &a.member_id, None, offset(9, t0))
                 .await,
             code::NONE
         );
@@ -1519,7 +1640,7 @@ mod tests {
                     timestamp: 7,
                 },
             )];
-            assert_eq!(c.commit("manual", -1, "", off).await, code::NONE);
+            assert_eq!(c.commit("manual", -1, "", None, off).await, code::NONE);
             assert_eq!(
                 c.fetch_offsets("manual", Some(vec![("t".into(), 3), ("t".into(), 4)]))[1].2,
                 None

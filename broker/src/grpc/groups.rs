@@ -169,7 +169,13 @@ impl Groups for GroupsService {
             };
             let synced = self
                 .groups
-                .sync(&r.group, joined.generation, &member_id, assignments)
+                .sync(
+                    &r.group,
+                    joined.generation,
+                    &member_id,
+                    r.group_instance_id.as_deref(),
+                    assignments,
+                )
                 .await;
             match synced.error {
                 code::NONE => {
@@ -202,7 +208,10 @@ impl Groups for GroupsService {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
-        let status = match self.groups.heartbeat(&r.group, r.generation, &r.member_id) {
+        let status = match self
+            .groups
+            .heartbeat(&r.group, r.generation, &r.member_id, None)
+        {
             c @ (code::NOT_COORDINATOR | code::COORDINATOR_LOAD_IN_PROGRESS) => {
                 return Err(coordinator_status(&self.topics, c, &r.group))
             }
@@ -220,7 +229,7 @@ impl Groups for GroupsService {
         req: Request<pb::LeaveGroupRequest>,
     ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
         let r = req.into_inner();
-        match self.groups.leave(&r.group, &r.member_id) {
+        match self.groups.leave(&r.group, &r.member_id, None) {
             code::NONE => Ok(Response::new(pb::LeaveGroupResponse {})),
             c @ (code::NOT_COORDINATOR | code::COORDINATOR_LOAD_IN_PROGRESS) => {
                 Err(coordinator_status(&self.topics, c, &r.group))
@@ -257,7 +266,7 @@ impl Groups for GroupsService {
         }
         match self
             .groups
-            .commit(&r.group, r.generation, &r.member_id, offsets)
+            .commit(&r.group, r.generation, &r.member_id, None, offsets)
             .await
         {
             code::NONE => Ok(Response::new(pb::CommitOffsetsResponse {})),
@@ -454,7 +463,7 @@ impl Groups for GroupsService {
                     )
                 })
                 .collect();
-            match self.groups.commit(&r.group, -1, "", offsets).await {
+            match self.groups.commit(&r.group, -1, "", None, offsets).await {
                 code::NONE => {}
                 other => {
                     return Err(Status::failed_precondition(format!(

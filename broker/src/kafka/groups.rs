@@ -198,6 +198,7 @@ pub async fn sync_group(
             &req.group_id.0,
             req.generation_id,
             &req.member_id,
+            req.group_instance_id.as_deref(),
             req.assignments
                 .into_iter()
                 .map(|a| (a.member_id.to_string(), a.assignment))
@@ -221,9 +222,12 @@ pub fn heartbeat(
     version: i16,
     req: HeartbeatRequest,
 ) -> Result<BytesMut, String> {
-    let error = ctx
-        .groups
-        .heartbeat(&req.group_id.0, req.generation_id, &req.member_id);
+    let error = ctx.groups.heartbeat(
+        &req.group_id.0,
+        req.generation_id,
+        &req.member_id,
+        req.group_instance_id.as_deref(),
+    );
     encode_response(
         corr,
         version,
@@ -243,7 +247,9 @@ pub fn leave_group(
             .members
             .into_iter()
             .map(|m| {
-                let error = ctx.groups.leave(&group, &m.member_id);
+                let error = ctx
+                    .groups
+                    .leave(&group, &m.member_id, m.group_instance_id.as_deref());
                 MemberResponse::default()
                     .with_member_id(m.member_id)
                     .with_group_instance_id(m.group_instance_id)
@@ -252,7 +258,11 @@ pub fn leave_group(
             .collect();
         LeaveGroupResponse::default().with_members(members)
     } else {
-        LeaveGroupResponse::default().with_error_code(ctx.groups.leave(&group, &req.member_id))
+        LeaveGroupResponse::default().with_error_code(ctx.groups.leave(
+            &group,
+            &req.member_id,
+            None,
+        ))
     };
     encode_response(corr, version, &resp)
 }
@@ -336,6 +346,7 @@ pub async fn offset_commit(
                 &group,
                 req.generation_id_or_member_epoch,
                 &req.member_id,
+                req.group_instance_id.as_deref(),
                 offsets,
             )
             .await

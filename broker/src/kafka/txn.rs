@@ -270,6 +270,7 @@ pub async fn txn_offset_commit(
                     (req.producer_id.0, req.producer_epoch),
                     generation,
                     &member,
+                    req.group_instance_id.as_deref(),
                     offsets,
                 )
                 .await,
