@@ -749,6 +749,90 @@ def check_fenced_instance():
     print("fenced_instance: ok (%s)" % fenced.str())
 
 
+def check_cooperative_commits():
+    """Consumers with the cooperative-sticky assignor commit synchronously while members join and
+    leave (each change is two rebalance rounds). Kafka refuses a commit only while a generation
+    is being completed (CompletingRebalance, between the joins and the leader's SyncGroup), so a
+    retry after a short backoff succeeds: no commit may need more than MAX_RETRIES. (Refusing
+    commits for the whole PreparingRebalance phase — up to a heartbeat interval, 3 s — fails this.)"""
+    import threading
+    from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    MAX_RETRIES = 5  # at 100 ms: room for a slow leader on a busy machine
+    topic = "coop-" + uuid.uuid4().hex[:8]
+    group = "coop-" + uuid.uuid4().hex[:8]
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])[topic].result(10)
+    stop = threading.Event()
+    lock = threading.Lock()
+    worst, commits, problems, joined = [0], [0], [], []
+
+    def produce():
+        p = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5})
+        i = 0
+        while not stop.is_set():
+            p.produce(topic, value=b"%d" % i)
+            i += 1
+            if i % 50 == 0:
+                p.poll(0)
+                time.sleep(0.02)
+        p.flush(30)
+
+    def consume(name, start, end):
+        time.sleep(start)
+        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group, "client.id": name,
+                      "partition.assignment.strategy": "cooperative-sticky",
+                      "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        c.subscribe([topic])
+        until = time.time() + (end - start)
+        n = 0
+        while time.time() < until:
+            m = c.poll(0.1)
+            if m is None or m.error():
+                continue
+            n += 1
+            if n % 20:
+                continue
+            fails = 0
+            while True:
+                try:
+                    c.commit(message=m, asynchronous=False)
+                    break
+                except KafkaException as e:
+                    err = e.args[0]
+                    # A commit from the generation a rebalance just replaced: Kafka answers
+                    # the same; the next message commits with the new one.
+                    if err.code() == KafkaError.ILLEGAL_GENERATION:
+                        break
+                    fails += 1
+                    if err.code() != KafkaError.REBALANCE_IN_PROGRESS or fails > MAX_RETRIES:
+                        with lock:
+                            problems.append((name, err.str(), fails))
+                        break
+                    time.sleep(0.1)
+            with lock:
+                commits[0] += 1
+                worst[0] = max(worst[0], fails)
+        with lock:
+            joined.append(name)
+        c.close()
+
+    threads = [threading.Thread(target=produce)] + [
+        threading.Thread(target=consume, args=a)
+        for a in [("c1", 0, 20), ("c2", 0, 8), ("c3", 4, 20), ("c4", 10, 20)]]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join()
+    stop.set()
+    threads[0].join()
+    if problems:
+        fail("cooperative_commits: %r (worst %d retries)" % (problems[:5], worst[0]))
+    if commits[0] < 10:
+        fail("cooperative_commits: only %d commits" % commits[0])
+    print("cooperative_commits: ok (%d commits, at most %d retries)" % (commits[0], worst[0]))
+
+
 GROUP = "interop-group"
 TOPIC = "interop-groups"
 for check in sys.argv[2:]:
@@ -759,4 +843,5 @@ for check in sys.argv[2:]:
      "transactions": check_transactions, "fetch_limits": check_fetch_limits,
      "invalid_records": check_invalid_records,
      "invalid_topic_names": check_invalid_topic_names,
-     "fenced_instance": check_fenced_instance}[check]()
+     "fenced_instance": check_fenced_instance,
+     "cooperative_commits": check_cooperative_commits}[check]()

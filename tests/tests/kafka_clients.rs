@@ -301,6 +301,14 @@ fn a_replaced_static_member_is_fenced() {
     assert!(stdout.contains("fenced_instance: ok"), "{stdout}");
 }
 
+/// Issue 12 item 8: manual commits of cooperative-sticky consumers while members come and go.
+#[test]
+fn cooperative_consumers_commit_through_rebalances() {
+    let (_b, port) = kafka_broker();
+    let stdout = interop(port, &["cooperative_commits"]);
+    assert!(stdout.contains("cooperative_commits: ok"), "{stdout}");
+}
+
 #[test]
 fn consumer_groups_rebalance_commit_and_resume_after_kill9() {
     let dir = tempfile::tempdir().unwrap();

@@ -110,6 +110,8 @@ pub struct Committed {
 
 #[derive(Default)]
 struct Group {
+    /// The group id (for logs).
+    name: String,
     state: Option<State>,
     generation: i32,
     protocol_type: String,
@@ -137,6 +139,17 @@ impl Group {
     }
 
     fn set_state(&mut self, state: State) {
+        // Kafka logs these at INFO; here at DEBUG (`RUST_LOG=sluice::groups=debug`): busy groups
+        // rebalance often.
+        tracing::debug!(
+            target: "sluice::groups",
+            group = %self.name,
+            from = self.state().name(),
+            to = state.name(),
+            generation = self.generation,
+            members = self.members.len(),
+            "group state"
+        );
         self.state = Some(state);
         self.state_since_ms = now_ms();
         // Kafka stores a group when a rebalance completes and when it empties.
@@ -190,7 +203,14 @@ impl Group {
 
     /// A group as stored: members are back as they were, with a full session to heartbeat in
     /// (Kafka loads such groups as Stable), or Empty.
-    fn restore(snapshot: offsets_log::GroupSnapshot) -> Group {
+    fn named(name: &str) -> Group {
+        Group {
+            name: name.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn restore(name: &str, snapshot: offsets_log::GroupSnapshot) -> Group {
         let protocol = snapshot.protocol.unwrap_or_default();
         let now = Instant::now();
         let members: BTreeMap<String, Member> = snapshot
@@ -216,6 +236,7 @@ impl Group {
             })
             .collect();
         Group {
+            name: name.to_string(),
             state: Some(if members.is_empty() {
                 State::Empty
             } else {
@@ -519,20 +540,21 @@ impl GroupCoordinator {
             };
             let mut groups = self.lock();
             for (name, snapshot) in replayed.groups {
-                groups.insert(name, Group::restore(snapshot));
+                let g = Group::restore(&name, snapshot);
+                groups.insert(name, g);
             }
             for ((group, topic, partition), c) in replayed.offsets {
                 groups
-                    .entry(group)
-                    .or_default()
+                    .entry(group.clone())
+                    .or_insert_with(|| Group::named(&group))
                     .offsets
                     .insert((topic, partition), c);
             }
             for (pid, offsets) in replayed.pending {
                 for (group, topic, partition, c) in offsets {
                     groups
-                        .entry(group)
-                        .or_default()
+                        .entry(group.clone())
+                        .or_insert_with(|| Group::named(&group))
                         .pending_txn
                         .entry(pid)
                         .or_default()
@@ -650,7 +672,9 @@ impl GroupCoordinator {
         }
         let rx = {
             let mut groups = self.lock();
-            let g = groups.entry(req.group.clone()).or_default();
+            let g = groups
+                .entry(req.group.clone())
+                .or_insert_with(|| Group::named(&req.group));
             if !g.members.is_empty() && g.protocol_type != req.protocol_type {
                 return JoinResult {
                     error: code::INCONSISTENT_GROUP_PROTOCOL,
@@ -908,7 +932,9 @@ impl GroupCoordinator {
         }
         {
             let mut groups = self.lock();
-            let g = groups.entry(group.to_string()).or_default();
+            let g = groups
+                .entry(group.to_string())
+                .or_insert_with(|| Group::named(group));
             if generation >= 0 || !g.members.is_empty() {
                 if let Err(e) = g.check_member(member, instance_id) {
                     return e;
@@ -930,7 +956,9 @@ impl GroupCoordinator {
             return code::KAFKA_STORAGE_ERROR;
         }
         let mut groups = self.lock();
-        let g = groups.entry(group.to_string()).or_default();
+        let g = groups
+            .entry(group.to_string())
+            .or_insert_with(|| Group::named(group));
         for (topic, partition, c) in offsets {
             g.offsets.insert((topic, partition), c);
         }
@@ -955,7 +983,9 @@ impl GroupCoordinator {
         }
         {
             let mut groups = self.lock();
-            let g = groups.entry(group.to_string()).or_default();
+            let g = groups
+                .entry(group.to_string())
+                .or_insert_with(|| Group::named(group));
             if !member.is_empty() || generation >= 0 {
                 if let Err(e) = g.check_member(member, instance_id) {
                     return e;
@@ -974,7 +1004,7 @@ impl GroupCoordinator {
         let mut groups = self.lock();
         let pending = groups
             .entry(group.to_string())
-            .or_default()
+            .or_insert_with(|| Group::named(group))
             .pending_txn
             .entry(producer.0)
             .or_default();
