@@ -30,7 +30,7 @@ auto_create_topics_enable = false
 CFG
 "$BIN" serve --config "$d/sluice.toml" >"$d/log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -rf "$d"' EXIT
+trap 'kill $pid 2>/dev/null && wait $pid; rm -rf "$d"' EXIT
 for _ in $(seq 1 150); do
   curl -sf "http://127.0.0.1:$((BASE + 2))/health" >/dev/null 2>&1 && break
   sleep 0.2

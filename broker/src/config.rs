@@ -96,6 +96,9 @@ pub struct BrokerConfig {
     pub default_replication_factor: u32,
     /// Largest request accepted, in bytes (Kafka `socket.request.max.bytes`).
     pub max_request_bytes: usize,
+    /// Request bytes all Kafka connections together may hold while reading and handling
+    /// requests (Kafka `queued.max.request.bytes`); when spent, connections stop reading.
+    pub queued_max_request_bytes: usize,
     /// Concurrent client connections; more are refused (Kafka `max.connections`).
     pub max_connections: usize,
     /// Connections from one client address, per listener; 0 = no limit (Kafka
@@ -184,6 +187,7 @@ impl Default for BrokerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             max_request_bytes: 100 << 20,
+            queued_max_request_bytes: 256 << 20,
             max_connections: 1000,
             max_connections_per_ip: 0,
             connections_max_idle_ms: 600_000,
@@ -386,6 +390,11 @@ impl BrokerConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.queued_max_request_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "queued_max_request_bytes must be >= 1".into(),
+            ));
+        }
         if self.offsets_topic_replication_factor == 0 {
             return Err(ConfigError::Invalid(
                 "offsets_topic_replication_factor must be >= 1".into(),

@@ -11,20 +11,30 @@ use axum::{Json, Router};
 
 use sluice_replication::controller::driver::QuorumHandle;
 
+use crate::memory_pool::MemoryPool;
 use crate::topics::TopicManager;
 
 #[derive(Clone)]
 pub struct HttpState {
     topics: Arc<TopicManager>,
     quorum: QuorumHandle,
+    request_memory: Arc<MemoryPool>,
 }
 
-pub fn router(topics: Arc<TopicManager>, quorum: QuorumHandle) -> Router {
+pub fn router(
+    topics: Arc<TopicManager>,
+    quorum: QuorumHandle,
+    request_memory: Arc<MemoryPool>,
+) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/topics", get(topics_json))
-        .with_state(HttpState { topics, quorum })
+        .with_state(HttpState {
+            topics,
+            quorum,
+            request_memory,
+        })
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
@@ -154,6 +164,14 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         h.failed_writes(),
         h.refused_writes(),
         dir = h.dir().display(),
+    );
+    let pool = &state.request_memory;
+    let _ = writeln!(
+        out,
+        "# HELP sluice_request_memory_pool_capacity_bytes Kafka request bytes all connections may hold (queued_max_request_bytes).\n# TYPE sluice_request_memory_pool_capacity_bytes gauge\nsluice_request_memory_pool_capacity_bytes {}\n\
+         # HELP sluice_request_memory_pool_available_bytes Of those, free now (0: connections wait before reading more).\n# TYPE sluice_request_memory_pool_available_bytes gauge\nsluice_request_memory_pool_available_bytes {}",
+        pool.capacity(),
+        pool.available(),
     );
     let sent = crate::kafka::zero_copy::SENDFILE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
     let _ = writeln!(

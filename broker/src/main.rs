@@ -16,6 +16,7 @@ mod groups;
 mod grpc;
 mod http;
 mod kafka;
+mod memory_pool;
 mod quorum;
 mod replica_fetch;
 mod requests;

@@ -145,9 +145,16 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
         (node.quorum.handle.clone(), node.quorum.voters.clone()),
         stopped(stop_rx.clone()),
     ));
+    let request_memory = Arc::new(crate::memory_pool::MemoryPool::new(
+        config.queued_max_request_bytes,
+    ));
     let http_server = axum::serve(
         http_listener,
-        crate::http::router(topics.clone(), node.quorum.handle.clone()),
+        crate::http::router(
+            topics.clone(),
+            node.quorum.handle.clone(),
+            request_memory.clone(),
+        ),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
     let http = tokio::spawn(async move { http_server.await });
@@ -162,6 +169,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
         config: config.clone(),
         advertised_host,
         advertised_port,
+        request_memory: request_memory.clone(),
     });
     let kafka = tokio::spawn(crate::kafka::serve(
         kafka_listener,

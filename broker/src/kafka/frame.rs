@@ -6,6 +6,8 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::memory_pool::{MemoryPool, Reservation};
+
 /// Smallest possible request: api key, version, correlation id, null client id.
 const MIN_REQUEST: usize = 10;
 
@@ -35,10 +37,13 @@ pub struct Frame {
     pub version: i16,
     pub header: RequestHeader,
     pub body: Bytes,
+    /// The request's bytes held from the broker's [`MemoryPool`] (none when read without one):
+    /// keep it until the request is handled.
+    pub memory: Option<Reservation>,
 }
 
-/// Reads one request. The size is checked before anything is allocated for it.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Frame, FrameError> {
+/// Reads a request's size prefix and checks it before anything is allocated for it.
+async fn read_size<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<usize, FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -49,7 +54,23 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<F
     if size < MIN_REQUEST as i64 || size > max as i64 {
         return Err(FrameError::BadSize { size, max });
     }
-    let mut buf = BytesMut::zeroed(size as usize);
+    Ok(size as usize)
+}
+
+/// Reads one request (no memory pool: tests).
+#[cfg(test)]
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Frame, FrameError> {
+    let size = read_size(r, max).await?;
+    read_body(r, size, None).await
+}
+
+/// Reads the `size` bytes of a request and decodes its header.
+async fn read_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    size: usize,
+    memory: Option<Reservation>,
+) -> Result<Frame, FrameError> {
+    let mut buf = BytesMut::zeroed(size);
     r.read_exact(&mut buf).await?;
     let mut body = buf.freeze();
     let key = i16::from_be_bytes([body[0], body[1]]);
@@ -63,16 +84,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<F
         version,
         header,
         body,
+        memory,
     })
 }
 
 /// The next request on a connection: waits up to `idle` for its first byte (an idle
-/// connection is closed), then up to `read_timeout` for the whole request.
+/// connection is closed), then up to `read_timeout` for its size, then for the request's bytes
+/// from `pool` (not reading meanwhile: the wait is the pool's backpressure, not the client's
+/// slowness, so it is not timed), then up to `read_timeout` for the rest.
 pub async fn read_frame_timed(
     stream: &mut tokio::net::TcpStream,
     max: usize,
     idle: std::time::Duration,
     read_timeout: std::time::Duration,
+    pool: &MemoryPool,
 ) -> Result<Frame, FrameError> {
     let mut first = [0u8; 1];
     match tokio::time::timeout(idle, stream.peek(&mut first)).await {
@@ -81,7 +106,11 @@ pub async fn read_frame_timed(
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(e.into()),
     }
-    tokio::time::timeout(read_timeout, read_frame(stream, max))
+    let size = tokio::time::timeout(read_timeout, read_size(stream, max))
+        .await
+        .map_err(|_| FrameError::ReadTimeout(read_timeout))??;
+    let memory = pool.reserve(size).await;
+    tokio::time::timeout(read_timeout, read_body(stream, size, Some(memory)))
         .await
         .map_err(|_| FrameError::ReadTimeout(read_timeout))?
 }

@@ -42,6 +42,8 @@ pub struct Ctx {
     /// Host and port clients are told to connect to (Metadata, FindCoordinator).
     pub advertised_host: String,
     pub advertised_port: i32,
+    /// `queued_max_request_bytes`: request bytes all connections may hold at once.
+    pub request_memory: Arc<crate::memory_pool::MemoryPool>,
 }
 
 /// What a handler sends back.
@@ -157,17 +159,21 @@ async fn connection(
     peer: &str,
 ) -> Result<(), FrameError> {
     loop {
-        let frame = tokio::select! {
+        let mut frame = tokio::select! {
             f = frame::read_frame_timed(
                 &mut stream,
                 ctx.config.max_request_bytes,
                 std::time::Duration::from_millis(ctx.config.connections_max_idle_ms),
                 std::time::Duration::from_millis(ctx.config.request_read_timeout_ms),
+                &ctx.request_memory,
             ) => f?,
             _ = stop.changed() => return Ok(()),
         };
         let (key, version, correlation_id) =
             (frame.api_key, frame.version, frame.header.correlation_id);
+        // Held until the request is handled (its body is referenced until then); the response
+        // is not counted, as in Kafka.
+        let _memory = frame.memory.take();
         let reply = match handle(ctx, frame, peer).await {
             Ok(r) => r,
             Err(e) => {
@@ -457,6 +463,7 @@ mod fuzz {
                     config: node.admin.config.clone(),
                     advertised_host: "127.0.0.1".into(),
                     advertised_port: 9092,
+                    request_memory: Arc::new(crate::memory_pool::MemoryPool::new(1 << 30)),
                 };
                 (node, ctx)
             });
