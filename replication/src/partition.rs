@@ -1004,6 +1004,42 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleting_a_replica_answers_its_acks_all_waiters_at_once() {
+        let (base, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let dir = base.path().join("t-0");
+        let leader = replica(&dir, 1, &led_by(1, 1, vec![1, 2]));
+        let _follower = replica(other.path(), 2, &led_by(1, 1, vec![1, 2]));
+        // The follower never fetches: without the deletion this waits its full 60 s.
+        let waiting = {
+            let leader = leader.clone();
+            tokio::spawn(async move {
+                leader
+                    .append(&mut batch(), Acks::All, Duration::from_secs(60))
+                    .await
+            })
+        };
+        while leader.log().log_end_offset() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let doomed = leader.delete().unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("answered well before the acks=all timeout")
+            .unwrap();
+        assert!(
+            matches!(answer, Err(PartitionError::Log(LogError::Deleted))),
+            "{answer:?}"
+        );
+        assert!(!dir.exists() && doomed.exists());
+        assert!(matches!(
+            leader
+                .append(&mut batch(), Acks::Leader, Duration::from_secs(5))
+                .await,
+            Err(PartitionError::Log(LogError::Deleted))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_hw_is_the_isrs_minimum_and_acks_all_waits_for_it() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let state = led_by(1, 1, vec![1, 2]);
