@@ -203,13 +203,6 @@ impl Group {
 
     /// A group as stored: members are back as they were, with a full session to heartbeat in
     /// (Kafka loads such groups as Stable), or Empty.
-    fn named(name: &str) -> Group {
-        Group {
-            name: name.to_string(),
-            ..Default::default()
-        }
-    }
-
     fn restore(name: &str, snapshot: offsets_log::GroupSnapshot) -> Group {
         let protocol = snapshot.protocol.unwrap_or_default();
         let now = Instant::now();
@@ -430,6 +423,14 @@ impl Group {
     }
 }
 
+/// The group named `name`, created empty if unknown.
+fn group_entry<'a>(groups: &'a mut HashMap<String, Group>, name: &str) -> &'a mut Group {
+    groups.entry(name.to_string()).or_insert_with(|| Group {
+        name: name.to_string(),
+        ..Default::default()
+    })
+}
+
 /// Join parameters from a JoinGroup request.
 pub struct JoinRequest {
     pub group: String,
@@ -544,17 +545,13 @@ impl GroupCoordinator {
                 groups.insert(name, g);
             }
             for ((group, topic, partition), c) in replayed.offsets {
-                groups
-                    .entry(group.clone())
-                    .or_insert_with(|| Group::named(&group))
+                group_entry(&mut groups, &group)
                     .offsets
                     .insert((topic, partition), c);
             }
             for (pid, offsets) in replayed.pending {
                 for (group, topic, partition, c) in offsets {
-                    groups
-                        .entry(group.clone())
-                        .or_insert_with(|| Group::named(&group))
+                    group_entry(&mut groups, &group)
                         .pending_txn
                         .entry(pid)
                         .or_default()
@@ -672,9 +669,7 @@ impl GroupCoordinator {
         }
         let rx = {
             let mut groups = self.lock();
-            let g = groups
-                .entry(req.group.clone())
-                .or_insert_with(|| Group::named(&req.group));
+            let g = group_entry(&mut groups, &req.group);
             if !g.members.is_empty() && g.protocol_type != req.protocol_type {
                 return JoinResult {
                     error: code::INCONSISTENT_GROUP_PROTOCOL,
@@ -932,9 +927,7 @@ impl GroupCoordinator {
         }
         {
             let mut groups = self.lock();
-            let g = groups
-                .entry(group.to_string())
-                .or_insert_with(|| Group::named(group));
+            let g = group_entry(&mut groups, group);
             if generation >= 0 || !g.members.is_empty() {
                 if let Err(e) = g.check_member(member, instance_id) {
                     return e;
@@ -956,9 +949,7 @@ impl GroupCoordinator {
             return code::KAFKA_STORAGE_ERROR;
         }
         let mut groups = self.lock();
-        let g = groups
-            .entry(group.to_string())
-            .or_insert_with(|| Group::named(group));
+        let g = group_entry(&mut groups, group);
         for (topic, partition, c) in offsets {
             g.offsets.insert((topic, partition), c);
         }
@@ -983,9 +974,7 @@ impl GroupCoordinator {
         }
         {
             let mut groups = self.lock();
-            let g = groups
-                .entry(group.to_string())
-                .or_insert_with(|| Group::named(group));
+            let g = group_entry(&mut groups, group);
             if !member.is_empty() || generation >= 0 {
                 if let Err(e) = g.check_member(member, instance_id) {
                     return e;
@@ -1002,9 +991,7 @@ impl GroupCoordinator {
             return code::KAFKA_STORAGE_ERROR;
         }
         let mut groups = self.lock();
-        let pending = groups
-            .entry(group.to_string())
-            .or_insert_with(|| Group::named(group))
+        let pending = group_entry(&mut groups, group)
             .pending_txn
             .entry(producer.0)
             .or_default();
