@@ -12,6 +12,7 @@
 mod cluster;
 mod config;
 mod connections;
+mod fd_limit;
 mod groups;
 mod grpc;
 mod http;
@@ -169,6 +170,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     config.validate().map_err(|e| e.to_string())?;
     init_tracing(&config.log_level);
+    fd_limit::raise();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sluice")

@@ -105,6 +105,9 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Server(e.to_string()))?;
     let topics = node.topics.clone();
     let admin = node.admin.clone();
+    if let Some(limit) = crate::fd_limit::current() {
+        crate::fd_limit::check(limit, topics.replicas().len());
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -535,7 +535,7 @@ impl TopicManager {
         Ok(())
     }
 
-    /// Background duties: retention, `flush.ms`, recovery-point checkpoints.
+    /// Background duties: retention, producer expiry, closing idle segment files.
     pub fn run_retention(&self) {
         for (t, p) in self.replicas() {
             match p.log().delete_old_segments() {
@@ -548,6 +548,8 @@ impl TopicManager {
                     tracing::error!(topic = %t.name, partition = p.index(), error = %e, "retention failed")
                 }
             }
+            // Sealed segments nobody read for a whole interval give their descriptors back.
+            p.log().close_idle_segment_files();
             // Idle producers' sequences go too (`producer.id.expiration.ms`).
             let expired = p
                 .log()

@@ -47,6 +47,7 @@ pub mod log_dir;
 pub mod producer_state;
 pub mod record;
 pub mod segment;
+mod segment_file;
 pub mod txn_index;
 pub mod validator;
 

@@ -298,6 +298,17 @@ impl Log {
             }
         }
         log.rebuild_producer_state()?;
+        // Loading opened every segment; sealed, flushed ones are rarely read again soon (consumers
+        // read the tail), and a broker with many partitions would start out of descriptors.
+        {
+            let segs = log.segments.read().unwrap_or_else(|e| e.into_inner());
+            let sealed = segs.len().saturating_sub(1);
+            for s in segs.values().take(sealed) {
+                if s.next_offset() <= rp {
+                    s.close_file();
+                }
+            }
+        }
         Ok(log)
     }
 
@@ -820,6 +831,11 @@ impl Log {
                     return;
                 }
             }
+            // Sealed and durable: its descriptor goes back (a reader reopens it). Only the rolled
+            // ones, never the new active segment, which is not in `segments`.
+            for s in &segments {
+                s.close_file();
+            }
             if fs.generation.load(Ordering::Acquire) != generation {
                 return; // the log was truncated meanwhile: `upto` may no longer be valid
             }
@@ -1018,6 +1034,25 @@ impl Log {
             return Ok(None);
         };
         seg.max_timestamp_record()
+    }
+
+    /// Closes the `.log` files of sealed, flushed segments that nobody read since the previous
+    /// call (a reader reopens them). Returns how many were closed now. Unflushed segments keep
+    /// their descriptor so the fsync that covers them reports any write-back error.
+    pub fn close_idle_segment_files(&self) -> usize {
+        let recovery_point = self.recovery_point();
+        let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        let sealed = segs.len().saturating_sub(1);
+        segs.values()
+            .take(sealed)
+            .filter(|s| s.next_offset() <= recovery_point && s.close_file_if_idle())
+            .count()
+    }
+
+    /// How many segments hold an open `.log` file (for the broker's metrics and tests).
+    pub fn open_segment_files(&self) -> usize {
+        let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        segs.values().filter(|s| s.is_file_open()).count()
     }
 
     // ---- retention and truncation --------------------------------------------------------------
@@ -1250,6 +1285,12 @@ impl Log {
         let doomed = self
             .dir
             .with_file_name(format!("{name}.{}{DELETE_SUFFIX}", unique_hex()));
+        // Requests already holding this log keep reading what it had: segment files closed for
+        // idleness could not be reopened under the old path. Best effort: a file that cannot be
+        // opened now makes only those late reads fail.
+        for seg in self.segments_snapshot() {
+            let _ = seg.retire_file();
+        }
         fs::rename(&self.dir, &doomed).ctx("rename deleted log directory", &self.dir)?;
         if let Some(parent) = self.dir.parent() {
             checkpoint::sync_dir(parent)?;

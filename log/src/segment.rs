@@ -6,7 +6,7 @@
 //! the index read-locks only for a binary search; appends take the index write-locks only to add
 //! an entry every `index.interval.bytes`.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -17,6 +17,7 @@ use bytes::Bytes;
 use crate::batch::{self, BatchHeader, HEADER_LEN};
 use crate::error::{BatchError, IoContext, LogError, Result};
 use crate::index::{OffsetIndex, TimeIndex};
+use crate::segment_file::SegmentFile;
 
 /// A byte range of a segment file: what the network layer hands to `sendfile`.
 #[derive(Debug, Clone)]
@@ -70,7 +71,7 @@ pub struct LogSegment {
     base_offset: u64,
     dir: PathBuf,
     log_path: PathBuf,
-    file: Arc<File>,
+    file: SegmentFile,
     size: AtomicU64,
     next_offset: AtomicU64,
     max_timestamp: AtomicI64,
@@ -119,14 +120,8 @@ impl LogSegment {
     /// [`LogSegment::load`] or [`LogSegment::recover`].
     pub fn open(dir: &Path, base_offset: u64, now_ms: i64) -> Result<Self> {
         let log_path = dir.join(file_name(base_offset, LOG_EXT));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&log_path)
-            .ctx("open segment", &log_path)?;
-        let size = file.metadata().ctx("stat segment", &log_path)?.len();
+        let file = SegmentFile::open(&log_path)?;
+        let size = file.get()?.metadata().ctx("stat segment", &log_path)?.len();
         let offset_index =
             OffsetIndex::open(&dir.join(file_name(base_offset, INDEX_EXT)), base_offset)?;
         let time_index = TimeIndex::open(
@@ -137,7 +132,7 @@ impl LogSegment {
             base_offset,
             dir: dir.to_path_buf(),
             log_path,
-            file: Arc::new(file),
+            file,
             size: AtomicU64::new(size),
             next_offset: AtomicU64::new(base_offset),
             max_timestamp: AtomicI64::new(-1),
@@ -217,9 +212,10 @@ impl LogSegment {
         // entry when the segment is sealed.
         write_lock(&self.offset_index).reserve(headers.len())?;
         write_lock(&self.time_index).reserve(headers.len() + 1)?;
-        if let Err(e) = self.file.write_all_at(data, position) {
+        let file = self.file.get()?;
+        if let Err(e) = file.write_all_at(data, position) {
             // Leave no partial batch behind for the next append to write after.
-            let _ = self.file.set_len(position);
+            let _ = file.set_len(position);
             return Err(e).ctx("append to segment", &self.log_path);
         }
         let mut w = self.writer();
@@ -257,6 +253,7 @@ impl LogSegment {
         }
         let mut buf = [0u8; HEADER_LEN];
         self.file
+            .get()?
             .read_exact_at(&mut buf, position)
             .ctx("read batch header", &self.log_path)?;
         let h = BatchHeader::parse(&buf).map_err(|e| self.corrupt(position, e))?;
@@ -324,7 +321,7 @@ impl LogSegment {
         }
         Ok(Some((
             FileRegion {
-                file: self.file.clone(),
+                file: self.file.get()?,
                 position: start,
                 len: end - start,
             },
@@ -336,6 +333,7 @@ impl LogSegment {
     pub fn read_bytes(&self, position: u64, len: usize) -> Result<Bytes> {
         let mut buf = vec![0u8; len];
         self.file
+            .get()?
             .read_exact_at(&mut buf, position)
             .ctx("read segment", &self.log_path)?;
         Ok(Bytes::from(buf))
@@ -465,11 +463,8 @@ impl LogSegment {
         max_batch: usize,
         contiguous: bool,
     ) -> Result<RecoveryOutcome> {
-        let file_len = self
-            .file
-            .metadata()
-            .ctx("stat segment", &self.log_path)?
-            .len();
+        let file = self.file.get()?;
+        let file_len = file.metadata().ctx("stat segment", &self.log_path)?.len();
         {
             let mut oi = write_lock(&self.offset_index);
             let mut ti = write_lock(&self.time_index);
@@ -493,8 +488,7 @@ impl LogSegment {
             if pos + HEADER_LEN as u64 > file_len {
                 break;
             }
-            self.file
-                .read_exact_at(&mut header_buf, pos)
+            file.read_exact_at(&mut header_buf, pos)
                 .ctx("recover segment", &self.log_path)?;
             let Ok(h) = BatchHeader::parse(&header_buf) else {
                 break;
@@ -510,8 +504,7 @@ impl LogSegment {
                 break;
             }
             buf.resize(h.total_size(), 0);
-            self.file
-                .read_exact_at(&mut buf, pos)
+            file.read_exact_at(&mut buf, pos)
                 .ctx("recover segment", &self.log_path)?;
             if batch::validate(&buf, false).is_err() {
                 break;
@@ -527,9 +520,7 @@ impl LogSegment {
                 truncated_bytes = file_len - pos,
                 "truncating invalid tail found by recovery"
             );
-            self.file
-                .set_len(pos)
-                .ctx("truncate segment", &self.log_path)?;
+            file.set_len(pos).ctx("truncate segment", &self.log_path)?;
         }
         self.size.store(pos, Ordering::Release);
         Ok(RecoveryOutcome {
@@ -568,6 +559,7 @@ impl LogSegment {
         };
         let old = self.size();
         self.file
+            .get()?
             .set_len(pos)
             .ctx("truncate segment", &self.log_path)?;
         self.size.store(pos, Ordering::Release);
@@ -594,18 +586,48 @@ impl LogSegment {
 
     /// fsyncs the log file and msyncs the indexes.
     pub fn flush(&self) -> Result<()> {
-        self.file.sync_data().ctx("fsync segment", &self.log_path)?;
+        self.file
+            .get()?
+            .sync_data()
+            .ctx("fsync segment", &self.log_path)?;
         read_lock(&self.offset_index).flush()?;
         read_lock(&self.time_index).flush()
     }
 
     /// fsyncs the log file only: indexes are rebuilt by recovery, so the hot path skips them.
     pub fn flush_log(&self) -> Result<()> {
-        self.file.sync_data().ctx("fsync segment", &self.log_path)
+        self.file
+            .get()?
+            .sync_data()
+            .ctx("fsync segment", &self.log_path)
+    }
+
+    /// Closes the `.log` file if nothing used it since the previous call (see
+    /// [`crate::segment_file`]); true if it was closed now. For sealed, flushed segments only.
+    pub fn close_file_if_idle(&self) -> bool {
+        self.file.close_if_idle()
+    }
+
+    /// Closes the `.log` file now; the next use reopens it. For sealed, flushed segments only.
+    pub fn close_file(&self) {
+        self.file.close()
+    }
+
+    /// Whether the `.log` file is open now.
+    pub fn is_file_open(&self) -> bool {
+        self.file.is_open()
+    }
+
+    /// Keeps the `.log` file open for the segment's remaining life: call before its path is
+    /// unlinked or replaced, so readers still holding the segment read its own bytes.
+    pub(crate) fn retire_file(&self) -> Result<()> {
+        self.file.retire()
     }
 
     /// Deletes the segment's files. Readers holding a region keep reading the unlinked file.
     pub fn delete_files(&self) -> Result<()> {
+        // Best effort: if the file cannot be opened any more there is nothing left to read.
+        let _ = self.file.retire();
         for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
             let p = self.dir.join(file_name(self.base_offset, ext));
             match fs::remove_file(&p) {

@@ -542,3 +542,89 @@ fn delete_dir_renames_at_once_and_the_log_refuses_work_but_still_reads() {
     assert_eq!(log.read(0, 1 << 20, None).unwrap().next_offset, 150);
     std::fs::remove_dir_all(&doomed).unwrap();
 }
+
+/// Descriptors this process holds on files under `dir`, by extension.
+fn open_files_under(dir: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue; // closed between the listing and the read
+        };
+        if target.starts_with(dir) {
+            let ext = target
+                .extension()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            *out.entry(ext).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn sealed_segments_hold_no_descriptors_once_idle_and_reopen_to_serve_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    for i in 0..200 {
+        log.append_as_leader(&mut batch(&format!("r{i}"), 5, TS0), 0)
+            .unwrap();
+    }
+    log.set_high_watermark(log.log_end_offset());
+    let segments = log.segment_count();
+    assert!(segments >= 5, "{segments} segments");
+    // Indexes are only mapped: no descriptors.
+    let open = open_files_under(dir.path());
+    assert_eq!(open.get("index"), None, "{open:?}");
+    assert_eq!(open.get("timeindex"), None, "{open:?}");
+
+    log.flush().unwrap();
+    // Rolled segments close once their background fsync is done; the sweep closes the rest (a
+    // second chance first for any used since the previous sweep).
+    common::wait_until(|| {
+        log.close_idle_segment_files();
+        log.open_segment_files() == 1 && open_files_under(dir.path()).get("log") == Some(&1)
+    });
+
+    // Reads reopen what they need and see every record.
+    let recs = read_all(&log, 0, 1 << 20);
+    assert_eq!(recs.len(), 1000);
+    assert_eq!(values(&recs[..2]), ["r0-0", "r0-1"]);
+    assert!(log.open_segment_files() > 1);
+    // Truncating into a closed sealed segment (a follower dropping a divergent tail) reopens
+    // it, and appends continue after it.
+    common::wait_until(|| {
+        log.close_idle_segment_files();
+        log.open_segment_files() == 1
+    });
+    log.truncate_to(102).unwrap();
+    assert_eq!(log.log_end_offset(), 100);
+    log.append_as_leader(&mut batch("after", 1, TS0), 0)
+        .unwrap();
+    log.set_high_watermark(log.log_end_offset());
+    let recs = read_all(&log, 0, 1 << 20);
+    assert_eq!(recs.len(), 101);
+    assert_eq!(values(&recs[100..]), ["after-0"]);
+}
+
+#[test]
+fn a_reopened_log_holds_one_descriptor_its_active_segments_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = {
+        let log = Log::open(dir.path(), small_config()).unwrap();
+        for i in 0..200 {
+            log.append_as_leader(&mut batch(&format!("r{i}"), 5, TS0), 0)
+                .unwrap();
+        }
+        log.flush().unwrap();
+        log.close().unwrap();
+        log.segment_count()
+    };
+    assert!(segments >= 5, "{segments} segments");
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    let open = open_files_under(dir.path());
+    assert_eq!(open.get("log"), Some(&1), "{open:?}");
+    assert_eq!(open.get("index"), None, "{open:?}");
+    assert_eq!(open.get("timeindex"), None, "{open:?}");
+    log.set_high_watermark(log.log_end_offset());
+    assert_eq!(read_all(&log, 0, 1 << 20).len(), 1000);
+}

@@ -389,3 +389,86 @@ async fn a_full_disk_gives_storage_errors_not_a_crash_and_recovers() {
     assert_eq!(kcat_consume(port, "warm"), vec!["0:0", "1:1", "2:2"]);
     drop(b);
 }
+
+/// Descriptors a process holds on files under `dir`.
+fn open_files_under(pid: u32, dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|t| t.starts_with(dir))
+        .count()
+}
+
+/// Issue 13 item 6: with `ulimit -n` at 256 soft / 1024 hard, the broker used to refuse to start
+/// past ~330 partitions (three descriptors each, the soft limit never raised) and failed topic
+/// creation with KAFKA_STORAGE_ERROR. Now it raises the soft limit, maps indexes without keeping
+/// them open, opens sealed segments only when read and closes them again when idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_partitions_fit_a_1024_descriptor_limit_across_restarts() {
+    const MANY: u32 = 600;
+    const ROLLED: u32 = 10;
+    const SEGMENTS: usize = 45;
+    let config = tempfile::tempdir().unwrap();
+    let config_path = config.path().join("sluice.toml");
+    std::fs::write(&config_path, "retention_check_interval_ms = 200\n").unwrap();
+    let mut b = Broker::unstarted(
+        None,
+        vec!["--config".into(), config_path.display().to_string()],
+    );
+    b.open_file_limit = Some((256, 1024));
+    b.launch();
+    b.create_topic("many", MANY, &[]).await;
+    // Every batch fills a segment: SEGMENTS sealed segments per partition.
+    b.create_topic("rolled", ROLLED, &[("segment.bytes", "2048")])
+        .await;
+    let big = "v".repeat(1500);
+    for p in 0..MANY as i32 {
+        let r = produce_v8(b.kafka_port, "many", p, &batch_of(&[("m", None)], now_ms()));
+        assert_eq!(r.error_code, 0, "many/{p}: {r:?}");
+    }
+    for p in 0..ROLLED as i32 {
+        for _ in 0..=SEGMENTS {
+            let r = produce_v8(
+                b.kafka_port,
+                "rolled",
+                p,
+                &batch_of(&[(&big, None)], now_ms()),
+            );
+            assert_eq!(r.error_code, 0, "rolled/{p}: {r:?}");
+        }
+    }
+    // Start-up loads every segment under the same limit.
+    b.terminate();
+    b.launch();
+    let pid = b.pid().unwrap();
+    let data = b.data_dir();
+    let at_start = open_files_under(pid, &data);
+    assert!(
+        at_start <= (MANY + ROLLED) as usize + 16,
+        "{at_start} files open after start-up: sealed segments or indexes kept open"
+    );
+    let many = kcat_consume(b.kafka_port, "many");
+    assert_eq!(many.len(), MANY as usize);
+    let rolled = kcat_consume(b.kafka_port, "rolled");
+    assert_eq!(rolled.len(), ROLLED as usize * (SEGMENTS + 1));
+    // The sealed segments the consumer opened are closed again once idle.
+    common::wait_for("idle segment files closed", Duration::from_secs(30), || {
+        (open_files_under(pid, &data) <= (MANY + ROLLED) as usize + 16).then_some(())
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        nofile, "1024",
+        "soft limit raised to the hard one: {limits}"
+    );
+}

@@ -329,6 +329,8 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
 fn swap_in(log: &Log, old: &Arc<LogSegment>, cleaned: &Path, index_interval: usize) -> Result<()> {
     let base = old.base_offset();
     let log_path = log.dir.join(segment::file_name(base, segment::LOG_EXT));
+    // Readers still holding the old segment must keep its bytes, not reopen the new file.
+    old.retire_file()?;
     // Old indexes go first: from here a crash leaves a .log without indexes, which open rebuilds.
     for ext in [segment::INDEX_EXT, segment::TIME_INDEX_EXT] {
         let p = log.dir.join(segment::file_name(base, ext));

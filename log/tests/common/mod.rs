@@ -72,3 +72,15 @@ pub fn producer_batch(pid: i64, epoch: i16, seq: i32, n: i32, transactional: boo
     })
     .expect("non-empty batch")
 }
+
+/// Polls `cond` until it holds, failing after 20 s (background threads on a busy machine).
+pub fn wait_until(mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached in 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -62,8 +62,10 @@ pub fn produce_v8(port: u16, topic: &str, partition: i32, records: &[u8]) -> Pro
 
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the Kafka listener");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(&(body.len() as i32).to_be_bytes()).unwrap();
-    s.write_all(&body).unwrap();
+    // One write: a size prefix sent alone waits out Nagle and the delayed ACK (40 ms).
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    s.write_all(&frame).unwrap();
     let mut len = [0u8; 4];
     s.read_exact(&mut len).expect("produce response size");
     let mut resp = vec![0u8; i32::from_be_bytes(len) as usize];
@@ -101,8 +103,10 @@ fn round_trip(port: u16, api_key: i16, version: i16, fields: &[u8]) -> Vec<u8> {
     body.extend_from_slice(fields);
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the Kafka listener");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(&(body.len() as i32).to_be_bytes()).unwrap();
-    s.write_all(&body).unwrap();
+    // One write: a size prefix sent alone waits out Nagle and the delayed ACK (40 ms).
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    s.write_all(&frame).unwrap();
     let mut len = [0u8; 4];
     s.read_exact(&mut len).expect("response size");
     let mut resp = vec![0u8; i32::from_be_bytes(len) as usize];

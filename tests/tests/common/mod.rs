@@ -76,6 +76,8 @@ pub struct Broker {
     pub extra_args: Vec<String>,
     /// Where the data lives when not under `dir` (a test's own file system).
     pub data_dir_override: Option<PathBuf>,
+    /// `RLIMIT_NOFILE` (soft, hard) for the process, as `ulimit -n` would set it.
+    pub open_file_limit: Option<(u64, u64)>,
     child: Option<Child>,
     /// Every log line of every launch (the last `LOG_LINES`), for tests that look for one.
     log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
@@ -123,6 +125,7 @@ impl Broker {
             controller_port: free_port(),
             extra_args,
             data_dir_override: data_dir,
+            open_file_limit: None,
             child: None,
             log: Default::default(),
         }
@@ -156,7 +159,22 @@ impl Broker {
     /// Starts the process; on failure returns its log. With `until_unfenced`, also waits until
     /// the controller has unfenced it (a lone broker is its own controller: it may lead).
     fn try_launch(&mut self, until_unfenced: bool) -> Result<(), String> {
-        let mut child = Command::new(sluice_bin())
+        let mut command = Command::new(sluice_bin());
+        if let Some((soft, hard)) = self.open_file_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches nothing of the parent's.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        soft,
+                        hard,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let mut child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir())
