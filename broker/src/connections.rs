@@ -33,6 +33,10 @@ pub struct ConnectionPermit {
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
+        crate::metrics::METRICS
+            .connections_open
+            .with_label_values(&[self.limits.listener])
+            .dec();
         let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
         open.0 = open.0.saturating_sub(1);
         if let Some(n) = open.1.get_mut(&self.ip) {
@@ -75,12 +79,22 @@ impl ConnectionLimits {
                 None
             }
         };
+        let m = &crate::metrics::METRICS;
         match refused {
-            None => Some(ConnectionPermit {
-                limits: self.clone(),
-                ip,
-            }),
+            None => {
+                m.connections_accepted
+                    .with_label_values(&[self.listener])
+                    .inc();
+                m.connections_open.with_label_values(&[self.listener]).inc();
+                Some(ConnectionPermit {
+                    limits: self.clone(),
+                    ip,
+                })
+            }
             Some(limit) => {
+                m.connections_refused
+                    .with_label_values(&[self.listener, limit])
+                    .inc();
                 self.log_refusal(ip, limit);
                 None
             }

@@ -11,6 +11,7 @@ use axum::{Json, Router};
 
 use sluice_replication::controller::driver::QuorumHandle;
 
+use crate::groups::{GroupCoordinator, State as GroupState};
 use crate::memory_pool::MemoryPool;
 use crate::topics::TopicManager;
 
@@ -19,12 +20,14 @@ pub struct HttpState {
     topics: Arc<TopicManager>,
     quorum: QuorumHandle,
     request_memory: Arc<MemoryPool>,
+    groups: Arc<GroupCoordinator>,
 }
 
 pub fn router(
     topics: Arc<TopicManager>,
     quorum: QuorumHandle,
     request_memory: Arc<MemoryPool>,
+    groups: Arc<GroupCoordinator>,
 ) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
@@ -34,6 +37,7 @@ pub fn router(
             topics,
             quorum,
             request_memory,
+            groups,
         })
 }
 
@@ -178,7 +182,64 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         out,
         "# HELP sluice_kafka_sendfile_bytes_total Record bytes sent to Kafka clients with sendfile.\n# TYPE sluice_kafka_sendfile_bytes_total counter\nsluice_kafka_sendfile_bytes_total {sent}"
     );
+    storage_and_waiters(&mut out, &topics);
+    let mut by_state = [0u64; 4];
+    for (_, _, s) in state.groups.list() {
+        by_state[s as usize] += 1;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_consumer_groups Consumer groups this broker coordinates, by state.\n# TYPE sluice_consumer_groups gauge"
+    );
+    for s in [
+        GroupState::Empty,
+        GroupState::PreparingRebalance,
+        GroupState::CompletingRebalance,
+        GroupState::Stable,
+    ] {
+        let _ = writeln!(
+            out,
+            "sluice_consumer_groups{{state=\"{}\"}} {}",
+            s.name(),
+            by_state[s as usize]
+        );
+    }
+    out.push_str(&crate::metrics::render());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Disk usage of the data directory, open segment files, and requests parked in purgatory.
+fn storage_and_waiters(out: &mut String, topics: &TopicManager) {
+    let dir = topics.dir_health().dir().display().to_string();
+    let replicas = topics.replicas();
+    let log_bytes: u64 = replicas.iter().map(|(_, p)| p.log().size_bytes()).sum();
+    let open_files: usize = replicas
+        .iter()
+        .map(|(_, p)| p.log().open_segment_files())
+        .sum();
+    let _ = writeln!(
+        out,
+        "# HELP sluice_log_dir_log_bytes Bytes of partition segments in the data directory.\n# TYPE sluice_log_dir_log_bytes gauge\nsluice_log_dir_log_bytes{{dir=\"{dir}\"}} {log_bytes}\n\
+         # HELP sluice_log_segment_files_open Segment .log files open now (idle sealed ones are closed).\n# TYPE sluice_log_segment_files_open gauge\nsluice_log_segment_files_open {open_files}"
+    );
+    if let Ok(fs) = nix::sys::statvfs::statvfs(topics.dir_health().dir()) {
+        let frag = fs.fragment_size();
+        let _ = writeln!(
+            out,
+            "# HELP sluice_log_dir_free_bytes Space left for writes on the data directory's file system.\n# TYPE sluice_log_dir_free_bytes gauge\nsluice_log_dir_free_bytes{{dir=\"{dir}\"}} {}\n\
+             # HELP sluice_log_dir_total_bytes Size of the data directory's file system.\n# TYPE sluice_log_dir_total_bytes gauge\nsluice_log_dir_total_bytes{{dir=\"{dir}\"}} {}",
+            fs.blocks_available() * frag,
+            fs.blocks() * frag,
+        );
+    }
+    let waiting = |g: &std::sync::atomic::AtomicI64| g.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP sluice_purgatory_size Requests waiting: fetches for data (consumer long polls, follower fetches), produces for acks=all replication.\n# TYPE sluice_purgatory_size gauge\n\
+         sluice_purgatory_size{{kind=\"fetch\"}} {}\nsluice_purgatory_size{{kind=\"produce\"}} {}",
+        waiting(&sluice_replication::purgatory::FETCH),
+        waiting(&sluice_replication::purgatory::PRODUCE),
+    );
 }
 
 async fn topics_json(State(state): State<HttpState>) -> impl IntoResponse {

@@ -18,6 +18,7 @@ mod grpc;
 mod http;
 mod kafka;
 mod memory_pool;
+mod metrics;
 mod quorum;
 mod replica_fetch;
 mod requests;
@@ -171,6 +172,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     config.validate().map_err(|e| e.to_string())?;
     init_tracing(&config.log_level);
     fd_limit::raise();
+    metrics::install();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sluice")

@@ -157,6 +157,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
             topics.clone(),
             node.quorum.handle.clone(),
             request_memory.clone(),
+            groups.clone(),
         ),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));

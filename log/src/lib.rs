@@ -40,6 +40,7 @@ pub mod checkpoint;
 pub mod compression;
 pub mod config;
 pub mod error;
+mod flush_observer;
 pub mod index;
 pub mod leader_epoch;
 mod log;
@@ -57,6 +58,7 @@ pub use crate::config::{
     Clock, LogConfig, ManualClock, MonotonicClock, SystemClock, LOG_CONFIG_KEYS,
 };
 pub use crate::error::{BatchError, LogError, RecordError, Result};
+pub use crate::flush_observer::set_flush_observer;
 pub use crate::leader_epoch::EpochEntry;
 pub use crate::log::{
     AppendInfo, CleanStats, CleanerOptions, Log, ReadInfo, DELETE_SUFFIX, MAP_ENTRY_OVERHEAD,

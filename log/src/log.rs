@@ -825,11 +825,11 @@ impl Log {
         let generation = fs.generation.load(Ordering::Acquire);
         let handle = std::thread::spawn(move || {
             let _guard = lock(&fs.lock);
-            for s in &segments {
-                if let Err(e) = s.flush() {
-                    tracing::error!(error = %e, "fsync of rolled segment failed");
-                    return;
-                }
+            let flushed =
+                crate::flush_observer::timed(|| segments.iter().try_for_each(|s| s.flush()));
+            if let Err(e) = flushed {
+                tracing::error!(error = %e, "fsync of rolled segment failed");
+                return;
             }
             // Sealed and durable: its descriptor goes back (a reader reopens it). Only the rolled
             // ones, never the new active segment, which is not in `segments`.
@@ -895,11 +895,14 @@ impl Log {
         let leo = self.log_end_offset();
         let _g = lock(&self.flush_state.lock);
         let rp = self.recovery_point();
-        for s in self.segments_snapshot() {
-            if s.next_offset() > rp || s.base_offset() >= rp {
-                s.flush_log()?;
+        crate::flush_observer::timed(|| {
+            for s in self.segments_snapshot() {
+                if s.next_offset() > rp || s.base_offset() >= rp {
+                    s.flush_log()?;
+                }
             }
-        }
+            Ok::<(), LogError>(())
+        })?;
         self.flush_state
             .recovery_point
             .fetch_max(leo, Ordering::AcqRel);

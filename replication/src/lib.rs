@@ -18,6 +18,7 @@ pub mod controller;
 pub mod histogram;
 pub mod metadata;
 pub mod partition;
+pub mod purgatory;
 
 pub use partition::{
     Acks, InitialHw, Isolation, OffsetQuery, Partition, PartitionError, ReplicaConfig,

@@ -485,6 +485,7 @@ impl Partition {
         let mut hw = self.hw_tx.subscribe();
         let mut deleted = self.deleted_tx.subscribe();
         let waiting_since = self.clock.now_ms();
+        let parked = crate::purgatory::Waiting::enter(&crate::purgatory::PRODUCE);
         let replicated = tokio::time::timeout(timeout, async {
             tokio::select! {
                 r = hw.wait_for(|hw| *hw > info.last_offset) => r.is_ok(),
@@ -492,6 +493,7 @@ impl Partition {
             }
         })
         .await;
+        drop(parked);
         crate::histogram::ACKS_ALL_WAIT
             .observe((self.clock.now_ms() - waiting_since).max(0) as u64);
         if *self.deleted_tx.borrow() {

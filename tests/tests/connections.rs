@@ -70,6 +70,17 @@ fn idle_sockets_and_half_sent_requests_are_closed_on_both_listeners() {
     wait_for("kcat metadata", Duration::from_secs(60), || {
         kcat(&["-b", &bootstrap, "-L", "-m", "5"], None).ok()
     });
+    // What happened is on /metrics: the closes by reason, and the open count back down.
+    let m = |name: &str| metric(&b, name).unwrap_or(0);
+    wait_for("connection metrics", Duration::from_secs(30), || {
+        (m(r#"sluice_connections_idle_closed_total{protocol="kafka",reason="idle"}"#) >= 3
+            && m(r#"sluice_connections_idle_closed_total{protocol="kafka",reason="read_timeout"}"#)
+                >= 1
+            && m(r#"sluice_connections_idle_closed_total{protocol="grpc",reason="idle"}"#) >= 1
+            && m(r#"sluice_connections_accepted_total{protocol="kafka"}"#) >= 5
+            && m(r#"sluice_connections{protocol="kafka"}"#) <= 1)
+            .then_some(())
+    });
 }
 
 #[test]

@@ -290,6 +290,9 @@ impl Group {
         }
         self.generation += 1;
         self.rebalance_deadline = None;
+        if !self.members.is_empty() {
+            crate::metrics::METRICS.group_rebalances.inc();
+        }
         if self.members.is_empty() {
             self.set_state(State::Empty);
             self.leader.clear();

@@ -160,6 +160,9 @@ impl Consumer for ConsumerService {
                 break;
             }
             // Not enough yet: wait for the HW to move past what we have seen.
+            let _parked = sluice_replication::purgatory::Waiting::enter(
+                &sluice_replication::purgatory::FETCH,
+            );
             p.wait_for_data(hw.max(r.offset), deadline - now).await;
         }
         Ok(Response::new(read_records(
@@ -197,6 +200,9 @@ impl Consumer for ConsumerService {
                         // Wait for the HW to move past what is known (with READ_COMMITTED the
                         // stable end can sit below it; it only moves when the HW does).
                         let seen = p.high_watermark().max(offset);
+                        let _parked = sluice_replication::purgatory::Waiting::enter(
+                            &sluice_replication::purgatory::FETCH,
+                        );
                         tokio::select! {
                             _ = p.wait_for_data(seen, Duration::from_secs(30)) => {}
                             _ = tx.closed() => return,

@@ -92,6 +92,9 @@ impl BrokerInternal for InternalService {
                 let offset = *offset;
                 Box::pin(async move { p.wait_for_append(offset, wait).await })
             });
+            let _parked = sluice_replication::purgatory::Waiting::enter(
+                &sluice_replication::purgatory::FETCH,
+            );
             let _ = tokio::time::timeout_at(deadline, futures::future::select_all(polls)).await;
         }
     }

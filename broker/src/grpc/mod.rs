@@ -7,6 +7,7 @@ pub mod groups;
 pub mod internal;
 mod oversize;
 pub mod producer;
+mod request_metrics;
 pub mod status;
 
 use std::future::Future;
@@ -37,6 +38,19 @@ pub struct LimitedConn {
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
+/// `sluice_{received,sent}_bytes_total{protocol="grpc"}`, resolved once.
+static RECEIVED_BYTES: std::sync::LazyLock<prometheus::IntCounter> =
+    std::sync::LazyLock::new(|| {
+        crate::metrics::METRICS
+            .received_bytes
+            .with_label_values(&["grpc"])
+    });
+static SENT_BYTES: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
+    crate::metrics::METRICS
+        .sent_bytes
+        .with_label_values(&["grpc"])
+});
+
 impl LimitedConn {
     fn touch(&mut self) {
         self.deadline
@@ -62,15 +76,22 @@ impl AsyncRead for LimitedConn {
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
+                    RECEIVED_BYTES.inc_by((buf.filled().len() - before) as u64);
                     self.touch();
                 }
                 Poll::Ready(r)
             }
             Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("idle for {:?} (connections_max_idle_ms)", self.idle),
-                ))),
+                Poll::Ready(()) => Poll::Ready(Err({
+                    crate::metrics::METRICS
+                        .connections_idle_closed
+                        .with_label_values(&["grpc", "idle"])
+                        .inc();
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("idle for {:?} (connections_max_idle_ms)", self.idle),
+                    )
+                })),
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -84,8 +105,11 @@ impl AsyncWrite for LimitedConn {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                SENT_BYTES.inc_by(n as u64);
+                self.touch();
+            }
         }
         r
     }
@@ -101,8 +125,11 @@ impl AsyncWrite for LimitedConn {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                SENT_BYTES.inc_by(n as u64);
+                self.touch();
+            }
         }
         r
     }
@@ -200,6 +227,7 @@ pub async fn serve(
         // closed after `connections_max_idle_ms`.
         .http2_keepalive_interval(Some(idle / 2))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(request_metrics::RequestMetricsLayer)
         .layer(oversize::OversizeLayer)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

@@ -177,6 +177,8 @@ pub async fn fetch(ctx: &Ctx, corr: i32, version: i16, req: FetchRequest) -> Res
             })
             .map(|(p, hw)| Box::pin(async move { p.wait_for_data(hw, deadline - now).await }))
             .collect();
+        let _parked =
+            sluice_replication::purgatory::Waiting::enter(&sluice_replication::purgatory::FETCH);
         if waits.is_empty() {
             tokio::time::sleep(deadline - now).await;
         } else {

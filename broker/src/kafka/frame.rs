@@ -121,11 +121,12 @@ pub fn decode_body<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, St
 }
 
 /// Encodes a complete response frame (size, header, body).
-pub fn encode_response<R: Encodable + HeaderVersion>(
+pub fn encode_response<R: Encodable + HeaderVersion + super::error_codes::ErrorCodes>(
     correlation_id: i32,
     version: i16,
     resp: &R,
 ) -> Result<BytesMut, String> {
+    super::error_codes::record(resp);
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0);
     ResponseHeader::default()

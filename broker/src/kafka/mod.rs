@@ -7,6 +7,7 @@
 //! bytes with `sendfile` ([`zero_copy`]).
 
 mod admin;
+mod error_codes;
 mod fetch;
 pub mod frame;
 mod groups;
@@ -100,6 +101,34 @@ fn served(key: ApiKey, version: i16) -> bool {
         .any(|(k, lo, hi)| *k == key && version >= (*lo).max(min_served) && version <= *hi)
 }
 
+/// `sluice_{received,sent}_bytes_total{protocol="kafka"}`, resolved once.
+static RECEIVED_BYTES: std::sync::LazyLock<prometheus::IntCounter> =
+    std::sync::LazyLock::new(|| {
+        crate::metrics::METRICS
+            .received_bytes
+            .with_label_values(&["kafka"])
+    });
+static SENT_BYTES: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
+    crate::metrics::METRICS
+        .sent_bytes
+        .with_label_values(&["kafka"])
+});
+
+/// The API's name for metrics labels: `Produce`, `Fetch`, ... (`Other` for one not served).
+fn api_name(key: ApiKey) -> &'static str {
+    static NAMES: std::sync::LazyLock<Vec<(ApiKey, &'static str)>> =
+        std::sync::LazyLock::new(|| {
+            SUPPORTED
+                .iter()
+                .map(|(k, _, _)| (*k, &*format!("{k:?}").leak()))
+                .collect()
+        });
+    NAMES
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or("Other", |(_, n)| n)
+}
+
 pub fn err(e: ResponseError) -> i16 {
     e.code()
 }
@@ -132,9 +161,17 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut stop: watch::Receiv
         let stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let m = &crate::metrics::METRICS;
             match connection(stream, &ctx, stop, &peer.to_string()).await {
                 Ok(()) | Err(FrameError::Closed) => {}
-                Err(e @ FrameError::Idle(_)) => {
+                Err(e @ (FrameError::Idle(_) | FrameError::ReadTimeout(_))) => {
+                    let reason = match e {
+                        FrameError::Idle(_) => "idle",
+                        _ => "read_timeout",
+                    };
+                    m.connections_idle_closed
+                        .with_label_values(&["kafka", reason])
+                        .inc();
                     tracing::debug!(%peer, error = %e, "closing Kafka connection")
                 }
                 // The client went away mid-response (e.g. a consumer closing during a long poll).
@@ -171,6 +208,8 @@ async fn connection(
         };
         let (key, version, correlation_id) =
             (frame.api_key, frame.version, frame.header.correlation_id);
+        let started = std::time::Instant::now();
+        RECEIVED_BYTES.inc_by(frame.body.len() as u64 + 4);
         // Held until the request is handled (its body is referenced until then); the response
         // is not counted, as in Kafka.
         let _memory = frame.memory.take();
@@ -183,9 +222,17 @@ async fn connection(
                 )));
             }
         };
+        // Latency to the response being ready, as Kafka's TotalTimeMs less the send.
+        crate::metrics::observe_request("kafka", api_name(key), started.elapsed());
         match reply {
-            Reply::Frame(buf) => zero_copy::write_all(&stream, &buf).await?,
-            Reply::Chunks(chunks) => zero_copy::write_chunks(&stream, &chunks).await?,
+            Reply::Frame(buf) => {
+                SENT_BYTES.inc_by(buf.len() as u64);
+                zero_copy::write_all(&stream, &buf).await?
+            }
+            Reply::Chunks(chunks) => {
+                SENT_BYTES.inc_by(chunks.iter().map(Chunk::len).sum::<u64>());
+                zero_copy::write_chunks(&stream, &chunks).await?
+            }
             Reply::Nothing => {}
         }
     }

@@ -25,6 +25,15 @@ pub enum Chunk {
     Region(FileRegion),
 }
 
+impl Chunk {
+    pub fn len(&self) -> u64 {
+        match self {
+            Chunk::Bytes(b) => b.len() as u64,
+            Chunk::Region(r) => r.len,
+        }
+    }
+}
+
 /// A fresh per-response nonce (a counter mixed with the clock, spread by a multiplicative hash).
 pub fn next_nonce() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
