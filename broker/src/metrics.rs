@@ -129,6 +129,22 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| match build() {
     Err(e) => unreachable!("metric definitions are static and tested: {e}"),
 });
 
+/// One protocol's byte counters, resolved once (the hot paths skip the label lookup).
+pub struct ByteCounters {
+    pub received: IntCounter,
+    pub sent: IntCounter,
+}
+
+fn byte_counters(protocol: &str) -> ByteCounters {
+    ByteCounters {
+        received: METRICS.received_bytes.with_label_values(&[protocol]),
+        sent: METRICS.sent_bytes.with_label_values(&[protocol]),
+    }
+}
+
+pub static KAFKA_BYTES: LazyLock<ByteCounters> = LazyLock::new(|| byte_counters("kafka"));
+pub static GRPC_BYTES: LazyLock<ByteCounters> = LazyLock::new(|| byte_counters("grpc"));
+
 /// Connects the storage engine's flush timings to the histogram.
 pub fn install() {
     sluice_log::set_flush_observer(|d: Duration| {

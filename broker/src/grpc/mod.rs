@@ -38,19 +38,6 @@ pub struct LimitedConn {
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
-/// `sluice_{received,sent}_bytes_total{protocol="grpc"}`, resolved once.
-static RECEIVED_BYTES: std::sync::LazyLock<prometheus::IntCounter> =
-    std::sync::LazyLock::new(|| {
-        crate::metrics::METRICS
-            .received_bytes
-            .with_label_values(&["grpc"])
-    });
-static SENT_BYTES: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
-    crate::metrics::METRICS
-        .sent_bytes
-        .with_label_values(&["grpc"])
-});
-
 impl LimitedConn {
     fn touch(&mut self) {
         self.deadline
@@ -76,7 +63,9 @@ impl AsyncRead for LimitedConn {
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
-                    RECEIVED_BYTES.inc_by((buf.filled().len() - before) as u64);
+                    crate::metrics::GRPC_BYTES
+                        .received
+                        .inc_by((buf.filled().len() - before) as u64);
                     self.touch();
                 }
                 Poll::Ready(r)
@@ -107,7 +96,7 @@ impl AsyncWrite for LimitedConn {
         let r = Pin::new(&mut self.stream).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             if n > 0 {
-                SENT_BYTES.inc_by(n as u64);
+                crate::metrics::GRPC_BYTES.sent.inc_by(n as u64);
                 self.touch();
             }
         }
@@ -127,7 +116,7 @@ impl AsyncWrite for LimitedConn {
         let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
             if n > 0 {
-                SENT_BYTES.inc_by(n as u64);
+                crate::metrics::GRPC_BYTES.sent.inc_by(n as u64);
                 self.touch();
             }
         }

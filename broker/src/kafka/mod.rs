@@ -101,19 +101,6 @@ fn served(key: ApiKey, version: i16) -> bool {
         .any(|(k, lo, hi)| *k == key && version >= (*lo).max(min_served) && version <= *hi)
 }
 
-/// `sluice_{received,sent}_bytes_total{protocol="kafka"}`, resolved once.
-static RECEIVED_BYTES: std::sync::LazyLock<prometheus::IntCounter> =
-    std::sync::LazyLock::new(|| {
-        crate::metrics::METRICS
-            .received_bytes
-            .with_label_values(&["kafka"])
-    });
-static SENT_BYTES: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
-    crate::metrics::METRICS
-        .sent_bytes
-        .with_label_values(&["kafka"])
-});
-
 /// The API's name for metrics labels: `Produce`, `Fetch`, ... (`Other` for one not served).
 fn api_name(key: ApiKey) -> &'static str {
     static NAMES: std::sync::LazyLock<Vec<(ApiKey, &'static str)>> =
@@ -209,7 +196,9 @@ async fn connection(
         let (key, version, correlation_id) =
             (frame.api_key, frame.version, frame.header.correlation_id);
         let started = std::time::Instant::now();
-        RECEIVED_BYTES.inc_by(frame.body.len() as u64 + 4);
+        crate::metrics::KAFKA_BYTES
+            .received
+            .inc_by(frame.body.len() as u64 + 4);
         // Held until the request is handled (its body is referenced until then); the response
         // is not counted, as in Kafka.
         let _memory = frame.memory.take();
@@ -226,11 +215,13 @@ async fn connection(
         crate::metrics::observe_request("kafka", api_name(key), started.elapsed());
         match reply {
             Reply::Frame(buf) => {
-                SENT_BYTES.inc_by(buf.len() as u64);
+                crate::metrics::KAFKA_BYTES.sent.inc_by(buf.len() as u64);
                 zero_copy::write_all(&stream, &buf).await?
             }
             Reply::Chunks(chunks) => {
-                SENT_BYTES.inc_by(chunks.iter().map(Chunk::len).sum::<u64>());
+                crate::metrics::KAFKA_BYTES
+                    .sent
+                    .inc_by(chunks.iter().map(Chunk::len).sum::<u64>());
                 zero_copy::write_chunks(&stream, &chunks).await?
             }
             Reply::Nothing => {}
