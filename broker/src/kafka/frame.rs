@@ -37,6 +37,8 @@ pub struct Frame {
     pub version: i16,
     pub header: RequestHeader,
     pub body: Bytes,
+    /// Bytes on the wire: the size prefix, the header and the body.
+    pub wire_size: usize,
     /// The request's bytes held from the broker's [`MemoryPool`] (none when read without one):
     /// keep it until the request is handled.
     pub memory: Option<Reservation>,
@@ -84,6 +86,7 @@ async fn read_body<R: AsyncRead + Unpin>(
         version,
         header,
         body,
+        wire_size: size + 4,
         memory,
     })
 }

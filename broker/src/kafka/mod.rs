@@ -198,7 +198,7 @@ async fn connection(
         let started = std::time::Instant::now();
         crate::metrics::KAFKA_BYTES
             .received
-            .inc_by(frame.body.len() as u64 + 4);
+            .inc_by(frame.wire_size as u64);
         // Held until the request is handled (its body is referenced until then); the response
         // is not counted, as in Kafka.
         let _memory = frame.memory.take();
