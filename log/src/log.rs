@@ -300,14 +300,8 @@ impl Log {
         log.rebuild_producer_state()?;
         // Loading opened every segment; sealed, flushed ones are rarely read again soon (consumers
         // read the tail), and a broker with many partitions would start out of descriptors.
-        {
-            let segs = log.segments.read().unwrap_or_else(|e| e.into_inner());
-            let sealed = segs.len().saturating_sub(1);
-            for s in segs.values().take(sealed) {
-                if s.next_offset() <= rp {
-                    s.close_file();
-                }
-            }
+        for s in log.sealed_flushed_segments() {
+            s.close_file();
         }
         Ok(log)
     }
@@ -1043,13 +1037,23 @@ impl Log {
     /// call (a reader reopens them). Returns how many were closed now. Unflushed segments keep
     /// their descriptor so the fsync that covers them reports any write-back error.
     pub fn close_idle_segment_files(&self) -> usize {
+        self.sealed_flushed_segments()
+            .iter()
+            .filter(|s| s.close_file_if_idle())
+            .count()
+    }
+
+    /// Segments that are neither active nor holding unflushed data: the ones whose files may
+    /// close.
+    fn sealed_flushed_segments(&self) -> Vec<Arc<LogSegment>> {
         let recovery_point = self.recovery_point();
         let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
         let sealed = segs.len().saturating_sub(1);
         segs.values()
             .take(sealed)
-            .filter(|s| s.next_offset() <= recovery_point && s.close_file_if_idle())
-            .count()
+            .filter(|s| s.next_offset() <= recovery_point)
+            .cloned()
+            .collect()
     }
 
     /// How many segments hold an open `.log` file (for the broker's metrics and tests).
