@@ -57,6 +57,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Consumer groups: list, describe, lag, reset-offsets, delete.
     Group(cli::GroupArgs),
+    /// Kafka transactions: list transactional ids, describe one, describe a partition's
+    /// producers.
+    Transactions(cli::transactions::TransactionsArgs),
     /// The cluster: the metadata quorum's status.
     Cluster(cli::ClusterArgs),
 }
@@ -203,6 +206,7 @@ fn main() {
         Command::Consume(args) => cli::run(cli::Client::Consume(args)),
         Command::Bench(args) => cli::run(cli::Client::Bench(args)),
         Command::Group(args) => cli::run(cli::Client::Group(args)),
+        Command::Transactions(args) => cli::run(cli::Client::Transactions(args)),
         Command::Cluster(args) => cli::run(cli::Client::Cluster(args)),
     };
     if let Err(e) = result {

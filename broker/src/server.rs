@@ -145,6 +145,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
         config.clone(),
         admin.clone(),
         groups.clone(),
+        txns.clone(),
         (node.quorum.handle.clone(), node.quorum.voters.clone()),
         stopped(stop_rx.clone()),
     ));

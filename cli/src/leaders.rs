@@ -102,12 +102,46 @@ pub fn is_leadership_change(s: &tonic::Status) -> bool {
 /// partition), or `bootstrap` while that is not known yet (the topic is created on first use).
 pub async fn coordinator(bootstrap: &str, group: &str) -> String {
     let p = sluice_proto::routing::group_partition(group);
-    match Leaders::load(bootstrap, sluice_proto::routing::CONSUMER_OFFSETS_TOPIC).await {
+    leader_or_bootstrap(bootstrap, sluice_proto::routing::CONSUMER_OFFSETS_TOPIC, p).await
+}
+
+/// The gRPC address of a transactional id's coordinator (the leader of its
+/// `__transaction_state` partition), or `bootstrap` while that is not known.
+pub async fn transaction_coordinator(bootstrap: &str, transactional_id: &str) -> String {
+    let p = sluice_proto::routing::transaction_partition(transactional_id);
+    leader_or_bootstrap(bootstrap, sluice_proto::routing::TRANSACTION_STATE_TOPIC, p).await
+}
+
+async fn leader_or_bootstrap(bootstrap: &str, topic: &str, partition: u32) -> String {
+    match Leaders::load(bootstrap, topic).await {
         Ok(l) => l
-            .leader(p)
+            .leader(partition)
             .map_or_else(|| bootstrap.to_string(), |(_, a)| a),
         Err(_) => bootstrap.to_string(),
     }
+}
+
+/// Every unfenced broker but the one at `bootstrap`, as (id, gRPC address): a listing each
+/// broker answers for its own share (the groups or transactions it coordinates) asks them all.
+pub async fn other_brokers(bootstrap: &str) -> Result<Vec<(i32, String)>, String> {
+    let mut a = admin(bootstrap).await?;
+    let cluster = a
+        .describe_cluster(pb::DescribeClusterRequest {})
+        .await
+        .map_err(status_message)?
+        .into_inner();
+    let me = a
+        .describe_quorum(pb::DescribeQuorumRequest {})
+        .await
+        .map_err(status_message)?
+        .into_inner()
+        .node_id as i32;
+    Ok(cluster
+        .brokers
+        .into_iter()
+        .filter(|b| b.id != me && !b.fenced)
+        .map(|b| (b.id, b.grpc_address))
+        .collect())
 }
 
 /// An offset of a partition (`spec`: earliest, or latest = its high watermark), asked of its
@@ -118,6 +152,25 @@ pub async fn leader_offset(
     partition: u32,
     spec: pb::OffsetSpec,
 ) -> Result<u64, String> {
+    leader_offset_at(
+        leaders,
+        topic,
+        partition,
+        spec,
+        pb::IsolationLevel::ReadUncommitted,
+    )
+    .await
+}
+
+/// As [`leader_offset`]; with READ_COMMITTED, latest is the last stable offset (below any open
+/// transaction), as Kafka's ListOffsets with `isolation_level=1`.
+pub async fn leader_offset_at(
+    leaders: &Leaders,
+    topic: &str,
+    partition: u32,
+    spec: pb::OffsetSpec,
+    isolation: pb::IsolationLevel,
+) -> Result<u64, String> {
     let mut c = sluice_proto::v1::consumer_client::ConsumerClient::new(
         leaders.channel_to_leader(partition).await?,
     );
@@ -127,7 +180,7 @@ pub async fn leader_offset(
             partition,
             spec: spec as i32,
             timestamp_ms: 0,
-            ..Default::default()
+            isolation_level: isolation as i32,
         })
         .await
         .map_err(status_message)?

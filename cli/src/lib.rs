@@ -32,6 +32,7 @@ pub async fn interrupted() {
 }
 pub mod group_consume;
 pub mod leaders;
+pub mod transactions;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -193,6 +194,15 @@ pub enum IsolationArg {
     ReadCommitted,
 }
 
+impl IsolationArg {
+    pub fn to_proto(self) -> pb::IsolationLevel {
+        match self {
+            IsolationArg::ReadUncommitted => pb::IsolationLevel::ReadUncommitted,
+            IsolationArg::ReadCommitted => pb::IsolationLevel::ReadCommitted,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct ConsumeArgs {
     pub topic: String,
@@ -251,6 +261,7 @@ pub enum Client {
     Consume(ConsumeArgs),
     Bench(crate::bench::BenchArgs),
     Group(GroupArgs),
+    Transactions(crate::transactions::TransactionsArgs),
     Cluster(ClusterArgs),
 }
 
@@ -266,6 +277,7 @@ pub fn run(client: Client) -> Result<(), String> {
             Client::Consume(a) => consume(a).await,
             Client::Bench(a) => crate::bench::run(a).await,
             Client::Group(a) => group(a).await,
+            Client::Transactions(a) => crate::transactions::run(a).await,
             Client::Cluster(a) => cluster(a).await,
         }
     })
@@ -939,10 +951,7 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
         let tx = tx.clone();
         let topic = args.topic.clone();
         let follow = args.follow;
-        let isolation_level = match args.isolation_level {
-            IsolationArg::ReadUncommitted => pb::IsolationLevel::ReadUncommitted,
-            IsolationArg::ReadCommitted => pb::IsolationLevel::ReadCommitted,
-        };
+        let isolation_level = args.isolation_level.to_proto();
         let mut leaders = leaders.clone();
         tokio::spawn(async move {
             let mut offset = start;
@@ -1169,7 +1178,14 @@ pub enum GroupCommand {
     /// Show a group's state and members with their assigned partitions.
     Describe { group: String },
     /// Committed offset, log end offset and lag per partition, with totals.
-    Lag { group: String },
+    Lag {
+        group: String,
+        /// read_committed: measure to the last stable offset (what a read_committed consumer
+        /// can reach; an open transaction's records are not counted), as Kafka's consumer
+        /// reports lag under that isolation level.
+        #[arg(long, value_enum, default_value = "read_uncommitted")]
+        isolation_level: IsolationArg,
+    },
     /// Move an inactive group's committed offsets for a topic (a dry run unless --execute).
     ResetOffsets {
         group: String,
@@ -1232,7 +1248,7 @@ pub async fn group(args: GroupArgs) -> Result<(), String> {
     let target = match &args.command {
         GroupCommand::List => args.conn.broker.clone(),
         GroupCommand::Describe { group }
-        | GroupCommand::Lag { group }
+        | GroupCommand::Lag { group, .. }
         | GroupCommand::ResetOffsets { group, .. }
         | GroupCommand::Delete { group } => {
             crate::leaders::coordinator(&args.conn.broker, group).await
@@ -1248,29 +1264,16 @@ pub async fn group(args: GroupArgs) -> Result<(), String> {
                 .map_err(status_message)?
                 .into_inner();
             // Each broker lists the groups it coordinates: ask the others too.
-            let cluster = admin(&args.conn.broker)
-                .await?
-                .describe_cluster(pb::DescribeClusterRequest {})
-                .await
-                .map_err(status_message)?
-                .into_inner();
-            let me = admin(&args.conn.broker)
-                .await?
-                .describe_quorum(pb::DescribeQuorumRequest {})
-                .await
-                .map_err(status_message)?
-                .into_inner()
-                .node_id as i32;
-            for b in cluster.brokers.iter().filter(|b| b.id != me && !b.fenced) {
+            for (id, address) in crate::leaders::other_brokers(&args.conn.broker).await? {
                 let listed = async {
-                    GroupsClient::new(channel(&b.grpc_address).await?)
+                    GroupsClient::new(channel(&address).await?)
                         .list_groups(pb::ListGroupsRequest {})
                         .await
                         .map_err(status_message)
                 };
                 match listed.await {
                     Ok(more) => r.groups.extend(more.into_inner().groups),
-                    Err(e) => eprintln!("broker {} did not answer: {e}", b.id),
+                    Err(e) => eprintln!("broker {id} did not answer: {e}"),
                 }
             }
             r.groups.sort_by(|a, b| a.group.cmp(&b.group));
@@ -1331,7 +1334,10 @@ pub async fn group(args: GroupArgs) -> Result<(), String> {
                 print_table(&["MEMBER", "CLIENT-ID", "HOST", "ASSIGNMENT"], &rows);
             }
         }
-        GroupCommand::Lag { group } => {
+        GroupCommand::Lag {
+            group,
+            isolation_level,
+        } => {
             let mut l = c
                 .group_lag(pb::GroupLagRequest { group })
                 .await
@@ -1342,11 +1348,12 @@ pub async fn group(args: GroupArgs) -> Result<(), String> {
             for p in &mut l.partitions {
                 let end = match Leaders::load(&args.conn.broker, &p.topic).await {
                     Ok(l) => {
-                        crate::leaders::leader_offset(
+                        crate::leaders::leader_offset_at(
                             &l,
                             &p.topic,
                             p.partition,
                             pb::OffsetSpec::Latest,
+                            isolation_level.to_proto(),
                         )
                         .await
                     }
@@ -1367,7 +1374,7 @@ pub async fn group(args: GroupArgs) -> Result<(), String> {
                 let parts: Vec<_> = l.partitions.iter().map(|p| serde_json::json!({"topic": p.topic, "partition": p.partition, "committed_offset": p.committed_offset, "log_end_offset": p.log_end_offset, "lag": p.lag, "owner": p.owner})).collect();
                 println!(
                     "{}",
-                    serde_json::json!({"group": l.group, "state": l.state, "partitions": parts, "topic_lag": per_topic, "total_lag": l.total_lag})
+                    serde_json::json!({"group": l.group, "state": l.state, "isolation_level": isolation_level.to_proto().as_str_name(), "partitions": parts, "topic_lag": per_topic, "total_lag": l.total_lag})
                 );
             } else {
                 let dash = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());

@@ -3,11 +3,14 @@
 Usage: kafka_clients.py BOOTSTRAP CHECK...   (checks: confluent, kafka_python)
 Exits non-zero with a message on the first failed check.
 """
+import os
 import sys
 import time
 import uuid
 
 BOOTSTRAP = sys.argv[1]
+# RDKAFKA_DEBUG=cgrp,protocol turns on librdkafka's debug log (stderr) where a check passes it on.
+DEBUG = {"debug": os.environ["RDKAFKA_DEBUG"]} if os.environ.get("RDKAFKA_DEBUG") else {}
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 
 
@@ -749,15 +752,49 @@ def check_fenced_instance():
     print("fenced_instance: ok (%s)" % fenced.str())
 
 
+def check_open_txn():
+    """Leaves a transaction open for the CLI to inspect: 5 plain records on a 1-partition topic,
+    the group `<topic>-group` committed at 5, then a transaction (`<topic>-txn`, 60 s timeout)
+    with 3 records that is neither committed nor aborted (the process exits without closing)."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+    topic = "opentxn-" + uuid.uuid4().hex[:8]
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(10)
+    p = Producer({"bootstrap.servers": BOOTSTRAP})
+    for i in range(5):
+        p.produce(topic, value=b"plain%d" % i)
+    if p.flush(60):
+        fail("open_txn: plain records not delivered")
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": topic + "-group"})
+    c.commit(offsets=[TopicPartition(topic, 0, 5)], asynchronous=False)
+    c.close()
+    t = Producer({"bootstrap.servers": BOOTSTRAP, "transactional.id": topic + "-txn",
+                  "transaction.timeout.ms": 60000})
+    t.init_transactions(30)
+    t.begin_transaction()
+    for i in range(3):
+        t.produce(topic, value=b"open%d" % i)
+    if t.flush(60):
+        fail("open_txn: transactional records not delivered")
+    print("open_txn: ok topic=%s" % topic, flush=True)
+    os._exit(0)  # no close: the transaction stays open at the broker
+
+
 def check_cooperative_commits():
     """Consumers with the cooperative-sticky assignor commit synchronously while members join and
     leave (each change is two rebalance rounds). Kafka refuses a commit only while a generation
     is being completed (CompletingRebalance, between the joins and the leader's SyncGroup), so a
     retry after a short backoff succeeds: no commit may need more than MAX_RETRIES. (Refusing
     commits for the whole PreparingRebalance phase — up to a heartbeat interval, 3 s — fails this.)"""
+    import faulthandler
     import threading
     from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
+    # The run takes ~25 s. A client call that never returns (a consumer's close() hung once, in
+    # session 7, holding the GIL) must fail the check, not hang the suite: faulthandler's
+    # watchdog is a C thread that needs no GIL; it prints every thread's stack and exits.
+    faulthandler.dump_traceback_later(180, exit=True)
     MAX_RETRIES = 5  # at 100 ms: room for a slow leader on a busy machine
     topic = "coop-" + uuid.uuid4().hex[:8]
     group = "coop-" + uuid.uuid4().hex[:8]
@@ -782,7 +819,8 @@ def check_cooperative_commits():
         time.sleep(start)
         c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group, "client.id": name,
                       "partition.assignment.strategy": "cooperative-sticky",
-                      "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                      "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                      **DEBUG})
         c.subscribe([topic])
         until = time.time() + (end - start)
         n = 0
@@ -830,6 +868,7 @@ def check_cooperative_commits():
         fail("cooperative_commits: %r (worst %d retries)" % (problems[:5], worst[0]))
     if commits[0] < 10:
         fail("cooperative_commits: only %d commits" % commits[0])
+    faulthandler.cancel_dump_traceback_later()
     print("cooperative_commits: ok (%d commits, at most %d retries)" % (commits[0], worst[0]))
 
 
@@ -844,4 +883,4 @@ for check in sys.argv[2:]:
      "invalid_records": check_invalid_records,
      "invalid_topic_names": check_invalid_topic_names,
      "fenced_instance": check_fenced_instance,
-     "cooperative_commits": check_cooperative_commits}[check]()
+     "cooperative_commits": check_cooperative_commits, "open_txn": check_open_txn}[check]()

@@ -211,6 +211,106 @@ fn idempotent_producers_of_both_clients_get_ids_and_write_once() {
     assert!(stdout.contains("idempotent: ok (600 records)"), "{stdout}");
 }
 
+/// `sluice transactions` and `group lag --isolation-level` while a confluent-kafka transaction
+/// is open: the id is listed and described as Ongoing with its partition, the partition's leader
+/// shows the producer with its open transaction's first offset, and the group's lag counts the
+/// open records under read_uncommitted but not under read_committed (the LSO holds at 5).
+#[test]
+fn the_cli_shows_an_open_transaction_and_lag_to_the_last_stable_offset() {
+    let (b, port) = kafka_broker();
+    let stdout = interop(port, &["open_txn"]);
+    let topic = stdout
+        .split("topic=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the script names its topic");
+    let txn_id = format!("{topic}-txn");
+    let group = format!("{topic}-group");
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = b.cli(&[args, &["--output", "json"]].concat(), None);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    };
+
+    let list = json(&["transactions", "list"]);
+    let listed = list
+        .as_array()
+        .and_then(|l| l.iter().find(|t| t["transactional_id"] == txn_id.as_str()))
+        .unwrap_or_else(|| panic!("{txn_id} not listed: {list}"));
+    assert_eq!(listed["state"], "Ongoing", "{list}");
+    let ongoing = json(&["transactions", "list", "--state", "Ongoing"]);
+    assert!(ongoing
+        .as_array()
+        .is_some_and(|l| l.iter().any(|t| t["transactional_id"] == txn_id.as_str())));
+    let done = json(&["transactions", "list", "--state", "CompleteCommit"]);
+    assert!(!done
+        .as_array()
+        .is_some_and(|l| l.iter().any(|t| t["transactional_id"] == txn_id.as_str())));
+    let bad = b.cli(&["transactions", "list", "--state", "Bogus"], None);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown transaction state"));
+
+    let d = json(&["transactions", "describe", "--transactional-id", &txn_id]);
+    assert_eq!(d["state"], "Ongoing", "{d}");
+    assert_eq!(d["producer_id"], listed["producer_id"], "{d}");
+    assert_eq!(d["timeout_ms"], 60000, "{d}");
+    assert_eq!(
+        d["partitions"],
+        serde_json::json!([format!("{topic}-0")]),
+        "{d}"
+    );
+    assert!(d["start_time_ms"].as_i64().is_some_and(|t| t > 0), "{d}");
+    let unknown = b.cli(
+        &[
+            "transactions",
+            "describe",
+            "--transactional-id",
+            "no-such-id",
+        ],
+        None,
+    );
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown transactional id"));
+
+    let producers = json(&[
+        "transactions",
+        "describe-producers",
+        "--topic",
+        topic,
+        "--partition",
+        "0",
+    ]);
+    let open: Vec<&serde_json::Value> = producers
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|p| p["producer_id"] == d["producer_id"])
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(open.len(), 1, "{producers}");
+    assert_eq!(open[0]["current_txn_start_offset"], 5, "{producers}");
+    assert_eq!(open[0]["last_sequence"], 2, "{producers}");
+
+    let lag = json(&["group", "lag", &group]);
+    assert_eq!(lag["total_lag"], 3, "{lag}");
+    assert_eq!(lag["partitions"][0]["log_end_offset"], 8, "{lag}");
+    let lag = json(&[
+        "group",
+        "lag",
+        &group,
+        "--isolation-level",
+        "read_committed",
+    ]);
+    assert_eq!(lag["total_lag"], 0, "{lag}");
+    assert_eq!(lag["partitions"][0]["log_end_offset"], 5, "{lag}");
+    assert_eq!(lag["isolation_level"], "READ_COMMITTED", "{lag}");
+}
+
 #[test]
 fn transactions_commit_abort_fence_and_read_committed_with_real_clients() {
     let (b, port) = kafka_broker();
@@ -302,11 +402,10 @@ fn a_replaced_static_member_is_fenced() {
 }
 
 /// Issue 12 item 8: manual commits of cooperative-sticky consumers while members come and go.
-/// Out of the default suite until a hang is explained: in one full-suite run (parallel tests
-/// loading both cores) a consumer's `close()` never returned (the group was already Empty at
-/// the broker) and, holding the GIL, froze the script. Run it with `--ignored`.
+/// (In one full-suite run in session 7 a consumer's `close()` never returned; not seen since in
+/// 63 runs under load. The script's watchdog turns such a hang into a failure that prints every
+/// thread's stack, rather than a stuck suite.)
 #[test]
-#[ignore = "a cooperative consumer's close() hung once under load; see the note on issue 12"]
 fn cooperative_consumers_commit_through_rebalances() {
     let (_b, port) = kafka_broker();
     let stdout = interop(port, &["cooperative_commits"]);

@@ -104,4 +104,40 @@ fn a_transactional_copy_loop_is_exactly_once_when_its_coordinator_is_killed() {
     let v: serde_json::Value = serde_json::from_str(summary.trim()).expect("summary is JSON");
     assert_eq!(v["out"], TOTAL);
     assert_eq!(v["duplicates"], 0);
+
+    // The operator's view from whichever live broker is asked: `transactions list` asks every
+    // broker, `describe` finds the id's new coordinator.
+    let survivor = (1..=3i64).find(|id| *id != coordinator).unwrap_or(1);
+    let asked = &bs[survivor as usize - 1];
+    let described = wait_for(
+        "the copier's new coordinator",
+        Duration::from_secs(60),
+        || {
+            let d = asked.cli_json(&["transactions", "describe", "--transactional-id", txn_id])?;
+            let c = d["coordinator_id"].as_i64()?;
+            (c != coordinator && c > 0).then_some(d)
+        },
+    );
+    assert!(
+        ["CompleteCommit", "CompleteAbort", "Empty"]
+            .contains(&described["state"].as_str().unwrap_or("")),
+        "the copier finished, so no transaction is open: {described}"
+    );
+    assert!(
+        described["producer_id"].as_i64().is_some_and(|p| p >= 0),
+        "{described}"
+    );
+    wait_for(
+        "the copier in the cluster-wide listing",
+        Duration::from_secs(60),
+        || {
+            let list = asked.cli_json(&["transactions", "list"])?;
+            list.as_array()?
+                .iter()
+                .any(|t| {
+                    t["transactional_id"] == txn_id && t["producer_id"] == described["producer_id"]
+                })
+                .then_some(())
+        },
+    );
 }

@@ -48,26 +48,15 @@ impl GroupsService {
     }
 }
 
-/// NOT_COORDINATOR (with the coordinator's id when this broker knows it, under
-/// `sluice-coordinator-id`) or COORDINATOR_LOAD_IN_PROGRESS, as statuses.
+/// NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS for `group`, as a status.
 fn coordinator_status(topics: &TopicManager, code: i16, group: &str) -> Status {
-    if code == code::COORDINATOR_LOAD_IN_PROGRESS {
-        return Status::unavailable(format!(
-            "group {group:?}: its coordinator is loading it; retry"
-        ));
-    }
-    let p = crate::groups::offsets_log::partition_for(group);
-    let mut st = Status::failed_precondition(format!(
-        "this broker is not the coordinator of group {group:?} (the leader of __consumer_offsets partition {p} is)"
-    ));
-    let leader = topics
-        .partition(crate::groups::offsets_log::TOPIC, p)
-        .map_or(-1, |part| part.leader());
-    if let Ok(v) = leader.to_string().parse() {
-        st.metadata_mut()
-            .insert(sluice_proto::routing::COORDINATOR_ID_METADATA, v);
-    }
-    st
+    super::status::coordinator_status(
+        topics,
+        code,
+        &format!("group {group:?}"),
+        crate::groups::offsets_log::TOPIC,
+        crate::groups::offsets_log::partition_for(group),
+    )
 }
 
 /// The status for a group-protocol error code on a member's request.

@@ -1,5 +1,6 @@
-//! The gRPC listener (`sluice.v1`): Admin, Producer and Consumer services plus server reflection,
-//! behind connection limits (total, per address, idle timeout) and a request-size limit.
+//! The gRPC listener (`sluice.v1`): Admin, Producer, Consumer, Groups and Transactions services
+//! plus server reflection, behind connection limits (total, per address, idle timeout) and a
+//! request-size limit.
 
 pub mod admin;
 pub mod consumer;
@@ -9,6 +10,7 @@ mod oversize;
 pub mod producer;
 mod request_metrics;
 pub mod status;
+pub mod transactions;
 
 use std::future::Future;
 use std::io;
@@ -175,6 +177,7 @@ pub async fn serve(
     config: Arc<BrokerConfig>,
     admin: Arc<crate::requests::admin::Admin>,
     groups: Arc<crate::groups::GroupCoordinator>,
+    txns: Arc<crate::transactions::TransactionCoordinator>,
     quorum: (
         sluice_replication::controller::driver::QuorumHandle,
         Vec<(u64, String)>,
@@ -201,6 +204,7 @@ pub async fn serve(
     })
     .max_decoding_message_size(max);
     let topics_for_groups = topics.clone();
+    let topics_for_txns = topics.clone();
     let consumer = ConsumerServer::new(consumer::ConsumerService {
         topics,
         default_max_bytes: config.fetch_max_bytes,
@@ -228,6 +232,16 @@ pub async fn serve(
                 groups,
                 topics: topics_for_groups,
             })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            sluice_proto::v1::transactions_server::TransactionsServer::new(
+                transactions::TransactionsService {
+                    txns,
+                    topics: topics_for_txns,
+                    node_id: config.node_id,
+                },
+            )
             .max_decoding_message_size(max),
         )
         .serve_with_incoming_shutdown(limited_incoming(listener, &config), shutdown)

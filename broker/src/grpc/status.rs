@@ -6,7 +6,7 @@ use sluice_replication::controller::ControllerError;
 use sluice_replication::PartitionError;
 use tonic::{Code, Status};
 
-use crate::topics::TopicError;
+use crate::topics::{TopicError, TopicManager};
 
 /// A controller's refusal of one item of a batch call (a reassignment), as a status.
 pub fn from_controller_error(e: ControllerError) -> Status {
@@ -40,6 +40,33 @@ pub fn from_topic_error(e: TopicError) -> Status {
         },
     };
     Status::new(code, e.to_string())
+}
+
+/// A coordinator's refusal: COORDINATOR_LOAD_IN_PROGRESS as UNAVAILABLE (retry), anything else
+/// as NOT_COORDINATOR — FAILED_PRECONDITION naming the coordinator (the leader of `partition` of
+/// `topic`, when this broker knows it) under `sluice-coordinator-id`, so clients go there.
+/// `what` names the group or transactional id for the message.
+pub fn coordinator_status(
+    topics: &TopicManager,
+    code: i16,
+    what: &str,
+    topic: &str,
+    partition: u32,
+) -> Status {
+    if code == crate::groups::code::COORDINATOR_LOAD_IN_PROGRESS {
+        return Status::unavailable(format!("{what}: its coordinator is loading it; retry"));
+    }
+    let mut st = Status::failed_precondition(format!(
+        "this broker is not the coordinator of {what} (the leader of {topic} partition {partition} is)"
+    ));
+    let leader = topics
+        .partition(topic, partition)
+        .map_or(-1, |p| p.leader());
+    if let Ok(v) = leader.to_string().parse() {
+        st.metadata_mut()
+            .insert(sluice_proto::routing::COORDINATOR_ID_METADATA, v);
+    }
+    st
 }
 
 /// Metadata key naming the partition's leader (broker id) on a NOT_LEADER refusal, so a client
