@@ -143,10 +143,14 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
     let grpc = tokio::spawn(crate::grpc::serve(
         grpc_listener,
         config.clone(),
-        admin.clone(),
-        groups.clone(),
-        txns.clone(),
-        (node.quorum.handle.clone(), node.quorum.voters.clone()),
+        crate::grpc::Backends {
+            admin: admin.clone(),
+            groups: groups.clone(),
+            txns: txns.clone(),
+            producer_ids: node.producer_ids.clone(),
+            quorum: node.quorum.handle.clone(),
+            voters: node.quorum.voters.clone(),
+        },
         stopped(stop_rx.clone()),
     ));
     let request_memory = Arc::new(crate::memory_pool::MemoryPool::new(

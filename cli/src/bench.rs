@@ -300,6 +300,7 @@ async fn produce(
                             })
                             .collect();
                         let req = pb::ProduceRequest {
+                            idempotence: None,
                             topic: topic.clone(),
                             records,
                             acks: acks.to_proto() as i32,

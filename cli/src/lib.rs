@@ -182,6 +182,12 @@ pub struct ProduceArgs {
     /// REQUEST_TIMED_OUT (Kafka's request.timeout.ms).
     #[arg(long, default_value_t = 30_000)]
     pub request_timeout_ms: u32,
+    /// Idempotent produce (Kafka's enable.idempotence): take a producer id and number each
+    /// partition's requests, so a request retried after a lost response, a timeout or a leader
+    /// failover is written once. Without it only refusals that certainly wrote nothing are
+    /// retried.
+    #[arg(long)]
+    pub idempotent: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -728,6 +734,18 @@ async fn produce(args: ProduceArgs) -> Result<(), String> {
             value: Some(v.clone().into()),
         })
         .collect();
+    let mut idempotent = if args.idempotent {
+        Some(IdempotentProducer::init(&args.conn.broker).await?)
+    } else {
+        None
+    };
+    // An idempotent request's records go to each partition as one batch, which must fit the
+    // topic's max.message.bytes (1 MiB by default) with its record overhead.
+    let batch_bytes = if args.idempotent {
+        PRODUCE_BATCH_BYTES / 2
+    } else {
+        PRODUCE_BATCH_BYTES
+    };
     let mut pending: Vec<pb::Record> = Vec::new();
     let mut pending_bytes = 0usize;
     let mut sent = 0u64;
@@ -754,13 +772,13 @@ async fn produce(args: ProduceArgs) -> Result<(), String> {
         }
         // Send when a batch is full, or when input pauses (interactive use) or ends.
         let flush = pending.len() >= PRODUCE_BATCH_RECORDS
-            || pending_bytes >= PRODUCE_BATCH_BYTES
+            || pending_bytes >= batch_bytes
             || (!pending.is_empty() && (done || rx.is_empty()));
         if flush {
             let records = std::mem::take(&mut pending);
             pending_bytes = 0;
             let n = records.len() as u64;
-            send_to_leaders(&mut leaders, &args, records)
+            send_to_leaders(&mut leaders, &args, idempotent.as_mut(), records)
                 .await
                 .map_err(|e| format!("produce failed after {sent} record(s): {e}"))?;
             sent += n;
@@ -771,12 +789,72 @@ async fn produce(args: ProduceArgs) -> Result<(), String> {
     }
 }
 
+/// An idempotent producer's id and epoch, and the next sequence number of each partition.
+struct IdempotentProducer {
+    producer_id: i64,
+    epoch: i32,
+    next: BTreeMap<u32, i32>,
+}
+
+impl IdempotentProducer {
+    async fn init(bootstrap: &str) -> Result<IdempotentProducer, String> {
+        let r = producer(bootstrap)
+            .await?
+            .init_producer_id(pb::InitProducerIdRequest {})
+            .await
+            .map_err(status_message)?
+            .into_inner();
+        Ok(IdempotentProducer {
+            producer_id: r.producer_id,
+            epoch: r.producer_epoch,
+            next: BTreeMap::new(),
+        })
+    }
+
+    fn fields(&self, partition: u32) -> pb::IdempotentProduce {
+        pb::IdempotentProduce {
+            producer_id: self.producer_id,
+            producer_epoch: self.epoch,
+            sequences: vec![pb::PartitionSequence {
+                partition,
+                first_sequence: self.next.get(&partition).copied().unwrap_or(0),
+            }],
+        }
+    }
+
+    /// `n` records written to `partition`: its sequence moves on, wrapping past i32::MAX to 0
+    /// as Kafka's does.
+    fn written(&mut self, partition: u32, n: usize) {
+        let seq = self.next.entry(partition).or_insert(0);
+        let n = i32::try_from(n).unwrap_or(i32::MAX);
+        *seq = if *seq > i32::MAX - n {
+            n - (i32::MAX - *seq) - 1
+        } else {
+            *seq + n
+        };
+    }
+}
+
+/// Whether a failed idempotent request may be sent again: it may or may not have been written
+/// (the broker or the connection went away, it timed out waiting for replicas), and a retry of
+/// a written one is answered with its offsets rather than written twice.
+fn retriable_idempotent(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    crate::leaders::is_leadership_change(s)
+        || matches!(
+            s.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+        )
+}
+
 /// Partitions `records` as the broker would (explicit partition, key hash, or one sticky
 /// partition for the unkeyed ones of this batch), then sends each partition's records to its
-/// leader; a partition whose leader moved is retried at the new one.
+/// leader; a partition whose leader moved is retried at the new one (an idempotent producer's
+/// request also after any failure that may have written it).
 async fn send_to_leaders(
     leaders: &mut Leaders,
     args: &ProduceArgs,
+    mut idempotent: Option<&mut IdempotentProducer>,
     records: Vec<pb::Record>,
 ) -> Result<(), String> {
     let count = leaders.partition_count();
@@ -795,6 +873,7 @@ async fn send_to_leaders(
     }
     let deadline = tokio::time::Instant::now() + crate::leaders::LEADER_WAIT;
     for (p, records) in by_partition {
+        let idempotence = idempotent.as_ref().map(|i| i.fields(p));
         loop {
             let outcome = match leaders.channel_to_leader(p).await {
                 // No leader right now, or it cannot be reached: look again.
@@ -810,6 +889,7 @@ async fn send_to_leaders(
                             acks: args.acks.to_proto() as i32,
                             timeout_ms: args.request_timeout_ms,
                             correlation_id: 0,
+                            idempotence: idempotence.clone(),
                         })
                         .await
                     {
@@ -817,12 +897,20 @@ async fn send_to_leaders(
                         Err(s) if crate::leaders::is_leadership_change(&s) => {
                             Attempt::Retry(status_message(s))
                         }
+                        Err(s) if idempotence.is_some() && retriable_idempotent(&s) => {
+                            Attempt::Retry(status_message(s))
+                        }
                         Err(s) => Attempt::Fail(status_message(s)),
                     }
                 }
             };
             match outcome {
-                Attempt::Done => break,
+                Attempt::Done => {
+                    if let Some(i) = idempotent.as_deref_mut() {
+                        i.written(p, records.len());
+                    }
+                    break;
+                }
                 Attempt::Retry(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     *leaders = Leaders::load(leaders.reload_source(), &args.topic).await?;

@@ -187,6 +187,27 @@ impl BatchBuilder {
         self.build_with(&template)
     }
 
+    /// Finishes the batch as an idempotent producer's: its id, epoch and the sequence number of
+    /// the first record (the following records take the next ones).
+    pub fn build_for_producer(
+        self,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> Option<BytesMut> {
+        let template = BatchTemplate {
+            base_offset: 0,
+            partition_leader_epoch: -1,
+            attributes: self.compression.attribute_bits(),
+            last_offset_delta: self.count - 1,
+            max_timestamp: None,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+        };
+        self.build_with(&template)
+    }
+
     /// Finishes the batch with the header fields of `t` (the cleaner rebuilding a batch it
     /// filtered: same base offset, last offset delta, producer fields and attributes).
     pub fn build_with(self, t: &BatchTemplate) -> Option<BytesMut> {

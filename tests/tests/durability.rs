@@ -58,6 +58,7 @@ async fn kill9_during_a_produce_stream_loses_no_acknowledged_record() {
     let sender = tokio::spawn(async move {
         for n in 0u64.. {
             let req = pb::ProduceRequest {
+                idempotence: None,
                 topic: "durable".into(),
                 records: (0..20)
                     .map(|i| pb::Record {

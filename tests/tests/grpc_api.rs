@@ -33,6 +33,7 @@ async fn produce(
     b.producer()
         .await
         .produce(pb::ProduceRequest {
+            idempotence: None,
             topic: topic.into(),
             records,
             acks: pb::Acks::Leader as i32,
@@ -586,4 +587,120 @@ async fn server_reflection_is_served_as_v1alpha_too() {
         list.service.iter().any(|s| s.name == "sluice.v1.Admin"),
         "{list:?}"
     );
+}
+
+/// Idempotent produce over gRPC: a request sent twice is written once and the retry is answered
+/// with the original offsets; the next request continues the sequence; a gap, a missing
+/// partition or sequence, and a bad epoch are refused with clear statuses. Each InitProducerId
+/// gives a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_produce_writes_a_retried_request_once() {
+    let b = Broker::start();
+    create(&b, "idem", 2).await;
+    let mut p = b.producer().await;
+    let first = p
+        .init_producer_id(pb::InitProducerIdRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let second = p
+        .init_producer_id(pb::InitProducerIdRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        first.producer_id >= 0 && first.producer_epoch == 0,
+        "{first:?}"
+    );
+    assert_ne!(first.producer_id, second.producer_id);
+
+    let records = |from: u32, n: u32| -> Vec<pb::Record> {
+        (from..from + n)
+            .map(|i| pb::Record {
+                partition: Some(i % 2),
+                ..record(None, &format!("v{i}"))
+            })
+            .collect()
+    };
+    let request = |records: Vec<pb::Record>, seqs: &[(u32, i32)], epoch: i32| pb::ProduceRequest {
+        topic: "idem".into(),
+        records,
+        acks: pb::Acks::All as i32,
+        timeout_ms: 0,
+        correlation_id: 0,
+        idempotence: Some(pb::IdempotentProduce {
+            producer_id: first.producer_id,
+            producer_epoch: epoch,
+            sequences: seqs
+                .iter()
+                .map(|(partition, first_sequence)| pb::PartitionSequence {
+                    partition: *partition,
+                    first_sequence: *first_sequence,
+                })
+                .collect(),
+        }),
+    };
+    let offsets = |r: pb::ProduceResponse| -> Vec<(u32, u64, u64)> {
+        r.partitions
+            .iter()
+            .map(|p| (p.partition, p.base_offset, p.last_offset))
+            .collect()
+    };
+    // 10 records, 5 per partition, sequences 0..5 on each.
+    let written = offsets(
+        p.produce(request(records(0, 10), &[(0, 0), (1, 0)], 0))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(written, vec![(0, 0, 4), (1, 0, 4)]);
+    // The same request again (a retry after a lost response): same offsets, nothing written.
+    let retried = offsets(
+        p.produce(request(records(0, 10), &[(0, 0), (1, 0)], 0))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(retried, written);
+    // The next request continues at sequence 5 on each partition.
+    let next = offsets(
+        p.produce(request(records(10, 4), &[(0, 5), (1, 5)], 0))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(next, vec![(0, 5, 6), (1, 5, 6)]);
+    for partition in 0..2 {
+        let r = fetch(&b, "idem", partition, 0).await.unwrap();
+        assert_eq!(r.records.len(), 7, "partition {partition}: {:?}", r.records);
+    }
+    // A gap: sequence 9 where 7 is next.
+    let gap = p
+        .produce(request(records(0, 2), &[(0, 9), (1, 7)], 0))
+        .await
+        .unwrap_err();
+    assert_eq!(gap.code(), Code::FailedPrecondition, "{gap:?}");
+    assert!(gap.message().contains("does not follow"), "{gap:?}");
+    // Every record must name its partition; every partition written needs a sequence.
+    let unnamed = p
+        .produce(request(vec![record(None, "x")], &[(0, 7)], 0))
+        .await
+        .unwrap_err();
+    assert_eq!(unnamed.code(), Code::InvalidArgument, "{unnamed:?}");
+    assert!(unnamed.message().contains("partition"), "{unnamed:?}");
+    let unsequenced = p
+        .produce(request(records(0, 2), &[(0, 7)], 0))
+        .await
+        .unwrap_err();
+    assert_eq!(unsequenced.code(), Code::InvalidArgument, "{unsequenced:?}");
+    let bad_epoch = p
+        .produce(request(records(0, 2), &[(0, 7), (1, 7)], 70_000))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_epoch.code(), Code::InvalidArgument, "{bad_epoch:?}");
+    // Nothing refused was written.
+    for partition in 0..2 {
+        let r = fetch(&b, "idem", partition, 0).await.unwrap();
+        assert_eq!(r.records.len(), 7, "partition {partition}");
+    }
 }

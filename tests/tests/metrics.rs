@@ -64,6 +64,7 @@ async fn metrics_show_requests_errors_bytes_waiters_flushes_and_groups() {
         }],
         acks: pb::Acks::Leader as i32,
         timeout_ms: 0,
+        idempotence: None,
         correlation_id: 0,
     };
     p.produce(req("m")).await.unwrap();

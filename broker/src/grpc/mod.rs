@@ -171,19 +171,32 @@ fn limited_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// What the gRPC services serve from: the broker's request layer and coordinators.
+pub struct Backends {
+    pub admin: Arc<crate::requests::admin::Admin>,
+    pub groups: Arc<crate::groups::GroupCoordinator>,
+    pub txns: Arc<crate::transactions::TransactionCoordinator>,
+    pub producer_ids: Arc<crate::requests::producer_ids::ProducerIds>,
+    pub quorum: sluice_replication::controller::driver::QuorumHandle,
+    /// The metadata quorum's voters: (node id, address).
+    pub voters: Vec<(u64, String)>,
+}
+
 /// Serves the gRPC API on `listener` until `shutdown` resolves, then drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<BrokerConfig>,
-    admin: Arc<crate::requests::admin::Admin>,
-    groups: Arc<crate::groups::GroupCoordinator>,
-    txns: Arc<crate::transactions::TransactionCoordinator>,
-    quorum: (
-        sluice_replication::controller::driver::QuorumHandle,
-        Vec<(u64, String)>,
-    ),
+    backends: Backends,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let Backends {
+        admin,
+        groups,
+        txns,
+        producer_ids,
+        quorum,
+        voters,
+    } = backends;
     let max = config.max_request_bytes;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::v1::FILE_DESCRIPTOR_SET)
@@ -195,12 +208,13 @@ pub async fn serve(
     let topics = admin.topics.clone();
     let admin = AdminServer::new(admin::AdminService {
         admin,
-        quorum: quorum.0,
-        voters: quorum.1,
+        quorum,
+        voters,
     })
     .max_decoding_message_size(max);
     let producer = ProducerServer::new(producer::ProducerService {
         topics: topics.clone(),
+        producer_ids,
     })
     .max_decoding_message_size(max);
     let topics_for_groups = topics.clone();

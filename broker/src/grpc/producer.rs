@@ -3,6 +3,9 @@
 //! A request's records are routed to partitions (explicit, murmur2 of the key, or sticky for null
 //! keys), built into RecordBatch v2 batches (split so no batch exceeds the topic's
 //! `max.message.bytes` unless a single record does), and appended to each partition's log.
+//! Idempotent requests (`IdempotentProduce`) carry a producer id, epoch and per-partition first
+//! sequence: each partition's records become one batch with those fields, and the log's
+//! producer state answers a retry with its original offsets (see `sluice_log::producer_state`).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -16,12 +19,14 @@ use sluice_replication::Acks;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::grpc::status;
+use crate::requests::producer_ids::ProducerIds;
 use crate::topics::TopicManager;
 use sluice_proto::routing as partitioner;
 
 #[derive(Clone)]
 pub struct ProducerService {
     pub topics: Arc<TopicManager>,
+    pub producer_ids: Arc<ProducerIds>,
 }
 
 fn now_ms() -> i64 {
@@ -33,9 +38,12 @@ fn now_ms() -> i64 {
 /// Batches for one partition, built up to a size limit each.
 struct PartitionBatches {
     compression: Compression,
+    /// `usize::MAX` for an idempotent producer's records: one batch, as its sequence covers.
     limit: usize,
     done: BytesMut,
     current: BatchBuilder,
+    /// An idempotent producer's id, epoch and first sequence.
+    producer: Option<(i64, i16, i32)>,
 }
 
 impl PartitionBatches {
@@ -56,7 +64,11 @@ impl PartitionBatches {
 
     fn seal(&mut self) {
         let full = std::mem::replace(&mut self.current, BatchBuilder::new(self.compression));
-        if let Some(b) = full.build() {
+        let built = match self.producer {
+            Some((id, epoch, sequence)) => full.build_for_producer(id, epoch, sequence),
+            None => full.build(),
+        };
+        if let Some(b) = built {
             self.done.extend_from_slice(&b);
         }
     }
@@ -103,6 +115,10 @@ impl ProducerService {
             .saturating_sub(256)
             .clamp(1024, 1 << 20);
         let now = now_ms();
+        let idempotence = match req.idempotence {
+            Some(i) => Some(Idempotence::from_request(i)?),
+            None => None,
+        };
         let mut sticky = None;
         let mut by_partition: BTreeMap<u32, PartitionBatches> = BTreeMap::new();
         for r in req.records {
@@ -114,6 +130,12 @@ impl ProducerService {
                     )))
                 }
                 (Some(p), _) => p,
+                (None, _) if idempotence.is_some() => {
+                    return Err(Status::invalid_argument(
+                        "an idempotent produce request must name every record's partition \
+                         (a retry has to reach the same partition)",
+                    ))
+                }
                 (None, Some(key)) => partitioner::partition_for_key(key, count),
                 (None, None) => *sticky.get_or_insert_with(|| partitioner::sticky_partition(count)),
             };
@@ -130,15 +152,27 @@ impl ProducerService {
                     })
                     .collect(),
             };
-            by_partition
-                .entry(partition)
-                .or_insert_with(|| PartitionBatches {
-                    compression,
-                    limit,
-                    done: BytesMut::new(),
-                    current: BatchBuilder::new(compression),
-                })
-                .push(&record);
+            let batches = match by_partition.entry(partition) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let producer = match &idempotence {
+                        Some(i) => Some(i.producer_for(partition)?),
+                        None => None,
+                    };
+                    e.insert(PartitionBatches {
+                        compression,
+                        limit: if producer.is_some() {
+                            usize::MAX
+                        } else {
+                            limit
+                        },
+                        done: BytesMut::new(),
+                        current: BatchBuilder::new(compression),
+                        producer,
+                    })
+                }
+            };
+            batches.push(&record);
         }
         let mut results = Vec::with_capacity(by_partition.len());
         for (index, batches) in by_partition {
@@ -163,6 +197,63 @@ impl ProducerService {
             partitions: results,
             error: None,
         })
+    }
+}
+
+/// A request's idempotent-producer fields, checked.
+struct Idempotence {
+    producer_id: i64,
+    epoch: i16,
+    sequences: BTreeMap<u32, i32>,
+}
+
+impl Idempotence {
+    fn from_request(i: pb::IdempotentProduce) -> Result<Idempotence, Status> {
+        if i.producer_id < 0 {
+            return Err(Status::invalid_argument(format!(
+                "producer id {} is not one InitProducerId gave",
+                i.producer_id
+            )));
+        }
+        let epoch = i16::try_from(i.producer_epoch)
+            .ok()
+            .filter(|e| *e >= 0)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "producer epoch {} is out of range (0..=32767)",
+                    i.producer_epoch
+                ))
+            })?;
+        let mut sequences = BTreeMap::new();
+        for s in i.sequences {
+            if s.first_sequence < 0 {
+                return Err(Status::invalid_argument(format!(
+                    "partition {}: first sequence {} is negative",
+                    s.partition, s.first_sequence
+                )));
+            }
+            if sequences.insert(s.partition, s.first_sequence).is_some() {
+                return Err(Status::invalid_argument(format!(
+                    "partition {} has two first sequences",
+                    s.partition
+                )));
+            }
+        }
+        Ok(Idempotence {
+            producer_id: i.producer_id,
+            epoch,
+            sequences,
+        })
+    }
+
+    fn producer_for(&self, partition: u32) -> Result<(i64, i16, i32), Status> {
+        match self.sequences.get(&partition) {
+            Some(seq) => Ok((self.producer_id, self.epoch, *seq)),
+            None => Err(Status::invalid_argument(format!(
+                "idempotent produce: no first sequence for partition {partition}, which the \
+                 request writes"
+            ))),
+        }
     }
 }
 
@@ -207,5 +298,18 @@ impl Producer for ProducerService {
             }
         });
         Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn init_producer_id(
+        &self,
+        _req: Request<pb::InitProducerIdRequest>,
+    ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
+        match self.producer_ids.next().await {
+            Ok(id) => Ok(Response::new(pb::InitProducerIdResponse {
+                producer_id: id,
+                producer_epoch: 0,
+            })),
+            Err(e) => Err(Status::unavailable(format!("no producer id to give: {e}"))),
+        }
     }
 }
