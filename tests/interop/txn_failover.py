@@ -5,14 +5,16 @@ coordinates its transactions.
 
   txn_failover.py BOOTSTRAP IN OUT GROUP TXN_ID TOTAL PROGRESS_FILE
       Copies IN to OUT in transactions of up to 50 records, each committing the input offsets
-      with the output, until TOTAL input records are committed or 150 s pass. Appends the
-      committed count to PROGRESS_FILE after each commit (the test watches it to time the kill).
+      with the output, until TOTAL input records are committed or 150 s (env TXN_DEADLINE_S)
+      pass. Appends the committed count to PROGRESS_FILE after each commit (the test watches it
+      to time its faults).
       On an abortable error it aborts and rewinds the consumer to the committed offsets; on a
       fatal one it starts a new producer with the same transactional.id. Then reads OUT with a
       read_committed consumer and prints a JSON summary; exits non-zero unless OUT holds every
       input value exactly once and the committed offsets are the ends of IN.
 """
 import json
+import os
 import sys
 import time
 
@@ -59,7 +61,7 @@ def main():
     p = producer(bootstrap, txn_id)
     committed, aborts, fatal, errors = 0, 0, 0, []
     out = open(progress, "a", buffering=1)
-    deadline = time.time() + 150
+    deadline = time.time() + float(os.environ.get("TXN_DEADLINE_S", "150"))
     while committed < total and time.time() < deadline:
         batch = [m for m in c.consume(num_messages=50, timeout=1.0) if not m.error()]
         if not batch:

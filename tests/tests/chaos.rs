@@ -5,7 +5,8 @@
 //! every acknowledged record must be in the log at the offset it was acknowledged at, and every
 //! partition's offsets contiguous. Duplicates (a retried batch whose first attempt was written)
 //! are counted, not failed, for a plain producer (Kafka has them too); an idempotent producer
-//! must have none.
+//! must have none. Under the same faults a transactional consume-transform-produce loop must
+//! copy its input exactly once.
 //!
 //! The suite runs a few rounds; `CHAOS_ROUNDS=50 CHAOS_SEED=7 scripts/chaos.sh` runs long ones.
 
@@ -50,6 +51,46 @@ fn healthy(b: &Broker, topic: &str) -> bool {
                 })
             })
         })
+}
+
+/// Round `round`'s fault: kill -9 (then restart) or SIGSTOP (then SIGCONT) a random broker,
+/// for 0.5-5 s. Returns what it did.
+fn fault(bs: &mut [Broker], rng: &mut Rng, round: u64) -> String {
+    let victim = rng.below(3) as usize;
+    let kill = rng.below(2) == 0;
+    let pause_ms = 1000 + rng.below(4000);
+    let what = if kill {
+        format!("round {round}: kill -9 broker {}", victim + 1)
+    } else {
+        format!(
+            "round {round}: SIGSTOP broker {} for {pause_ms} ms",
+            victim + 1
+        )
+    };
+    eprintln!("{what}");
+    if kill {
+        bs[victim].kill9();
+        // The fault's length, not a wait for a condition.
+        std::thread::sleep(Duration::from_millis(pause_ms / 2));
+        bs[victim].launch_listening();
+    } else {
+        bs[victim].signal("STOP");
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        bs[victim].signal("CONT");
+    }
+    what
+}
+
+fn rounds_and_seed() -> (u64, u64) {
+    let rounds: u64 = std::env::var("CHAOS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    (rounds, seed)
 }
 
 fn acked_lines(path: &std::path::Path) -> usize {
@@ -210,41 +251,13 @@ impl Run {
 /// Kills and pauses of random brokers, `CHAOS_ROUNDS` of them from `CHAOS_SEED`, under the
 /// producer; returns the producer's and the checker's summaries.
 fn chaos_rounds(idempotent: bool) -> (serde_json::Value, serde_json::Value) {
-    let rounds: u64 = std::env::var("CHAOS_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let seed: u64 = std::env::var("CHAOS_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let (rounds, seed) = rounds_and_seed();
     let mut rng = Rng(seed);
     let mut run = Run::start(idempotent);
     let mut acked_so_far = run.progress(200, "starting");
     let mut heal_times = Vec::new();
     for round in 0..rounds {
-        let victim = rng.below(3) as usize;
-        let kill = rng.below(2) == 0;
-        let pause_ms = 1000 + rng.below(4000);
-        let what = if kill {
-            format!("round {round}: kill -9 broker {}", victim + 1)
-        } else {
-            format!(
-                "round {round}: SIGSTOP broker {} for {pause_ms} ms",
-                victim + 1
-            )
-        };
-        eprintln!("{what}");
-        if kill {
-            run.bs[victim].kill9();
-            // The fault's length, not a wait for a condition.
-            std::thread::sleep(Duration::from_millis(pause_ms / 2));
-            run.bs[victim].launch_listening();
-        } else {
-            run.bs[victim].signal("STOP");
-            std::thread::sleep(Duration::from_millis(pause_ms));
-            run.bs[victim].signal("CONT");
-        }
+        let what = fault(&mut run.bs, &mut rng, round);
         let healed = run.heal(&what);
         heal_times.push(healed);
         acked_so_far = run.progress(acked_so_far + 100, &what);
@@ -310,4 +323,125 @@ fn a_rolling_restart_under_acks_all_load_fails_no_delivery() {
         producer["sent"].as_u64().is_some_and(|n| n > 0),
         "{producer}"
     );
+}
+
+/// The same faults under a confluent-kafka consume-transform-produce loop
+/// (`interop/txn_failover.py`: read_committed consumer in a group, transactional producer,
+/// `send_offsets_to_transaction`): coordinators of the transaction and the group, partition
+/// leaders and the controller die or stall mid-transaction. The output must hold every input
+/// record exactly once and the committed input offsets be the input's ends.
+#[test]
+fn a_transactional_copy_is_exactly_once_through_kills_and_pauses() {
+    let (rounds, seed) = rounds_and_seed();
+    let mut rng = Rng(seed);
+    let mut bs = start_cluster(
+        3,
+        &[
+            "--broker-session-timeout-ms",
+            "3000",
+            "--broker-heartbeat-interval-ms",
+            "500",
+            "--replica-lag-time-max-ms",
+            "5000",
+        ],
+    );
+    common::wait_all_alive(&bs);
+    // Enough input that the faults land mid-copy (a round lasts seconds; the copy runs at
+    // thousands of records a second).
+    let total: u64 = 3000 + 4000 * rounds;
+    for t in ["txin", "txout"] {
+        bs[0].topic_create(t, 3, 3, &["--config", "min.insync.replicas=2"]);
+    }
+    for p in 0..3u64 {
+        let lines: String = (p * total / 3..(p + 1) * total / 3)
+            .map(|i| format!("{i}\n"))
+            .collect();
+        let out = bs[0].cli(
+            &[
+                "produce",
+                "txin",
+                "--partition",
+                &p.to_string(),
+                "--acks",
+                "all",
+            ],
+            Some(&lines),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let work = tempfile::tempdir().unwrap();
+    let progress = work.path().join("progress");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/txn_failover.py");
+    let mut copier = Command::new(common::python())
+        .arg(&script)
+        .args([
+            &common::kafka_bootstrap(&bs),
+            "txin",
+            "txout",
+            "chaos-copier-group",
+            "chaos-copier",
+            &total.to_string(),
+        ])
+        .arg(&progress)
+        .env("TXN_DEADLINE_S", (150 + 30 * rounds).to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run python ({e}): run scripts/install-test-deps.sh"));
+    let committed = || -> u64 {
+        std::fs::read_to_string(&progress).map_or(0, |s| {
+            s.lines()
+                .last()
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(0)
+        })
+    };
+    let wait_progress = |min: u64, what: &str, copier: &mut std::process::Child| {
+        let end = Instant::now() + Duration::from_secs(90);
+        loop {
+            let n = committed();
+            // Done copying (it exits after its check) also ends the wait.
+            if n >= min || copier.try_wait().ok().flatten().is_some() {
+                return n;
+            }
+            assert!(Instant::now() < end, "no commits after {what} ({n} so far)");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut so_far = wait_progress(200, "starting", &mut copier);
+    let mut mid_copy = 0;
+    for round in 0..rounds {
+        if so_far >= total || copier.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        let what = fault(&mut bs, &mut rng, round);
+        mid_copy += 1;
+        let end = Instant::now() + Duration::from_secs(90);
+        while !bs.iter().any(|b| healthy(b, "txout")) {
+            assert!(
+                Instant::now() < end,
+                "the cluster did not heal after {what}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        so_far = wait_progress(so_far + 50, &what, &mut copier);
+    }
+    let out = copier.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "chaos (transactions): seed {seed}, {mid_copy} of {rounds} faults mid-copy; copier {summary}"
+    );
+    assert!(
+        out.status.success(),
+        "{summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mid_copy >= 1, "the copy finished before the first fault");
+    let v: serde_json::Value = serde_json::from_str(summary.trim()).expect("summary is JSON");
+    assert_eq!(v["out"], total);
+    assert_eq!(v["duplicates"], 0);
 }

@@ -141,3 +141,27 @@ fn a_transactional_copy_loop_is_exactly_once_when_its_coordinator_is_killed() {
         },
     );
 }
+
+/// The single-broker transaction checks of `interop/kafka_clients.py` (commit, abort, fencing,
+/// read_committed, send_offsets_to_transaction, kafka-python) on a three-broker cluster, with
+/// topics of replication factor 1: most partitions in a transaction live on brokers other than
+/// its coordinator. (AddPartitionsToTxn once checked the coordinator's own replicas and answered
+/// NOT_LEADER_FOR_PARTITION for the rest, which librdkafka treats as fatal for the transaction.)
+#[test]
+fn transactions_span_partitions_their_coordinator_does_not_host() {
+    let bs = start_cluster(3, &[]);
+    wait_all_alive(&bs);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/kafka_clients.py");
+    let out = std::process::Command::new(common::python())
+        .arg(&script)
+        .arg(common::kafka_bootstrap(&bs))
+        .arg("transactions")
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("transactions: ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -98,18 +98,14 @@ pub async fn add_partitions_to_txn(
     version: i16,
     req: AddPartitionsToTxnRequest,
 ) -> Result<BytesMut, String> {
+    // Existence per the metadata image: the coordinator need not host the partition (with a
+    // replication factor below the cluster size it usually does not), nor lead it.
+    let image = ctx.quorum.image();
     let mut wanted: Vec<(String, i32, Option<i16>)> = Vec::new();
     for t in &req.v3_and_below_topics {
         for p in &t.partitions {
-            let bad = u32::try_from(*p)
-                .map_err(|_| err(ResponseError::UnknownTopicOrPartition))
-                .and_then(|i| {
-                    ctx.topics
-                        .partition(&t.name.0, i)
-                        .map(|_| ())
-                        .map_err(|e| topic_error_code(&e))
-                })
-                .err();
+            let bad = (!super::groups::partition_exists(&image, &t.name.0, *p))
+                .then(|| err(ResponseError::UnknownTopicOrPartition));
             wanted.push((t.name.0.to_string(), *p, bad));
         }
     }
