@@ -348,7 +348,7 @@ fn a_transactional_copy_is_exactly_once_through_kills_and_pauses() {
     common::wait_all_alive(&bs);
     // Enough input that the faults land mid-copy (a round lasts seconds; the copy runs at
     // thousands of records a second).
-    let total: u64 = 3000 + 4000 * rounds;
+    let total: u64 = 2000 + 2500 * rounds;
     for t in ["txin", "txout"] {
         bs[0].topic_create(t, 3, 3, &["--config", "min.insync.replicas=2"]);
     }
