@@ -343,3 +343,143 @@ fn a_small_offset_map_cleans_in_several_passes_to_the_same_result() {
     // And a fresh unbounded pass finds nothing more to do on the bounded result.
     assert_eq!(bounded.compact(&CleanerOptions::default()).unwrap(), None);
 }
+
+/// Appends one transactional batch of producer `pid` (epoch 0, sequence `seq`).
+fn txn_put(log: &Log, clock: &ManualClock, pid: i64, seq: i32, kvs: &[(&str, &str)]) {
+    let mut b = BatchBuilder::new(Compression::None);
+    for (k, v) in kvs {
+        b.push(&Record {
+            timestamp: clock.now_ms(),
+            key: Some(Bytes::from(k.to_string())),
+            value: Some(Bytes::from(v.to_string())),
+            headers: Vec::new(),
+        });
+    }
+    let mut batch = b
+        .build_with(&sluice_log::BatchTemplate {
+            base_offset: 0,
+            partition_leader_epoch: -1,
+            attributes: 0x10, // transactional
+            last_offset_delta: kvs.len() as i32 - 1,
+            max_timestamp: None,
+            producer_id: pid,
+            producer_epoch: 0,
+            base_sequence: seq,
+        })
+        .unwrap();
+    log.append_as_leader(&mut batch, 0).unwrap();
+    log.set_high_watermark(log.log_end_offset());
+}
+
+fn marker(log: &Log, pid: i64, commit: bool) {
+    log.append_marker(
+        pid,
+        0,
+        sluice_log::Marker {
+            commit,
+            coordinator_epoch: 0,
+        },
+        0,
+    )
+    .unwrap();
+    log.set_high_watermark(log.log_end_offset());
+}
+
+/// Plain records with distinct keys, enough to roll a few 2 KiB segments so what came before is
+/// cleanable.
+fn filler(log: &Log, clock: &ManualClock, round: usize) {
+    for i in 0..40 {
+        let k = format!("filler-{round}-{i}");
+        put(
+            log,
+            clock,
+            &[(&k, Some("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"))],
+            Compression::None,
+        );
+    }
+}
+
+fn value_of(log: &Log, key: &str) -> Vec<String> {
+    contents(log)
+        .into_iter()
+        .filter(|(_, k, _)| k == key)
+        .filter_map(|(_, _, v)| v)
+        .collect()
+}
+
+/// Transactions under compaction, as Kafka's cleaner treats them: an aborted transaction's
+/// record never supersedes the committed value it would have replaced, and is itself removed; a
+/// committed transactional record supersedes like any other; an open transaction's records are
+/// left alone (the cleaner stops at the last stable offset) until its marker decides them.
+#[test]
+fn aborted_and_open_transactions_never_supersede_committed_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(TS0));
+    let mut c = config();
+    c.set("min.cleanable.dirty.ratio", "0.01").unwrap();
+    let log = Log::open_with_clock(dir.path(), c, clock.clone()).unwrap();
+    put(
+        &log,
+        &clock,
+        &[("a", Some("a1")), ("b", Some("b1")), ("c", Some("c1"))],
+        Compression::None,
+    );
+    txn_put(&log, &clock, 7, 0, &[("a", "a-aborted")]);
+    marker(&log, 7, false);
+    txn_put(&log, &clock, 8, 0, &[("b", "b-committed")]);
+    marker(&log, 8, true);
+    txn_put(&log, &clock, 9, 0, &[("c", "c-open")]);
+    filler(&log, &clock, 0);
+    assert!(
+        log.last_stable_offset() < log.log_end_offset(),
+        "pid 9's transaction is open"
+    );
+
+    let stats = log
+        .compact(&CleanerOptions::default())
+        .unwrap()
+        .expect("a pass");
+    assert_eq!(stats.aborted_records_removed, 1, "{stats:?}");
+    assert_eq!(
+        value_of(&log, "a"),
+        ["a1"],
+        "the aborted write is gone, a1 kept"
+    );
+    assert_eq!(
+        value_of(&log, "b"),
+        ["b-committed"],
+        "the committed write superseded b1"
+    );
+    assert_eq!(
+        value_of(&log, "c"),
+        ["c1", "c-open"],
+        "nothing decided about c while its transaction is open"
+    );
+
+    // The open transaction aborts: now c-open goes and c1 stays.
+    marker(&log, 9, false);
+    filler(&log, &clock, 1);
+    log.compact(&CleanerOptions::default())
+        .unwrap()
+        .expect("a pass");
+    assert_eq!(value_of(&log, "c"), ["c1"]);
+    assert_eq!(value_of(&log, "a"), ["a1"]);
+    assert_eq!(value_of(&log, "b"), ["b-committed"]);
+
+    // And it all holds after a reopen (markers kept: the producers' transactions stay closed).
+    drop(log);
+    let log = Log::open_with_clock(
+        dir.path(),
+        {
+            let mut c = config();
+            c.set("min.cleanable.dirty.ratio", "0.01").unwrap();
+            c
+        },
+        clock.clone(),
+    )
+    .unwrap();
+    log.set_high_watermark(log.log_end_offset());
+    assert_eq!(log.last_stable_offset(), log.log_end_offset());
+    assert_eq!(value_of(&log, "a"), ["a1"]);
+    assert_eq!(value_of(&log, "c"), ["c1"]);
+}

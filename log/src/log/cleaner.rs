@@ -15,7 +15,15 @@
 //!    tombstones (null value) older than `delete.retention.ms`. A batch that loses nothing is copied
 //!    byte for byte; one that loses records is rebuilt with the survivors at their original offsets
 //!    (same base offset, last offset delta, codec and producer fields); one that loses everything
-//!    goes. Control and transactional batches are kept as they are.
+//!    goes.
+//!
+//! Transactions, as Kafka's cleaner: only the stable part of the log is cleaned (below the last
+//! stable offset), because an open transaction's records may yet be aborted and must not
+//! supersede anything. Records of aborted transactions (per the aborted-transaction index) are
+//! never mapped — an aborted write must not remove the committed value it would have replaced —
+//! and are removed; committed transactional records are compacted like any others. Control
+//! batches (markers) are kept: they close their producer's transaction on replay and are a few
+//! dozen bytes.
 //! 3. swaps each rewritten segment in crash-safely: the new file is written as `.log.cleaned` and
 //!    fsynced, the old indexes are removed, the file is renamed over the `.log` (atomic), the
 //!    directory is fsynced, and indexes are rebuilt. A crash leaves either the old segment or the
@@ -78,6 +86,8 @@ pub struct CleanStats {
     pub bytes_after: u64,
     pub records_removed: u64,
     pub tombstones_removed: u64,
+    /// Records of aborted transactions removed.
+    pub aborted_records_removed: u64,
     /// The dirty section ended here this pass (the next pass starts from it); short of the
     /// cleanable end when the offset map filled up.
     pub cleaned_up_to: u64,
@@ -158,7 +168,9 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
     let Some(last) = cleanable.last() else {
         return Ok(None);
     };
-    let end = last.next_offset();
+    // Nothing at or past the last stable offset: an open transaction may still abort.
+    let end = last.next_offset().min(log.last_stable_offset());
+    let aborted = AbortedRanges::new(&log.aborted_transactions(log.log_start_offset(), end));
     let first_dirty = log.first_dirty_offset.load(Ordering::Acquire);
     let total: u64 = cleanable.iter().map(|s| s.size()).sum();
     let dirty: u64 = cleanable
@@ -192,7 +204,10 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
             if next <= first_dirty {
                 continue;
             }
-            if !h.is_control() {
+            if h.base_offset.max(0) as u64 >= end {
+                break 'segments;
+            }
+            if !h.is_control() && !aborted.contains(&h) {
                 let records = decode_batch(&bytes, DEFAULT_DECOMPRESSED_LIMIT)
                     .map_err(|e| corrupt(seg, e))?;
                 let new_keys: usize = records
@@ -250,8 +265,13 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
         };
         for_each_batch(seg, |h, bytes| {
             throttle.account(bytes.len() as u64)?;
-            if h.is_control() || h.is_transactional() || h.base_offset as u64 >= map_end {
+            if h.is_control() || h.base_offset as u64 >= map_end {
                 return emit(&bytes);
+            }
+            if aborted.contains(&h) {
+                stats.aborted_records_removed += u64::from(h.record_count.max(0).unsigned_abs());
+                changed = true;
+                return Ok(());
             }
             let records =
                 decode_batch(&bytes, DEFAULT_DECOMPRESSED_LIMIT).map_err(|e| corrupt(seg, e))?;
@@ -323,6 +343,34 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
     )?;
     tracing::info!(dir = %log.dir.display(), ?stats, "compacted log");
     Ok(Some(stats))
+}
+
+/// The aborted transactions of the cleaned range, by producer: a transactional batch of
+/// producer P at offset o belongs to an aborted transaction when an entry of P has
+/// `first_offset <= o <= last_offset` (the ABORT marker's offset).
+struct AbortedRanges(HashMap<i64, Vec<(u64, u64)>>);
+
+impl AbortedRanges {
+    fn new(entries: &[crate::txn_index::AbortedTxn]) -> AbortedRanges {
+        let mut by_producer: HashMap<i64, Vec<(u64, u64)>> = HashMap::new();
+        for e in entries {
+            by_producer
+                .entry(e.producer_id)
+                .or_default()
+                .push((e.first_offset, e.last_offset));
+        }
+        AbortedRanges(by_producer)
+    }
+
+    fn contains(&self, h: &BatchHeader) -> bool {
+        if !h.is_transactional() || h.is_control() {
+            return false;
+        }
+        let offset = h.base_offset.max(0) as u64;
+        self.0
+            .get(&h.producer_id)
+            .is_some_and(|ranges| ranges.iter().any(|(f, l)| *f <= offset && offset <= *l))
+    }
 }
 
 /// Replaces `old` with the fsynced segment file at `cleaned`, crash-safely (see the module docs).
