@@ -754,3 +754,6 @@ impl TransactionCoordinator {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;
