@@ -183,6 +183,7 @@ async fn fetch_partition(
             max_bytes: 0,
             max_wait_ms: 500,
             min_bytes: 1,
+            format: pb::RecordFormat::Batches as i32,
             ..Default::default()
         };
         let r = tokio::select! {
@@ -191,7 +192,11 @@ async fn fetch_partition(
         };
         match r {
             Ok(resp) => {
-                let resp = resp.into_inner();
+                let mut resp = resp.into_inner();
+                if let Err(e) = crate::batches::into_records(&mut resp, offset) {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
                 if resp.records.is_empty() {
                     offset = resp.next_offset.max(offset);
                     continue;

@@ -8,6 +8,7 @@
 //! - [`group_consume`]: `consume --group`, a consumer-group member;
 //! - [`bench`] and `bench_kafka`: the load generator.
 
+pub mod batches;
 pub mod bench;
 mod bench_kafka;
 
@@ -292,6 +293,11 @@ pub fn run(client: Client) -> Result<(), String> {
 /// Largest message the client accepts (fetch responses).
 const CLIENT_MAX_MESSAGE: usize = 256 << 20;
 
+/// HTTP/2 flow-control windows of the client's connections: how much a broker may send ahead
+/// on one stream and on the whole connection.
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
 pub async fn channel(broker: &str) -> Result<Channel, String> {
     let url = if broker.contains("://") {
         broker.to_string()
@@ -301,6 +307,10 @@ pub async fn channel(broker: &str) -> Result<Channel, String> {
     Channel::from_shared(url.clone())
         .map_err(|e| format!("bad broker address {broker:?}: {e}"))?
         .tcp_nodelay(true)
+        // HTTP/2's default 64 KiB windows let a fetch response of megabytes arrive one window
+        // (and one WINDOW_UPDATE round trip) at a time; these bound what may be in flight.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .connect()
         .await
         .map_err(|e| format!("cannot connect to broker at {broker}: {e}"))
@@ -1079,11 +1089,16 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
                         max_wait_ms: if follow { 5_000 } else { 0 },
                         min_bytes: 1,
                         isolation_level: isolation_level as i32,
+                        format: pb::RecordFormat::Batches as i32,
                     })
                     .await;
                 match r {
                     Ok(resp) => {
-                        let resp = resp.into_inner();
+                        let mut resp = resp.into_inner();
+                        if let Err(e) = crate::batches::into_records(&mut resp, offset) {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
                         if resp.next_offset <= offset && !follow {
                             return;
                         }

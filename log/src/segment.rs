@@ -331,11 +331,8 @@ impl LogSegment {
 
     /// Reads bytes `[position, position + len)` of the `.log` file.
     pub fn read_bytes(&self, position: u64, len: usize) -> Result<Bytes> {
-        let mut buf = vec![0u8; len];
-        self.file
-            .get()?
-            .read_exact_at(&mut buf, position)
-            .ctx("read segment", &self.log_path)?;
+        let file = self.file.get()?;
+        let buf = read_exact_uninit(&file, len, position).ctx("read segment", &self.log_path)?;
         Ok(Bytes::from(buf))
     }
 
@@ -647,5 +644,62 @@ impl std::fmt::Debug for LogSegment {
             .field("size", &self.size())
             .field("next_offset", &self.next_offset())
             .finish()
+    }
+}
+
+/// Reads exactly `len` bytes at `position` into a new buffer that is not zero-filled first: a
+/// fetch of megabytes spent an eighth of its time in memset before the read overwrote it all.
+fn read_exact_uninit(file: &File, len: usize, position: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let mut done = 0usize;
+    while done < len {
+        let at = i64::try_from(position + done as u64)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: the destination is the spare capacity of `buf` past the `done` bytes already
+        // read (`len - done` bytes, all inside the allocation); pread writes at most that many
+        // through the raw pointer, and no reference to uninitialised bytes is ever made.
+        let n = unsafe {
+            nix::libc::pread(
+                file.as_raw_fd(),
+                buf.as_mut_ptr().add(done).cast(),
+                len - done,
+                at,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        done += n as usize;
+    }
+    // SAFETY: the loop ran until pread had written all `len` bytes.
+    unsafe { buf.set_len(len) };
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::read_exact_uninit;
+    use std::io::Write;
+
+    #[test]
+    fn reads_exactly_the_range_and_refuses_past_the_end() {
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        assert_eq!(
+            read_exact_uninit(&f, 3000, 1234).unwrap(),
+            &data[1234..4234]
+        );
+        assert_eq!(read_exact_uninit(&f, 0, 10_000).unwrap(), Vec::<u8>::new());
+        let e = read_exact_uninit(&f, 10, 9995).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }

@@ -203,6 +203,27 @@ fn bench_produces_and_consumes_and_reports() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["records"], 5000);
+    // The default batch form counts stored batch bytes (values plus record and batch
+    // overhead), as the Kafka bench does; the typed form counts values.
+    assert!(v["bytes"].as_u64().is_some_and(|b| b > 500_000), "{v}");
+    let o = b.cli(
+        &[
+            "bench",
+            "consume",
+            "--topic",
+            "bench",
+            "--records",
+            "5000",
+            "--record-format",
+            "records",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["records"], 5000);
     assert_eq!(v["bytes"], 500_000);
 }
 

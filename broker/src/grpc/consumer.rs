@@ -3,7 +3,8 @@
 //! Consumers see only committed records (below the high watermark; with READ_COMMITTED, below
 //! the last stable offset and without aborted transactions' records). A fetch waits on the
 //! partition's HW signal, so it returns as soon as `min_bytes` are committed or `max_wait_ms` ends.
-//! Transaction markers are never returned as records.
+//! Transaction markers are never returned as records. RECORD_FORMAT_BATCHES returns the stored
+//! batches as bytes instead of decoded records (`consumer_batches`): no per-record work at all.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,13 +32,15 @@ fn isolation(level: i32) -> Isolation {
     }
 }
 
-/// Reads committed records from `offset`, up to `max_bytes` of batches.
+/// Reads committed records from `offset`, up to `max_bytes` of batches, decoded or (`batches`)
+/// as the stored batches.
 fn read_records(
     p: &Partition,
     topic: &str,
     offset: u64,
     max_bytes: usize,
     level: Isolation,
+    batches: bool,
 ) -> Result<pb::FetchResponse, Status> {
     let lso = p.last_stable_offset();
     let (data, info) =
@@ -48,6 +51,18 @@ fn read_records(
     } else {
         Vec::new()
     };
+    if batches {
+        return Ok(pb::FetchResponse {
+            topic: topic.to_string(),
+            partition: p.index(),
+            high_watermark: info.high_watermark,
+            log_start_offset: info.log_start_offset,
+            next_offset: info.next_offset,
+            records: Vec::new(),
+            last_stable_offset: lso.min(info.high_watermark),
+            record_batches: consumer_batches(&data, &aborted),
+        });
+    }
     let (records, next_offset) =
         decode_stored(&data, topic, p.index(), info.next_offset, &aborted)?;
     let records: Vec<pb::ConsumedRecord> = records
@@ -76,7 +91,45 @@ fn read_records(
         next_offset,
         records,
         last_stable_offset: lso.min(info.high_watermark),
+        record_batches: bytes::Bytes::new(),
     })
+}
+
+/// The batches of a read a consumer gets as bytes: whole batches, without transaction markers
+/// or aborted transactions' batches (`aborted`, for READ_COMMITTED). Headers are only scanned,
+/// never decoded; when nothing is left out the read's buffer is passed on as it is.
+fn consumer_batches(data: &bytes::Bytes, aborted: &[sluice_log::AbortedTxn]) -> bytes::Bytes {
+    let mut keep: Vec<std::ops::Range<usize>> = Vec::new();
+    for frame in sluice_log::batch::BatchFrames::new(data) {
+        let Ok((pos, h)) = frame else { break };
+        let end = pos + h.total_size();
+        let base = h.base_offset.max(0) as u64;
+        let left_out = h.is_control()
+            || (h.is_transactional()
+                && aborted.iter().any(|a| {
+                    a.producer_id == h.producer_id
+                        && a.first_offset <= base
+                        && base <= a.last_offset
+                }));
+        if left_out {
+            continue;
+        }
+        match keep.last_mut() {
+            Some(r) if r.end == pos => r.end = end,
+            _ => keep.push(pos..end),
+        }
+    }
+    match keep.as_slice() {
+        [] => bytes::Bytes::new(),
+        [only] => data.slice(only.clone()),
+        many => {
+            let mut out = bytes::BytesMut::with_capacity(many.iter().map(|r| r.len()).sum());
+            for r in many {
+                out.extend_from_slice(&data[r.clone()]);
+            }
+            out.freeze()
+        }
+    }
 }
 
 /// Decodes the batches a read returned, one by one. A batch that does not decode (written by an
@@ -166,7 +219,12 @@ impl Consumer for ConsumerService {
             p.wait_for_data(hw.max(r.offset), deadline - now).await;
         }
         Ok(Response::new(read_records(
-            &p, &r.topic, r.offset, max_bytes, level,
+            &p,
+            &r.topic,
+            r.offset,
+            max_bytes,
+            level,
+            r.format == pb::RecordFormat::Batches as i32,
         )?))
     }
 
@@ -185,10 +243,11 @@ impl Consumer for ConsumerService {
         // A small channel is the flow control: the reader waits while the client is behind.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let level = isolation(r.isolation_level);
+        let batches = r.format == pb::RecordFormat::Batches as i32;
         tokio::spawn(async move {
             let mut offset = r.offset;
             loop {
-                let resp = read_records(&p, &r.topic, offset, max_bytes, level);
+                let resp = read_records(&p, &r.topic, offset, max_bytes, level, batches);
                 match resp {
                     Ok(resp) if resp.next_offset > offset => {
                         offset = resp.next_offset;
