@@ -39,19 +39,8 @@ impl Leaders {
             .into_inner()
             .topic
             .ok_or("broker returned no topic description")?;
-        let cluster = a
-            .describe_cluster(pb::DescribeClusterRequest {})
-            .await
-            .map_err(status_message)?
-            .into_inner();
-        let me = a
-            .describe_quorum(pb::DescribeQuorumRequest {})
-            .await
-            .map_err(status_message)?
-            .into_inner()
-            .node_id as i32;
-        let mut addresses: HashMap<i32, String> = cluster
-            .brokers
+        let (me, brokers) = brokers(&mut a).await?;
+        let mut addresses: HashMap<i32, String> = brokers
             .into_iter()
             .map(|b| (b.id, b.grpc_address))
             .collect();
@@ -98,6 +87,24 @@ pub fn is_leadership_change(s: &tonic::Status) -> bool {
         .is_some()
 }
 
+/// The id of the broker `a` talks to, and every broker of the cluster.
+async fn brokers(
+    a: &mut sluice_proto::v1::admin_client::AdminClient<Channel>,
+) -> Result<(i32, Vec<pb::BrokerDescription>), String> {
+    let cluster = a
+        .describe_cluster(pb::DescribeClusterRequest {})
+        .await
+        .map_err(status_message)?
+        .into_inner();
+    let me = a
+        .describe_quorum(pb::DescribeQuorumRequest {})
+        .await
+        .map_err(status_message)?
+        .into_inner()
+        .node_id as i32;
+    Ok((me, cluster.brokers))
+}
+
 /// The gRPC address of `group`'s coordinator (the leader of its `__consumer_offsets`
 /// partition), or `bootstrap` while that is not known yet (the topic is created on first use).
 pub async fn coordinator(bootstrap: &str, group: &str) -> String {
@@ -124,20 +131,8 @@ async fn leader_or_bootstrap(bootstrap: &str, topic: &str, partition: u32) -> St
 /// Every unfenced broker but the one at `bootstrap`, as (id, gRPC address): a listing each
 /// broker answers for its own share (the groups or transactions it coordinates) asks them all.
 pub async fn other_brokers(bootstrap: &str) -> Result<Vec<(i32, String)>, String> {
-    let mut a = admin(bootstrap).await?;
-    let cluster = a
-        .describe_cluster(pb::DescribeClusterRequest {})
-        .await
-        .map_err(status_message)?
-        .into_inner();
-    let me = a
-        .describe_quorum(pb::DescribeQuorumRequest {})
-        .await
-        .map_err(status_message)?
-        .into_inner()
-        .node_id as i32;
-    Ok(cluster
-        .brokers
+    let (me, brokers) = brokers(&mut admin(bootstrap).await?).await?;
+    Ok(brokers
         .into_iter()
         .filter(|b| b.id != me && !b.fenced)
         .map(|b| (b.id, b.grpc_address))

@@ -174,21 +174,11 @@ impl BatchBuilder {
 
     /// Finishes the batch. Returns `None` when no record was pushed (Kafka has no empty batches).
     pub fn build(self) -> Option<BytesMut> {
-        let template = BatchTemplate {
-            base_offset: 0,
-            partition_leader_epoch: -1,
-            attributes: self.compression.attribute_bits(),
-            last_offset_delta: self.count - 1,
-            max_timestamp: None,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-        };
-        self.build_with(&template)
+        self.build_for_producer(-1, -1, -1)
     }
 
     /// Finishes the batch as an idempotent producer's: its id, epoch and the sequence number of
-    /// the first record (the following records take the next ones).
+    /// the first record (the following records take the next ones). -1s: no producer.
     pub fn build_for_producer(
         self,
         producer_id: i64,

@@ -352,27 +352,7 @@ fn a_transactional_copy_is_exactly_once_through_kills_and_pauses() {
     for t in ["txin", "txout"] {
         bs[0].topic_create(t, 3, 3, &["--config", "min.insync.replicas=2"]);
     }
-    for p in 0..3u64 {
-        let lines: String = (p * total / 3..(p + 1) * total / 3)
-            .map(|i| format!("{i}\n"))
-            .collect();
-        let out = bs[0].cli(
-            &[
-                "produce",
-                "txin",
-                "--partition",
-                &p.to_string(),
-                "--acks",
-                "all",
-            ],
-            Some(&lines),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    common::produce_numbers(&bs[0], "txin", 3, total);
     let work = tempfile::tempdir().unwrap();
     let progress = work.path().join("progress");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/txn_failover.py");

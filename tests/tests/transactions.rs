@@ -26,27 +26,7 @@ fn a_transactional_copy_loop_is_exactly_once_when_its_coordinator_is_killed() {
     const TOTAL: u64 = 1500;
     bs[0].topic_create("txin", 3, 3, &["--config", "min.insync.replicas=2"]);
     bs[0].topic_create("txout", 3, 3, &["--config", "min.insync.replicas=2"]);
-    for p in 0..3u64 {
-        let lines: String = (p * TOTAL / 3..(p + 1) * TOTAL / 3)
-            .map(|i| format!("{i}\n"))
-            .collect();
-        let out = bs[0].cli(
-            &[
-                "produce",
-                "txin",
-                "--partition",
-                &p.to_string(),
-                "--acks",
-                "all",
-            ],
-            Some(&lines),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    common::produce_numbers(&bs[0], "txin", 3, TOTAL);
     let bootstrap = common::kafka_bootstrap(&bs);
     let txn_id = "copier";
     let work = tempfile::tempdir().unwrap();

@@ -514,6 +514,33 @@ impl Broker {
     }
 }
 
+/// Writes the numbers `0..total` as records to `topic` through `b` (`sluice produce`, acks=all),
+/// split evenly over `partitions` partitions in order: partition p holds
+/// `p*total/partitions..(p+1)*total/partitions`.
+pub fn produce_numbers(b: &Broker, topic: &str, partitions: u64, total: u64) {
+    for p in 0..partitions {
+        let lines: String = (p * total / partitions..(p + 1) * total / partitions)
+            .map(|i| format!("{i}\n"))
+            .collect();
+        let out = b.cli(
+            &[
+                "produce",
+                topic,
+                "--partition",
+                &p.to_string(),
+                "--acks",
+                "all",
+            ],
+            Some(&lines),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// The Kafka bootstrap list of a cluster: `127.0.0.1:<port>,...`.
 pub fn kafka_bootstrap(bs: &[Broker]) -> String {
     bs.iter()
