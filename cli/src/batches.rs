@@ -8,35 +8,62 @@ use sluice_proto::v1 as pb;
 const DECOMPRESSED_LIMIT: usize = 256 << 20;
 
 /// Fills `resp.records` from `resp.record_batches` (emptied), skipping records below `from`
-/// (the first batch may start before the offset asked for).
+/// (the first batch may start before the offset asked for). A batch that does not decode (stored
+/// by an older version without record validation, or damaged under a valid CRC) is an error
+/// naming its offsets and the offset to read on from when nothing precedes it; when good batches
+/// do, those are returned and `resp.next_offset` is set to the bad one, so the next fetch reports
+/// it — what the broker does for the typed form.
 pub fn into_records(resp: &mut pb::FetchResponse, from: u64) -> Result<(), String> {
     if resp.record_batches.is_empty() {
         return Ok(());
     }
     let data = std::mem::take(&mut resp.record_batches);
-    let stored = sluice_log::decode_batches(&data, DECOMPRESSED_LIMIT).map_err(|e| {
-        format!(
-            "DataLoss: {}-{}: a fetched batch at or after offset {from} does not decode ({e})",
-            resp.topic, resp.partition
-        )
-    })?;
-    resp.records
-        .extend(stored.into_iter().filter(|r| r.offset >= from).map(|r| {
-            pb::ConsumedRecord {
-                offset: r.offset,
-                timestamp_ms: r.timestamp,
-                key: r.key,
-                value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|h| pb::Header {
-                        key: h.key,
-                        value: h.value,
-                    })
-                    .collect(),
+    for frame in sluice_log::batch::BatchFrames::new(&data) {
+        let (pos, h) = match frame {
+            Ok(f) => f,
+            Err(sluice_log::BatchError::Truncated { .. }) => break,
+            Err(e) => return Err(format!("DataLoss: {}-{}: {e}", resp.topic, resp.partition)),
+        };
+        if h.is_control() {
+            continue;
+        }
+        let batch = data.slice(pos..pos + h.total_size());
+        let stored = match sluice_log::decode_batch(&batch, DECOMPRESSED_LIMIT) {
+            Ok(r) => r,
+            Err(e) if resp.records.is_empty() => {
+                return Err(format!(
+                    "DataLoss: {}-{}: the stored batch at offsets {}..={} does not decode ({e}); \
+                     read on from offset {}",
+                    resp.topic,
+                    resp.partition,
+                    h.base_offset,
+                    h.last_offset(),
+                    h.next_offset()
+                ))
             }
-        }));
+            Err(_) => {
+                resp.next_offset = h.base_offset.max(0) as u64;
+                return Ok(());
+            }
+        };
+        resp.records
+            .extend(stored.into_iter().filter(|r| r.offset >= from).map(|r| {
+                pb::ConsumedRecord {
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp,
+                    key: r.key,
+                    value: r.value,
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|h| pb::Header {
+                            key: h.key,
+                            value: h.value,
+                        })
+                        .collect(),
+                }
+            }));
+    }
     Ok(())
 }
 
@@ -100,5 +127,41 @@ mod tests {
         };
         let e = into_records(&mut resp, 0).unwrap_err();
         assert!(e.contains("t-3"), "{e}");
+    }
+
+    #[test]
+    fn good_batches_before_an_undecodable_one_are_returned_and_it_is_fetched_next() {
+        let mut data = batch(0, &["a", "b"], Compression::None);
+        let mut bad = batch(2, &["c"], Compression::None);
+        // Garbage in the records area under a recomputed, valid CRC.
+        let n = bad.len();
+        for b in &mut bad[n - 4..] {
+            *b = 0xff;
+        }
+        let crc = sluice_log::batch::compute_crc(&bad);
+        bad[17..21].copy_from_slice(&crc.to_be_bytes());
+        data.extend_from_slice(&bad);
+        let mut resp = pb::FetchResponse {
+            topic: "t".into(),
+            record_batches: data.clone().freeze(),
+            next_offset: 3,
+            ..Default::default()
+        };
+        into_records(&mut resp, 0).unwrap();
+        assert_eq!(resp.records.len(), 2);
+        assert_eq!(
+            resp.next_offset, 2,
+            "the next fetch starts at the bad batch"
+        );
+        let mut resp = pb::FetchResponse {
+            topic: "t".into(),
+            record_batches: bad.freeze(),
+            ..Default::default()
+        };
+        let e = into_records(&mut resp, 2).unwrap_err();
+        assert!(
+            e.contains("offsets 2..=2") && e.contains("read on from offset 3"),
+            "{e}"
+        );
     }
 }
