@@ -42,9 +42,9 @@ pub struct BenchOpts {
     /// Kafka listener address (with --protocol kafka).
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub kafka_broker: String,
-    /// gRPC consume: `batches` fetches the stored RecordBatch v2 bytes and counts records from
-    /// the batch headers, as Kafka clients read (the fast form); `records` has the broker decode
-    /// every record into the typed form.
+    /// gRPC: `batches` produces RecordBatch v2 bytes built here and fetches the stored batches,
+    /// counting records from the batch headers, as Kafka clients do (the fast form); `records`
+    /// sends and receives the typed per-record form, which the broker encodes and decodes.
     #[arg(long, value_enum, default_value_t = RecordFormat::Batches)]
     pub record_format: RecordFormat,
     #[command(flatten)]
@@ -284,6 +284,7 @@ async fn produce(
         let count = per_producer.min(opts.records.saturating_sub(per_producer * i as u64));
         let partition = i as u32 % partitions;
         let rate = throughput / concurrency as u64;
+        let format = opts.record_format;
         tasks.push(tokio::spawn(async move {
             let requests = count.div_ceil(batch_size as u64);
             let (tx, rx) = tokio::sync::mpsc::channel::<pb::ProduceRequest>(pipeline);
@@ -301,23 +302,40 @@ async fn produce(
                                 begin + Duration::from_secs_f64(sent_records as f64 / rate as f64);
                             tokio::time::sleep_until(due.into()).await;
                         }
-                        let records = (0..records_here)
-                            .map(|_| pb::Record {
-                                partition: Some(partition),
-                                key: None,
-                                value: Some(value.clone()),
-                                headers: Vec::new(),
-                                timestamp_ms: None,
-                            })
-                            .collect();
-                        let req = pb::ProduceRequest {
-                            idempotence: None,
+                        let mut req = pb::ProduceRequest {
                             topic: topic.clone(),
-                            records,
                             acks: acks.to_proto() as i32,
-                            timeout_ms: 0,
                             correlation_id: n,
+                            ..Default::default()
                         };
+                        if format == RecordFormat::Batches {
+                            // As a Kafka client: the batch is built here, the broker appends it.
+                            let mut b =
+                                sluice_log::BatchBuilder::new(sluice_log::Compression::None);
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as i64);
+                            for _ in 0..records_here {
+                                b.push(&sluice_log::Record {
+                                    timestamp: now,
+                                    key: None,
+                                    value: Some(value.clone()),
+                                    headers: Vec::new(),
+                                });
+                            }
+                            req.record_batches = b.build().unwrap_or_default().freeze();
+                            req.batch_partition = partition;
+                        } else {
+                            req.records = (0..records_here)
+                                .map(|_| pb::Record {
+                                    partition: Some(partition),
+                                    key: None,
+                                    value: Some(value.clone()),
+                                    headers: Vec::new(),
+                                    timestamp_ms: None,
+                                })
+                                .collect();
+                        }
                         if let Ok(mut q) = sent_at.lock() {
                             q.push_back(Instant::now());
                         }

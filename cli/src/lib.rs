@@ -900,6 +900,7 @@ async fn send_to_leaders(
                             timeout_ms: args.request_timeout_ms,
                             correlation_id: 0,
                             idempotence: idempotence.clone(),
+                            ..Default::default()
                         })
                         .await
                     {

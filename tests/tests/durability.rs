@@ -59,6 +59,8 @@ async fn kill9_during_a_produce_stream_loses_no_acknowledged_record() {
         for n in 0u64.. {
             let req = pb::ProduceRequest {
                 idempotence: None,
+                record_batches: Default::default(),
+                batch_partition: 0,
                 topic: "durable".into(),
                 records: (0..20)
                     .map(|i| pb::Record {

@@ -65,6 +65,8 @@ async fn metrics_show_requests_errors_bytes_waiters_flushes_and_groups() {
         acks: pb::Acks::Leader as i32,
         timeout_ms: 0,
         idempotence: None,
+        record_batches: Default::default(),
+        batch_partition: 0,
         correlation_id: 0,
     };
     p.produce(req("m")).await.unwrap();

@@ -85,27 +85,15 @@ impl ProducerService {
         req: pb::ProduceRequest,
     ) -> Result<pb::ProduceResponse, Status> {
         let topic = self.topics.get(&req.topic)?;
+        if !req.record_batches.is_empty() {
+            return self.produce_batches(&topic, req).await;
+        }
         if req.records.is_empty() {
             return Err(Status::invalid_argument("produce request has no records"));
         }
-        let acks = match pb::Acks::try_from(req.acks) {
-            Ok(pb::Acks::Leader) => Acks::Leader,
-            Ok(pb::Acks::None) => Acks::None,
-            Ok(pb::Acks::All) => Acks::All,
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown acks value {}",
-                    req.acks
-                )))
-            }
-        };
+        let acks = acks_of(req.acks)?;
         let count = topic.partition_count;
-        // How long acks=all waits for the ISR (0: Kafka's default request.timeout.ms, 30 s).
-        let timeout = std::time::Duration::from_millis(if req.timeout_ms == 0 {
-            30_000
-        } else {
-            u64::from(req.timeout_ms)
-        });
+        let timeout = acks_timeout(req.timeout_ms);
         let settings = topic.settings();
         let compression = settings.compression.unwrap_or_default();
         // Leave room under max.message.bytes for the batch header and compression overhead.
@@ -195,6 +183,76 @@ impl ProducerService {
         Ok(pb::ProduceResponse {
             correlation_id: req.correlation_id,
             partitions: results,
+            error: None,
+        })
+    }
+}
+
+fn acks_of(acks: i32) -> Result<Acks, Status> {
+    match pb::Acks::try_from(acks) {
+        Ok(pb::Acks::Leader) => Ok(Acks::Leader),
+        Ok(pb::Acks::None) => Ok(Acks::None),
+        Ok(pb::Acks::All) => Ok(Acks::All),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown acks value {acks}"
+        ))),
+    }
+}
+
+/// How long acks=all waits for the ISR (0: Kafka's default request.timeout.ms, 30 s).
+fn acks_timeout(timeout_ms: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(if timeout_ms == 0 {
+        30_000
+    } else {
+        u64::from(timeout_ms)
+    })
+}
+
+impl ProducerService {
+    /// The batch form: the client's RecordBatch v2 bytes go to the log as they are (the log
+    /// validates them as it does a Kafka client's), no per-record work here.
+    async fn produce_batches(
+        &self,
+        topic: &crate::topics::Topic,
+        req: pb::ProduceRequest,
+    ) -> Result<pb::ProduceResponse, Status> {
+        if !req.records.is_empty() || req.idempotence.is_some() {
+            return Err(Status::invalid_argument(
+                "a produce request carries either record_batches or records (and idempotence \
+                 goes in the batch headers), not both",
+            ));
+        }
+        let acks = acks_of(req.acks)?;
+        let index = req.batch_partition;
+        if index >= topic.partition_count {
+            return Err(Status::not_found(format!(
+                "topic {:?} has no partition {index} (it has {})",
+                topic.name, topic.partition_count
+            )));
+        }
+        let partition = topic.partition(index)?;
+        // Without a copy when this request holds the only reference to its buffer.
+        let mut data = req
+            .record_batches
+            .try_into_mut()
+            .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+        let info = partition
+            .append(&mut data, acks, acks_timeout(req.timeout_ms))
+            .await
+            .map_err(|e| status::from_partition_error(&e))?;
+        let partitions = if acks == Acks::None {
+            Vec::new()
+        } else {
+            vec![pb::PartitionProduceResult {
+                partition: index,
+                base_offset: info.first_offset,
+                last_offset: info.last_offset,
+                log_append_time_ms: info.log_append_time.unwrap_or(-1),
+            }]
+        };
+        Ok(pb::ProduceResponse {
+            correlation_id: req.correlation_id,
+            partitions,
             error: None,
         })
     }
