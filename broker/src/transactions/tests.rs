@@ -108,8 +108,11 @@ fn status(o: &Opened, id: &str) -> TxnRecord {
 
 async fn wait_status(o: &Opened, id: &str, want: TxnStatus) -> TxnRecord {
     eventually(&format!("{id} in {want:?}"), async || {
-        let r = status(o, id);
-        (r.status == want).then_some(r)
+        // No assertion inside the wait: an answer that is not there yet is polled again.
+        o.c.describe(id)
+            .ok()
+            .map(|v| v.record)
+            .filter(|r| r.status == want)
     })
     .await
 }
