@@ -107,9 +107,6 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         } => {
             let partitions = partitions.unwrap_or(concurrency as u32).max(1);
             if opts.protocol == Protocol::Kafka {
-                if throughput > 0 {
-                    return Err("--throughput is only implemented for --protocol grpc".into());
-                }
                 let acks = match acks {
                     AcksArg::Zero => 0,
                     AcksArg::One => 1,
@@ -125,6 +122,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                     concurrency.max(1),
                     pipeline.max(1),
                     partitions,
+                    throughput,
                 )
                 .await?;
                 report(

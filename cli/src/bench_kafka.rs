@@ -1,7 +1,8 @@
 //! `sluice bench --protocol kafka`: a minimal native Kafka client on the `kafka-protocol` codecs.
 //!
 //! Produce: one pre-built RecordBatch v2 of `batch_size` records, sent as ProduceRequest v9 with
-//! up to `pipeline` requests in flight per connection (the broker answers in order). Consume: a
+//! up to `pipeline` requests in flight per connection (the broker answers in order), optionally
+//! paced to `throughput` records/s to measure latency below saturation. Consume: a
 //! Fetch v12 loop per partition from the earliest offset. Topics are created with CreateTopics.
 
 use std::collections::VecDeque;
@@ -139,6 +140,7 @@ pub async fn produce(
     concurrency: usize,
     pipeline: usize,
     partitions: u32,
+    throughput: u64,
 ) -> Result<(u64, u64, Duration, Histogram<u64>), String> {
     let partitions = ensure_topic(addr, topic, partitions).await?;
     let mut builder = sluice_log::BatchBuilder::new(sluice_log::Compression::None);
@@ -179,47 +181,68 @@ pub async fn produce(
             .div_ceil(batch_size as u64);
         let progress = progress.clone();
         let value_bytes = (batch_size * record_size) as u64;
+        let rate = throughput / concurrency as u64;
         tasks.push(tokio::spawn(async move {
             let (mut rd, mut wr) = stream.into_split();
-            let mut hist =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-            let mut in_flight: VecDeque<Instant> = VecDeque::new();
-            let (mut sent, mut acked) = (0u64, 0u64);
-            while acked < requests {
-                while sent < requests && in_flight.len() < pipeline {
-                    let buf = encode_request(ApiKey::Produce, 9, sent as i32, &req)?;
-                    wr.write_all(&buf).await.map_err(|e| e.to_string())?;
-                    in_flight.push_back(Instant::now());
-                    sent += 1;
-                    if acks == 0 {
-                        in_flight.clear();
-                        acked += 1;
-                        progress
-                            .records
-                            .fetch_add(batch_size as u64, Ordering::Relaxed);
-                        progress.bytes.fetch_add(value_bytes, Ordering::Relaxed);
-                    }
-                }
-                if acks == 0 {
-                    continue;
-                }
-                let (_, resp) = decode::<ProduceResponse>(read_response(&mut rd).await?, 9)?;
-                for t in &resp.responses {
-                    for p in &t.partition_responses {
-                        if p.error_code != 0 {
-                            return Err(format!("produce error code {}", p.error_code));
+            // The writer paces and sends; the reader takes the answers (in order) and frees a
+            // pipeline slot for each, so a paced send never delays reading an answer.
+            let slots = Arc::new(tokio::sync::Semaphore::new(pipeline));
+            let sent_at: Arc<std::sync::Mutex<VecDeque<Instant>>> = Default::default();
+            let writer = {
+                let (slots, sent_at, progress) = (slots.clone(), sent_at.clone(), progress.clone());
+                tokio::spawn(async move {
+                    let begin = Instant::now();
+                    for n in 0..requests {
+                        if rate > 0 {
+                            let due = begin
+                                + Duration::from_secs_f64(
+                                    (n * batch_size as u64) as f64 / rate as f64,
+                                );
+                            tokio::time::sleep_until(due.into()).await;
+                        }
+                        if acks != 0 {
+                            slots.acquire().await.map_err(|e| e.to_string())?.forget();
+                        }
+                        let buf = encode_request(ApiKey::Produce, 9, n as i32, &req)?;
+                        if let Ok(mut q) = sent_at.lock() {
+                            q.push_back(Instant::now());
+                        }
+                        wr.write_all(&buf).await.map_err(|e| e.to_string())?;
+                        if acks == 0 {
+                            progress
+                                .records
+                                .fetch_add(batch_size as u64, Ordering::Relaxed);
+                            progress.bytes.fetch_add(value_bytes, Ordering::Relaxed);
                         }
                     }
+                    // Handed back so the connection stays open until every answer is read.
+                    Ok::<_, String>(wr)
+                })
+            };
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+            if acks != 0 {
+                for _ in 0..requests {
+                    let (_, resp) = decode::<ProduceResponse>(read_response(&mut rd).await?, 9)?;
+                    for t in &resp.responses {
+                        for p in &t.partition_responses {
+                            if p.error_code != 0 {
+                                return Err(format!("produce error code {}", p.error_code));
+                            }
+                        }
+                    }
+                    let sent = sent_at.lock().ok().and_then(|mut q| q.pop_front());
+                    if let Some(t) = sent {
+                        let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
+                    }
+                    slots.add_permits(1);
+                    progress
+                        .records
+                        .fetch_add(batch_size as u64, Ordering::Relaxed);
+                    progress.bytes.fetch_add(value_bytes, Ordering::Relaxed);
                 }
-                if let Some(t) = in_flight.pop_front() {
-                    let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
-                }
-                acked += 1;
-                progress
-                    .records
-                    .fetch_add(batch_size as u64, Ordering::Relaxed);
-                progress.bytes.fetch_add(value_bytes, Ordering::Relaxed);
             }
+            drop(writer.await.map_err(|e| e.to_string())??);
             Ok::<_, String>(hist)
         }));
     }

@@ -302,6 +302,26 @@ async fn long_poll_fetch_wakes_when_data_arrives_and_times_out_without() {
         waited < Duration::from_secs(10),
         "fetch returned after {waited:?}, not when data arrived"
     );
+
+    // The client's deadline (grpc-timeout) ends a long poll that would wait longer.
+    let mut consumer = b.consumer().await;
+    let mut req = tonic::Request::new(pb::FetchRequest {
+        topic: "poll".into(),
+        partition: 0,
+        offset: 1,
+        max_wait_ms: 20_000,
+        min_bytes: 1,
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let e = consumer.fetch(req).await.unwrap_err();
+    // tonic's server reports an expired grpc-timeout as CANCELLED ("Timeout expired").
+    assert!(
+        matches!(e.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{e:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,7 +540,7 @@ async fn connections_beyond_max_connections_are_refused() {
     assert_eq!(t.configs["retention.ms"], "123456");
     // A request over max_request_bytes: RESOURCE_EXHAUSTED, as gRPC servers answer it.
     drop(a2);
-    let mut p = sluice_proto::v1::producer_client::ProducerClient::new(c1);
+    let mut p = sluice_proto::v1::producer_client::ProducerClient::new(c1.clone());
     let e = p
         .produce(pb::ProduceRequest {
             topic: "d".into(),
@@ -530,6 +550,33 @@ async fn connections_beyond_max_connections_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // The same on the consumer service's fetch and subscribe.
+    let mut consumer = sluice_proto::v1::consumer_client::ConsumerClient::new(c1);
+    let e = consumer
+        .fetch(pb::FetchRequest {
+            topic: "x".repeat(50_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_request_bytes"), "{e:?}");
+    let e = consumer
+        .subscribe(pb::SubscribeRequest {
+            topic: "x".repeat(50_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let e = consumer
+        .fetch(pb::FetchRequest {
+            topic: "absent".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

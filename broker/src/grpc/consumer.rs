@@ -192,13 +192,12 @@ impl ConsumerService {
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::FetchResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Consumer for ConsumerService {
-    async fn fetch(
-        &self,
-        req: Request<pb::FetchRequest>,
-    ) -> Result<Response<pb::FetchResponse>, Status> {
-        let r = req.into_inner();
+/// What a subscription's reader sends: responses in order, then at most one error.
+pub type SubscribeReceiver = tokio::sync::mpsc::Receiver<Result<pb::FetchResponse, Status>>;
+
+impl ConsumerService {
+    /// A Fetch: waits (up to `max_wait_ms`) for `min_bytes` committed bytes, then reads.
+    pub async fn fetch_response(&self, r: pb::FetchRequest) -> Result<pb::FetchResponse, Status> {
         let p = self.topics.partition(&r.topic, r.partition)?;
         let max_bytes = self.max_bytes(r.max_bytes);
         let deadline = Instant::now() + Duration::from_millis(u64::from(r.max_wait_ms));
@@ -218,23 +217,19 @@ impl Consumer for ConsumerService {
             );
             p.wait_for_data(hw.max(r.offset), deadline - now).await;
         }
-        Ok(Response::new(read_records(
+        read_records(
             &p,
             &r.topic,
             r.offset,
             max_bytes,
             level,
             r.format == pb::RecordFormat::Batches as i32,
-        )?))
+        )
     }
 
-    type SubscribeStream = SubscribeStream;
-
-    async fn subscribe(
-        &self,
-        req: Request<pb::SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let r = req.into_inner();
+    /// A Subscribe: validates the request, then starts the reader that feeds the returned
+    /// channel until the client goes away.
+    pub fn subscribe_channel(&self, r: pb::SubscribeRequest) -> Result<SubscribeReceiver, Status> {
         let p = self.topics.partition(&r.topic, r.partition)?;
         let max_bytes = self.max_bytes(r.max_bytes);
         // Validate the starting offset now so a bad one fails the call, not the stream.
@@ -274,6 +269,29 @@ impl Consumer for ConsumerService {
                 }
             }
         });
+        Ok(rx)
+    }
+}
+
+/// The generated service. The listener serves Fetch and Subscribe through
+/// `framed_fetch::FramedConsumer` (same logic, no copy of the batches) and only ListOffsets
+/// through this; Fetch and Subscribe here serve anyone who mounts the generated server directly.
+#[tonic::async_trait]
+impl Consumer for ConsumerService {
+    async fn fetch(
+        &self,
+        req: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
+        Ok(Response::new(self.fetch_response(req.into_inner()).await?))
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let rx = self.subscribe_channel(req.into_inner())?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
