@@ -72,8 +72,15 @@ async fn read_body<R: AsyncRead + Unpin>(
     size: usize,
     memory: Option<Reservation>,
 ) -> Result<Frame, FrameError> {
-    let mut buf = BytesMut::zeroed(size);
-    r.read_exact(&mut buf).await?;
+    // Read into uninitialised capacity: zeroing a produce request of megabytes first costs as
+    // much as receiving it (and faults every page in twice).
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        let mut rest = (&mut *r).take((size - buf.len()) as u64);
+        if rest.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
     let mut body = buf.freeze();
     let key = i16::from_be_bytes([body[0], body[1]]);
     let version = i16::from_be_bytes([body[2], body[3]]);

@@ -1,11 +1,12 @@
 //! Produce (v3+, RecordBatch v2): batches are stored as sent — codec and CRC untouched — after
 //! validation by the log (magic, CRC, count, `max.message.bytes`).
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
+use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_log::{BatchError, LogError, ProducerError};
@@ -76,6 +77,21 @@ fn record_errors(e: &PartitionError) -> Vec<BatchIndexAndErrorMessage> {
     }
 }
 
+/// A partition's part of a produce request.
+struct PartitionData {
+    index: i32,
+    records: Option<Bytes>,
+}
+
+/// The records as bytes the log may rewrite (it assigns offsets in the batch headers). When they
+/// are the only thing left referencing the request buffer — a request for one partition, or the
+/// last of several — that is the buffer itself; otherwise one copy.
+fn owned_records(records: Bytes) -> BytesMut {
+    records
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
+}
+
 pub async fn produce(
     ctx: &Ctx,
     corr: i32,
@@ -88,11 +104,24 @@ pub async fn produce(
         -1 => Some(Acks::All),
         _ => None,
     };
-    let mut responses = Vec::with_capacity(req.topic_data.len());
-    for topic in req.topic_data {
-        let name = topic.name.0.to_string();
-        let mut partitions = Vec::with_capacity(topic.partition_data.len());
-        for pd in topic.partition_data {
+    // Only the records are kept of the request: every other slice of its buffer (names, the
+    // transactional id, tagged fields) is released, so records can be appended in place.
+    let topics: Vec<(String, Vec<PartitionData>)> = req
+        .topic_data
+        .into_iter()
+        .map(|t| {
+            let parts = t.partition_data.into_iter().map(|p| PartitionData {
+                index: p.index,
+                records: p.records,
+            });
+            (t.name.0.to_string(), parts.collect())
+        })
+        .collect();
+    let timeout = std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let mut responses = Vec::with_capacity(topics.len());
+    for (name, partition_data) in topics {
+        let mut partitions = Vec::with_capacity(partition_data.len());
+        for pd in partition_data {
             let mut r = PartitionProduceResponse::default()
                 .with_index(pd.index)
                 .with_base_offset(-1)
@@ -116,10 +145,7 @@ pub async fn produce(
                 partitions.push(r.with_error_code(err(ResponseError::CorruptMessage)));
                 continue;
             };
-            // The log assigns offsets in place, so it needs the bytes to itself. The request
-            // buffer is shared by every partition's slice, so this is one copy of the batch.
-            let mut data = BytesMut::from(&records[..]);
-            let timeout = std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
+            let mut data = owned_records(records);
             match partition.append(&mut data, acks, timeout).await {
                 Ok(info) => {
                     r = r
@@ -141,7 +167,7 @@ pub async fn produce(
         }
         responses.push(
             TopicProduceResponse::default()
-                .with_name(topic.name)
+                .with_name(TopicName(StrBytes::from_string(name)))
                 .with_partition_responses(partitions),
         );
     }
@@ -154,4 +180,28 @@ pub async fn produce(
         &ProduceResponse::default().with_responses(responses),
     )
     .map(Reply::Frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_taken_over_when_nothing_else_holds_the_request() {
+        let mut request = BytesMut::with_capacity(64);
+        request.extend_from_slice(&[7u8; 64]);
+        let mut request = request.freeze();
+        let name = request.split_to(16);
+        let records = request.split_to(40);
+        let at = records.as_ptr();
+        // The topic name still shares the buffer: a copy.
+        let copied = owned_records(records.clone());
+        assert_ne!(copied.as_ptr(), at);
+        assert_eq!(&copied[..], &records[..]);
+        // Once the rest is released, the records are the buffer, rewritten in place.
+        drop((name, request));
+        let owned = owned_records(records);
+        assert_eq!(owned.as_ptr(), at);
+        assert_eq!(&owned[..], &[7u8; 40][..]);
+    }
 }
