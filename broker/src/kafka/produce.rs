@@ -92,6 +92,52 @@ fn owned_records(records: Bytes) -> BytesMut {
         .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
 }
 
+/// Appends one partition's records (and waits as `acks` asks); its part of the response.
+async fn produce_partition(
+    ctx: &Ctx,
+    name: String,
+    pd: PartitionData,
+    acks: Option<Acks>,
+    timeout: std::time::Duration,
+    version: i16,
+) -> PartitionProduceResponse {
+    let r = PartitionProduceResponse::default()
+        .with_index(pd.index)
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1);
+    let Some(acks) = acks else {
+        return r.with_error_code(err(ResponseError::InvalidRequiredAcks));
+    };
+    let partition = match u32::try_from(pd.index)
+        .map_err(|_| crate::topics::TopicError::UnknownTopic(name.clone()))
+        .and_then(|i| ctx.topics.partition(&name, i))
+    {
+        Ok(p) => p,
+        Err(e) => return r.with_error_code(topic_error_code(&e)),
+    };
+    let Some(records) = pd.records else {
+        return r.with_error_code(err(ResponseError::CorruptMessage));
+    };
+    let mut data = owned_records(records);
+    match partition.append(&mut data, acks, timeout).await {
+        Ok(info) => r
+            .with_base_offset(info.first_offset as i64)
+            .with_log_append_time_ms(info.log_append_time.unwrap_or(-1))
+            .with_log_start_offset(partition.log().log_start_offset() as i64),
+        Err(e) => {
+            tracing::debug!(topic = %name, partition = pd.index, error = %e, "produce rejected");
+            let r = r.with_error_code(partition_error_code(&e));
+            if version >= 8 {
+                r.with_error_message(Some(StrBytes::from_string(e.to_string())))
+                    .with_record_errors(record_errors(&e))
+            } else {
+                r
+            }
+        }
+    }
+}
+
 pub async fn produce(
     ctx: &Ctx,
     corr: i32,
@@ -118,59 +164,34 @@ pub async fn produce(
         })
         .collect();
     let timeout = std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
-    let mut responses = Vec::with_capacity(topics.len());
+    // Every partition appends and waits at once, as Kafka's purgatory holds one produce for all
+    // its partitions: with acks=all the request takes as long as its slowest partition, not
+    // the sum of them.
+    let mut shape = Vec::with_capacity(topics.len());
+    let mut pending = Vec::new();
     for (name, partition_data) in topics {
-        let mut partitions = Vec::with_capacity(partition_data.len());
+        let n = partition_data.len();
         for pd in partition_data {
-            let mut r = PartitionProduceResponse::default()
-                .with_index(pd.index)
-                .with_base_offset(-1)
-                .with_log_append_time_ms(-1)
-                .with_log_start_offset(-1);
-            let Some(acks) = acks else {
-                partitions.push(r.with_error_code(err(ResponseError::InvalidRequiredAcks)));
-                continue;
-            };
-            let partition = match u32::try_from(pd.index)
-                .map_err(|_| crate::topics::TopicError::UnknownTopic(name.clone()))
-                .and_then(|i| ctx.topics.partition(&name, i))
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    partitions.push(r.with_error_code(topic_error_code(&e)));
-                    continue;
-                }
-            };
-            let Some(records) = pd.records else {
-                partitions.push(r.with_error_code(err(ResponseError::CorruptMessage)));
-                continue;
-            };
-            let mut data = owned_records(records);
-            match partition.append(&mut data, acks, timeout).await {
-                Ok(info) => {
-                    r = r
-                        .with_base_offset(info.first_offset as i64)
-                        .with_log_append_time_ms(info.log_append_time.unwrap_or(-1))
-                        .with_log_start_offset(partition.log().log_start_offset() as i64);
-                }
-                Err(e) => {
-                    tracing::debug!(topic = %name, partition = pd.index, error = %e, "produce rejected");
-                    r = r.with_error_code(partition_error_code(&e));
-                    if version >= 8 {
-                        r = r
-                            .with_error_message(Some(StrBytes::from_string(e.to_string())))
-                            .with_record_errors(record_errors(&e));
-                    }
-                }
-            }
-            partitions.push(r);
+            pending.push(produce_partition(
+                ctx,
+                name.clone(),
+                pd,
+                acks,
+                timeout,
+                version,
+            ));
         }
-        responses.push(
+        shape.push((name, n));
+    }
+    let mut results = futures::future::join_all(pending).await.into_iter();
+    let responses = shape
+        .into_iter()
+        .map(|(name, n)| {
             TopicProduceResponse::default()
                 .with_name(TopicName(StrBytes::from_string(name)))
-                .with_partition_responses(partitions),
-        );
-    }
+                .with_partition_responses(results.by_ref().take(n).collect())
+        })
+        .collect();
     if acks == Some(Acks::None) {
         return Ok(Reply::Nothing);
     }
