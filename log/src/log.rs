@@ -556,7 +556,7 @@ impl Log {
                 })?;
             max_timestamps.push(summary.max_timestamp);
         }
-        let mut st = self.lock_appender()?;
+        let st = self.lock_appender()?;
         // Idempotent producers: a retry of a batch already written is answered with its offsets
         // and not written again; a gap or a fenced epoch is refused. Checked under the append
         // lock, so the check and the write are one step.
@@ -618,7 +618,7 @@ impl Log {
             })?;
             next = h.next_offset();
         }
-        self.append_validated(&mut st, &config, batches, &frames, log_append_time)
+        self.append_validated(st, &config, batches, &frames, log_append_time)
     }
 
     /// Writes a transaction marker for `producer_id` as the leader (the transaction
@@ -635,7 +635,7 @@ impl Log {
         let config = self.config();
         let now = self.clock.now_ms();
         let mut batch = producer_state::marker_batch(producer_id, producer_epoch, marker, now);
-        let mut st = self.lock_appender()?;
+        let st = self.lock_appender()?;
         lock(&self.producers).check_marker(
             producer_id,
             producer_epoch,
@@ -646,7 +646,7 @@ impl Log {
             position: 0,
             source,
         })?;
-        self.append_validated(&mut st, &config, &batch, &[(0, h)], None)
+        self.append_validated(st, &config, &batch, &[(0, h)], None)
     }
 
     /// Appends batches replicated from a leader, keeping their offsets. The first must start at
@@ -654,7 +654,7 @@ impl Log {
     pub fn append_as_follower(&self, batches: &[u8]) -> Result<AppendInfo> {
         let config = self.config();
         let frames = validate_incoming(batches, usize::MAX, false)?;
-        let mut st = self.lock_appender()?;
+        let st = self.lock_appender()?;
         let mut expected = self.log_end_offset();
         for (_, h) in &frames {
             let base = h.base_offset.max(0) as u64;
@@ -666,7 +666,7 @@ impl Log {
             }
             expected = h.next_offset() as u64;
         }
-        self.append_validated(&mut st, &config, batches, &frames, None)
+        self.append_validated(st, &config, batches, &frames, None)
     }
 
     fn lock_appender(&self) -> Result<MutexGuard<'_, AppendState>> {
@@ -681,9 +681,12 @@ impl Log {
         Ok(st)
     }
 
+    /// Writes validated batches under the append lock `st`; when `flush.messages` or
+    /// `flush.ms` is due, fsyncs after releasing it (group commit: appends go on meanwhile, and
+    /// one fsync covers every batch written before it began).
     fn append_validated(
         &self,
-        st: &mut AppendState,
+        mut st: MutexGuard<'_, AppendState>,
         config: &LogConfig,
         data: &[u8],
         frames: &[(usize, BatchHeader)],
@@ -741,10 +744,16 @@ impl Log {
         let record_count: u64 = headers.iter().map(|h| h.record_count as u64).sum();
         st.unflushed_messages += record_count;
         let now = self.clock.now_ms();
-        if st.unflushed_messages >= config.flush_messages
-            || (now - st.last_flush_ms).max(0) as u64 >= config.flush_ms
-        {
-            self.flush_locked(st)?;
+        let flush_due = st.unflushed_messages >= config.flush_messages
+            || (now - st.last_flush_ms).max(0) as u64 >= config.flush_ms;
+        if flush_due {
+            // This append takes the flush on; the next ones count afresh.
+            st.unflushed_messages = 0;
+            st.last_flush_ms = now;
+        }
+        drop(st);
+        if flush_due {
+            self.flush_upto(last_offset + 1)?;
         }
         Ok(AppendInfo {
             first_offset,
@@ -886,9 +895,22 @@ impl Log {
     }
 
     fn flush_locked(&self, st: &mut AppendState) -> Result<()> {
-        let leo = self.log_end_offset();
+        self.flush_upto(self.log_end_offset())?;
+        st.unflushed_messages = 0;
+        st.last_flush_ms = self.clock.now_ms();
+        Ok(())
+    }
+
+    /// Makes everything below `offset` durable: at once if an fsync since has covered it,
+    /// else fsyncs all that is written now (appends may go on meanwhile; the flush lock keeps
+    /// truncation out) and advances the recovery point to the log end offset seen before it.
+    fn flush_upto(&self, offset: u64) -> Result<()> {
         let _g = lock(&self.flush_state.lock);
         let rp = self.recovery_point();
+        if rp >= offset {
+            return Ok(());
+        }
+        let leo = self.log_end_offset();
         crate::flush_observer::timed(|| {
             for s in self.segments_snapshot() {
                 if s.next_offset() > rp || s.base_offset() >= rp {
@@ -900,8 +922,6 @@ impl Log {
         self.flush_state
             .recovery_point
             .fetch_max(leo, Ordering::AcqRel);
-        st.unflushed_messages = 0;
-        st.last_flush_ms = self.clock.now_ms();
         Ok(())
     }
 
