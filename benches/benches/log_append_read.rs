@@ -48,11 +48,11 @@ fn config() -> LogConfig {
 fn timed_appends(iters: u64, fsync_every: Option<u64>) -> Duration {
     let dir = bench_dir();
     let log = Log::open(dir.path().join("p-0"), config()).expect("open log");
-    let mut batch = make_batch();
+    let batch = make_batch();
     let start = Instant::now();
     for i in 0..iters {
         // The log rewrites baseOffset in place on every append, so one buffer serves.
-        log.append_as_leader(&mut batch, 0).expect("append");
+        log.append_as_leader(&batch, 0).expect("append");
         if let Some(n) = fsync_every {
             if (i + 1) % n == 0 {
                 log.flush().expect("flush");
@@ -87,10 +87,10 @@ fn append(c: &mut Criterion) {
 fn read(c: &mut Criterion) {
     let dir = bench_dir();
     let log = Log::open(dir.path().join("p-0"), config()).expect("open log");
-    let mut batch = make_batch();
+    let batch = make_batch();
     let total_batches = (512u64 << 20) / batch.len() as u64;
     for _ in 0..total_batches {
-        log.append_as_leader(&mut batch, 0).expect("append");
+        log.append_as_leader(&batch, 0).expect("append");
     }
     let leo = log.log_end_offset();
     let mut g = c.benchmark_group("read");

@@ -214,10 +214,17 @@ pub fn assign_offset(batch: &mut [u8], base_offset: i64, partition_leader_epoch:
 /// Marks a batch as LogAppendTime with the given time as maxTimestamp, and recomputes the CRC
 /// (these fields are covered by it). Kafka does the same for `message.timestamp.type=LogAppendTime`.
 pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
-    let attributes = i16_at(batch, ATTRIBUTES_POS) | TIMESTAMP_TYPE_MASK;
-    batch[ATTRIBUTES_POS..ATTRIBUTES_POS + 2].copy_from_slice(&attributes.to_be_bytes());
-    batch[MAX_TIMESTAMP_POS..MAX_TIMESTAMP_POS + 8].copy_from_slice(&now_ms.to_be_bytes());
-    refresh_crc(batch);
+    let (header, records) = batch.split_at_mut(HEADER_LEN);
+    set_log_append_time_split(header, records, now_ms);
+}
+
+/// [`set_log_append_time`] on a batch held as its header (a copy being prepared for the write)
+/// and its records (left where they are).
+pub fn set_log_append_time_split(header: &mut [u8], records: &[u8], now_ms: i64) {
+    let attributes = i16_at(header, ATTRIBUTES_POS) | TIMESTAMP_TYPE_MASK;
+    header[ATTRIBUTES_POS..ATTRIBUTES_POS + 2].copy_from_slice(&attributes.to_be_bytes());
+    header[MAX_TIMESTAMP_POS..MAX_TIMESTAMP_POS + 8].copy_from_slice(&now_ms.to_be_bytes());
+    refresh_crc_split(header, records);
 }
 
 /// Recomputes and stores the CRC after a change to the fields it covers.
@@ -226,10 +233,22 @@ pub fn refresh_crc(batch: &mut [u8]) {
     batch[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// [`refresh_crc`] for a batch held as header and records apart (the CRC covers both).
+fn refresh_crc_split(header: &mut [u8], records: &[u8]) {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[ATTRIBUTES_POS..HEADER_LEN]), records);
+    header[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Sets a CreateTime batch's maxTimestamp and recomputes the CRC (which covers it).
 pub fn set_max_timestamp(batch: &mut [u8], max_timestamp: i64) {
-    batch[MAX_TIMESTAMP_POS..MAX_TIMESTAMP_POS + 8].copy_from_slice(&max_timestamp.to_be_bytes());
-    refresh_crc(batch);
+    let (header, records) = batch.split_at_mut(HEADER_LEN);
+    set_max_timestamp_split(header, records, max_timestamp);
+}
+
+/// [`set_max_timestamp`] on a batch held as header and records apart.
+pub fn set_max_timestamp_split(header: &mut [u8], records: &[u8], max_timestamp: i64) {
+    header[MAX_TIMESTAMP_POS..MAX_TIMESTAMP_POS + 8].copy_from_slice(&max_timestamp.to_be_bytes());
+    refresh_crc_split(header, records);
 }
 
 /// Walks a buffer of back-to-back batches, yielding `(position, header)` for each complete one.

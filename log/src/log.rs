@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
-use crate::batch::{self, BatchFrames, BatchHeader, TimestampType};
+use crate::batch::{self, BatchFrames, BatchHeader, TimestampType, HEADER_LEN};
 use crate::checkpoint::{self, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};
 use crate::config::{Clock, LogConfig, SystemClock};
 use crate::error::{IoContext, LogError, Result};
@@ -58,6 +58,51 @@ pub struct ReadInfo {
     pub log_start_offset: u64,
     pub log_end_offset: u64,
     pub high_watermark: u64,
+}
+
+/// Batches on their way to the segment: `data` as received, and for a leader's append the
+/// headers as they are stored (offsets assigned), one per batch, which replace the first
+/// [`HEADER_LEN`] bytes of each when written.
+struct Batches<'a> {
+    data: &'a [u8],
+    headers: Option<&'a [[u8; HEADER_LEN]]>,
+}
+
+impl<'a> Batches<'a> {
+    /// Batches stored exactly as they are (a follower's, a marker).
+    fn as_is(data: &'a [u8]) -> Self {
+        Batches {
+            data,
+            headers: None,
+        }
+    }
+
+    /// The slices to write, in order.
+    fn parts(&self, frames: &[(usize, BatchHeader)]) -> Vec<&'a [u8]> {
+        match self.headers {
+            None => vec![self.data],
+            Some(headers) => frames
+                .iter()
+                .zip(headers)
+                .flat_map(|((pos, h), head)| {
+                    [
+                        &head[..],
+                        &self.data[*pos + HEADER_LEN..*pos + h.total_size()],
+                    ]
+                })
+                .collect(),
+        }
+    }
+
+    /// One batch as stored (a copy: for the rare control batch).
+    fn batch(&self, frames: &[(usize, BatchHeader)], pos: usize, h: &BatchHeader) -> Bytes {
+        let mut stored = self.data[pos..pos + h.total_size()].to_vec();
+        if let (Some(headers), Some(i)) = (self.headers, frames.iter().position(|(p, _)| *p == pos))
+        {
+            stored[..HEADER_LEN].copy_from_slice(&headers[i]);
+        }
+        Bytes::from(stored)
+    }
 }
 
 struct AppendState {
@@ -525,13 +570,15 @@ impl Log {
     // ---- append ----------------------------------------------------------------------------
 
     /// Appends batches a producer sent: validates each (magic, CRC, count, `max.message.bytes`),
-    /// assigns offsets from the log end offset by rewriting each header's baseOffset and
-    /// partitionLeaderEpoch in `batches`, and writes them with one write.
+    /// assigns offsets from the log end offset, and writes them with one vectored write: each
+    /// batch's header from a copy carrying its baseOffset and partitionLeaderEpoch (and, where
+    /// rewritten, maxTimestamp and CRC), its records straight from `batches`, which is never
+    /// modified — so a request buffer shared with anything else needs no copy.
     ///
     /// Every record is walked first ([`crate::validator`]): a batch whose record section does not
     /// match its header, or whose records break the topic's key or timestamp rules, is refused
     /// whole and nothing of the request is written.
-    pub fn append_as_leader(&self, batches: &mut [u8], leader_epoch: i32) -> Result<AppendInfo> {
+    pub fn append_as_leader(&self, batches: &[u8], leader_epoch: i32) -> Result<AppendInfo> {
         let config = self.config();
         let rules = RecordRules {
             compacted: config.cleanup_compact,
@@ -602,23 +649,31 @@ impl Log {
         let log_append_time =
             (config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
         let mut next = self.log_end_offset() as i64;
+        let mut stored_headers = Vec::with_capacity(frames.len());
         for ((pos, h), max_ts) in frames.iter_mut().zip(max_timestamps) {
-            let b = &mut batches[*pos..*pos + h.total_size()];
-            batch::assign_offset(b, next, leader_epoch);
+            let records = &batches[*pos + HEADER_LEN..*pos + h.total_size()];
+            let mut head = [0u8; HEADER_LEN];
+            head.copy_from_slice(&batches[*pos..*pos + HEADER_LEN]);
+            batch::assign_offset(&mut head, next, leader_epoch);
             if let Some(t) = log_append_time {
-                batch::set_log_append_time(b, t);
+                batch::set_log_append_time_split(&mut head, records, t);
             } else if h.timestamp_type() == TimestampType::CreateTime && h.max_timestamp != max_ts {
                 // A header whose maxTimestamp is not its records' would mislead the time index
                 // and retention; Kafka rewrites it the same way.
-                batch::set_max_timestamp(b, max_ts);
+                batch::set_max_timestamp_split(&mut head, records, max_ts);
             }
-            *h = BatchHeader::parse(b).map_err(|source| LogError::InvalidBatch {
+            *h = BatchHeader::parse(&head).map_err(|source| LogError::InvalidBatch {
                 position: *pos,
                 source,
             })?;
             next = h.next_offset();
+            stored_headers.push(head);
         }
-        self.append_validated(st, &config, batches, &frames, log_append_time)
+        let written = Batches {
+            data: batches,
+            headers: Some(&stored_headers),
+        };
+        self.append_validated(st, &config, written, &frames, log_append_time)
     }
 
     /// Writes a transaction marker for `producer_id` as the leader (the transaction
@@ -646,7 +701,7 @@ impl Log {
             position: 0,
             source,
         })?;
-        self.append_validated(st, &config, &batch, &[(0, h)], None)
+        self.append_validated(st, &config, Batches::as_is(&batch), &[(0, h)], None)
     }
 
     /// Appends batches replicated from a leader, keeping their offsets. The first must start at
@@ -666,7 +721,7 @@ impl Log {
             }
             expected = h.next_offset() as u64;
         }
-        self.append_validated(st, &config, batches, &frames, None)
+        self.append_validated(st, &config, Batches::as_is(batches), &frames, None)
     }
 
     fn lock_appender(&self) -> Result<MutexGuard<'_, AppendState>> {
@@ -688,10 +743,11 @@ impl Log {
         &self,
         mut st: MutexGuard<'_, AppendState>,
         config: &LogConfig,
-        data: &[u8],
+        written: Batches<'_>,
         frames: &[(usize, BatchHeader)],
         log_append_time: Option<i64>,
     ) -> Result<AppendInfo> {
+        let data = written.data;
         let (Some((_, first)), Some((_, last))) = (frames.first(), frames.last()) else {
             unreachable!("validate_incoming rejects empty input")
         };
@@ -705,7 +761,11 @@ impl Log {
             (first_offset, last_offset),
             max_timestamp,
         )?;
-        active.append(data, &headers, config.index_interval_bytes)?;
+        active.append(
+            &written.parts(frames),
+            &headers,
+            config.index_interval_bytes,
+        )?;
         self.log_end_offset
             .store(last_offset + 1, Ordering::Release);
         let mut aborted = Vec::new();
@@ -713,9 +773,7 @@ impl Log {
             let mut producers = lock(&self.producers);
             for (pos, h) in frames {
                 let marker = if h.is_control() {
-                    producer_state::parse_marker(&Bytes::copy_from_slice(
-                        &data[*pos..*pos + h.total_size()],
-                    ))
+                    producer_state::parse_marker(&written.batch(frames, *pos, h))
                 } else {
                     None
                 };

@@ -202,7 +202,7 @@ impl LogSegment {
     /// of the batches in `data`, in order.
     pub fn append(
         &self,
-        data: &[u8],
+        parts: &[&[u8]],
         headers: &[BatchHeader],
         index_interval: usize,
     ) -> Result<()> {
@@ -213,7 +213,7 @@ impl LogSegment {
         write_lock(&self.offset_index).reserve(headers.len())?;
         write_lock(&self.time_index).reserve(headers.len() + 1)?;
         let file = self.file.get()?;
-        if let Err(e) = file.write_all_at(data, position) {
+        if let Err(e) = write_all_vectored_at(&file, parts, position) {
             // Leave no partial batch behind for the next append to write after.
             let _ = file.set_len(position);
             return Err(e).ctx("append to segment", &self.log_path);
@@ -682,6 +682,38 @@ fn read_exact_uninit(file: &File, len: usize, position: u64) -> std::io::Result<
     // SAFETY: the loop ran until pread had written all `len` bytes.
     unsafe { buf.set_len(len) };
     Ok(buf)
+}
+
+/// Writes `parts` back to back at `position` with as few `pwritev` calls as the kernel allows
+/// (partial writes continue where they stopped; at most `IOV_MAX` slices per call).
+fn write_all_vectored_at(file: &File, parts: &[&[u8]], mut position: u64) -> std::io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    let mut first = 0;
+    while first < parts.len() {
+        let batch: Vec<std::io::IoSlice<'_>> = parts[first..parts.len().min(first + IOV_MAX)]
+            .iter()
+            .map(|p| std::io::IoSlice::new(p))
+            .collect();
+        let mut n = match nix::sys::uio::pwritev(file, &batch, position as i64) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        position += n as u64;
+        while n > 0 {
+            let len = parts[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                parts[first] = &parts[first][n..];
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

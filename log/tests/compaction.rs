@@ -34,7 +34,7 @@ fn put(log: &Log, clock: &ManualClock, kvs: &[(&str, Option<&str>)], codec: Comp
             headers: Vec::new(),
         });
     }
-    log.append_as_leader(&mut b.build().unwrap(), 0).unwrap();
+    log.append_as_leader(&b.build().unwrap(), 0).unwrap();
     log.set_high_watermark(log.log_end_offset());
 }
 
@@ -355,7 +355,7 @@ fn txn_put(log: &Log, clock: &ManualClock, pid: i64, seq: i32, kvs: &[(&str, &st
             headers: Vec::new(),
         });
     }
-    let mut batch = b
+    let batch = b
         .build_with(&sluice_log::BatchTemplate {
             base_offset: 0,
             partition_leader_epoch: -1,
@@ -367,7 +367,7 @@ fn txn_put(log: &Log, clock: &ManualClock, pid: i64, seq: i32, kvs: &[(&str, &st
             base_sequence: seq,
         })
         .unwrap();
-    log.append_as_leader(&mut batch, 0).unwrap();
+    log.append_as_leader(&batch, 0).unwrap();
     log.set_high_watermark(log.log_end_offset());
 }
 

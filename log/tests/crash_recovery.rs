@@ -24,7 +24,7 @@ fn config() -> LogConfig {
 fn write_and_crash(dir: &Path, n: usize) -> (PathBuf, Vec<(u64, u64)>) {
     let log = Log::open(dir, config()).unwrap();
     for i in 0..n {
-        log.append_as_leader(&mut batch(&format!("b{i}"), 1 + i % 4, TS0 + i as i64), 0)
+        log.append_as_leader(&batch(&format!("b{i}"), 1 + i % 4, TS0 + i as i64), 0)
             .unwrap();
     }
     let active = *log.segment_base_offsets().last().unwrap();
@@ -59,9 +59,7 @@ fn check_recovered(dir: &Path, expected_leo: u64, what: &str) {
         recs.iter().enumerate().all(|(i, r)| r.offset == i as u64),
         "{what}"
     );
-    let a = log
-        .append_as_leader(&mut batch("after", 2, TS0), 0)
-        .unwrap();
+    let a = log.append_as_leader(&batch("after", 2, TS0), 0).unwrap();
     assert_eq!(a.first_offset, expected_leo, "{what}");
     let recs = read_all(&log, 0, 1 << 20);
     assert_eq!(
@@ -188,7 +186,7 @@ fn missing_or_garbage_index_files_are_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), config()).unwrap();
         for i in 0..150 {
-            log.append_as_leader(&mut batch(&format!("b{i}"), 3, TS0 + i), 0)
+            log.append_as_leader(&batch(&format!("b{i}"), 3, TS0 + i), 0)
                 .unwrap();
         }
         if clean {

@@ -21,9 +21,7 @@ static FLUSHES: AtomicU64 = AtomicU64::new(0);
 fn observe(_: Duration) {
     if FLUSHES.fetch_add(1, Ordering::SeqCst) == 0 {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline
-            && LOG.get().is_some_and(|l| l.log_end_offset() < WRITERS)
-        {
+        while Instant::now() < deadline && LOG.get().is_some_and(|l| l.log_end_offset() < WRITERS) {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -44,7 +42,7 @@ fn appends_during_an_fsync_share_the_next_one() {
             let log = log.clone();
             std::thread::spawn(move || {
                 let info = log
-                    .append_as_leader(&mut batch(&format!("w{i}"), 1, 1_700_000_000_000), 0)
+                    .append_as_leader(&batch(&format!("w{i}"), 1, 1_700_000_000_000), 0)
                     .unwrap();
                 // Durable when acknowledged: flush.messages=1 still means it.
                 assert!(

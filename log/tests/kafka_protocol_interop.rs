@@ -65,7 +65,7 @@ fn client_encoded_batches_round_trip_unchanged() {
         )
         .unwrap();
         let original = buf.clone();
-        let info = log.append_as_leader(&mut buf, 9).unwrap();
+        let info = log.append_as_leader(&buf, 9).unwrap();
         assert_eq!(info.record_count, 50, "{codec:?}");
         assert_eq!(info.first_offset, round as u64 * 50);
         sent.push((original, records, *codec, info.first_offset));

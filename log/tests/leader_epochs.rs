@@ -28,10 +28,10 @@ fn e(epoch: i32, start_offset: u64) -> EpochEntry {
 fn epochs_follow_appends_truncation_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    log.append_as_leader(&mut batch(3), 0).unwrap(); // 0..=2
-    log.append_as_leader(&mut batch(2), 0).unwrap(); // 3..=4
-    log.append_as_leader(&mut batch(2), 3).unwrap(); // 5..=6
-    log.append_as_leader(&mut batch(1), 4).unwrap(); // 7
+    log.append_as_leader(&batch(3), 0).unwrap(); // 0..=2
+    log.append_as_leader(&batch(2), 0).unwrap(); // 3..=4
+    log.append_as_leader(&batch(2), 3).unwrap(); // 5..=6
+    log.append_as_leader(&batch(1), 4).unwrap(); // 7
     assert_eq!(log.epoch_entries(), vec![e(0, 0), e(3, 5), e(4, 7)]);
     assert_eq!(log.end_offset_for_epoch(0), Some((0, 5)));
     assert_eq!(log.end_offset_for_epoch(2), Some((0, 5)));
@@ -47,9 +47,9 @@ fn epochs_follow_appends_truncation_and_restarts() {
     let other = tempfile::tempdir().unwrap();
     let leader = Log::open(other.path(), LogConfig::default()).unwrap();
     for _ in 0..7 {
-        leader.append_as_leader(&mut batch(1), 3).unwrap();
+        leader.append_as_leader(&batch(1), 3).unwrap();
     }
-    leader.append_as_leader(&mut batch(1), 7).unwrap(); // offset 7, epoch 7
+    leader.append_as_leader(&batch(1), 7).unwrap(); // offset 7, epoch 7
     let (tail, _) = leader.read_bytes(7, 1 << 20, None).unwrap();
     log.append_as_follower(&tail).unwrap();
     assert_eq!(log.epoch_entries(), vec![e(0, 0), e(3, 5), e(7, 7)]);

@@ -20,8 +20,8 @@ fn small_config() -> LogConfig {
 fn appends_assign_contiguous_offsets_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    let a = log.append_as_leader(&mut batch("a", 3, TS0), 5).unwrap();
-    let b = log.append_as_leader(&mut batch("b", 2, TS0), 5).unwrap();
+    let a = log.append_as_leader(&batch("a", 3, TS0), 5).unwrap();
+    let b = log.append_as_leader(&batch("b", 2, TS0), 5).unwrap();
     assert_eq!((a.first_offset, a.last_offset), (0, 2));
     assert_eq!((b.first_offset, b.last_offset), (3, 4));
     assert_eq!(log.log_end_offset(), 5);
@@ -47,7 +47,7 @@ fn appends_assign_contiguous_offsets_and_read_back() {
 fn out_of_range_reads_are_typed_errors_and_end_is_empty() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    log.append_as_leader(&mut batch("a", 3, TS0), 0).unwrap();
+    log.append_as_leader(&batch("a", 3, TS0), 0).unwrap();
     assert!(log.read(3, 100, None).unwrap().regions.is_empty());
     assert!(matches!(
         log.read(4, 100, None),
@@ -65,9 +65,9 @@ fn max_bytes_returns_whole_batches_but_always_the_first() {
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     let mut sizes = Vec::new();
     for i in 0..5 {
-        let mut b = batch(&format!("b{i}"), 10, TS0);
+        let b = batch(&format!("b{i}"), 10, TS0);
         sizes.push(b.len() as u64);
-        log.append_as_leader(&mut b, 0).unwrap();
+        log.append_as_leader(&b, 0).unwrap();
     }
     let info = log.read(0, 1, None).unwrap();
     assert_eq!(info.size, sizes[0]);
@@ -88,7 +88,7 @@ fn rolls_by_size_and_reads_across_segments_through_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     for i in 0..200 {
-        log.append_as_leader(&mut batch(&format!("r{i}"), 3, TS0 + i), 0)
+        log.append_as_leader(&batch(&format!("r{i}"), 3, TS0 + i), 0)
             .unwrap();
     }
     assert!(log.segment_count() > 5, "{} segments", log.segment_count());
@@ -118,7 +118,7 @@ fn rolls_by_time_and_retention_deletes_old_segments() {
     };
     let log = Log::open_with_clock(dir.path(), config, clock.clone()).unwrap();
     for i in 0..5 {
-        log.append_as_leader(&mut batch("t", 2, clock.now()), 0)
+        log.append_as_leader(&batch("t", 2, clock.now()), 0)
             .unwrap();
         clock.advance(1500);
         let _ = i;
@@ -158,7 +158,7 @@ fn retention_bytes_keeps_the_log_under_the_limit() {
     config.retention_bytes = 10_000;
     let log = Log::open(dir.path(), config).unwrap();
     for i in 0..100 {
-        log.append_as_leader(&mut batch(&format!("x{i}"), 3, TS0), 0)
+        log.append_as_leader(&batch(&format!("x{i}"), 3, TS0), 0)
             .unwrap();
     }
     let before = log.size_bytes();
@@ -182,7 +182,7 @@ fn retention_never_deletes_above_the_high_watermark() {
     config.retention_bytes = 0;
     let log = Log::open(dir.path(), config).unwrap();
     for i in 0..50 {
-        log.append_as_leader(&mut batch(&format!("x{i}"), 3, TS0), 0)
+        log.append_as_leader(&batch(&format!("x{i}"), 3, TS0), 0)
             .unwrap();
     }
     log.set_high_watermark(0);
@@ -196,7 +196,7 @@ fn truncate_to_drops_the_tail_and_appends_continue() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     for i in 0..100 {
-        log.append_as_leader(&mut batch(&format!("r{i}"), 2, TS0), 0)
+        log.append_as_leader(&batch(&format!("r{i}"), 2, TS0), 0)
             .unwrap();
     }
     let segs_before = log.segment_count();
@@ -204,7 +204,7 @@ fn truncate_to_drops_the_tail_and_appends_continue() {
     assert_eq!(log.log_end_offset(), 50);
     assert!(log.segment_count() < segs_before);
     assert!(log.high_watermark() <= 50);
-    let a = log.append_as_leader(&mut batch("new", 2, TS0), 1).unwrap();
+    let a = log.append_as_leader(&batch("new", 2, TS0), 1).unwrap();
     assert_eq!(a.first_offset, 50);
     let recs = read_all(&log, 0, 1 << 20);
     assert_eq!(recs.len(), 52);
@@ -221,10 +221,10 @@ fn truncate_to_drops_the_tail_and_appends_continue() {
 fn truncate_fully_restarts_at_an_offset() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    log.append_as_leader(&mut batch("a", 5, TS0), 0).unwrap();
+    log.append_as_leader(&batch("a", 5, TS0), 0).unwrap();
     log.truncate_fully_and_start_at(1000).unwrap();
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (1000, 1000));
-    let a = log.append_as_leader(&mut batch("b", 1, TS0), 0).unwrap();
+    let a = log.append_as_leader(&batch("b", 1, TS0), 0).unwrap();
     assert_eq!(a.first_offset, 1000);
     drop(log);
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
@@ -243,25 +243,25 @@ fn corrupt_and_oversized_batches_are_rejected_and_nothing_is_written() {
     let n = bad.len();
     bad[n - 1] ^= 0x40;
     assert!(matches!(
-        log.append_as_leader(&mut bad, 0),
+        log.append_as_leader(&bad, 0),
         Err(LogError::InvalidBatch { .. })
     ));
-    let mut big = batch(&"v".repeat(3000), 1, TS0);
+    let big = batch(&"v".repeat(3000), 1, TS0);
     assert!(matches!(
-        log.append_as_leader(&mut big, 0),
+        log.append_as_leader(&big, 0),
         Err(LogError::BatchTooLarge { .. })
     ));
     let mut two = batch("a", 1, TS0);
     two.extend_from_slice(&batch("b", 1, TS0)[..20]); // trailing partial batch
     assert!(matches!(
-        log.append_as_leader(&mut two, 0),
+        log.append_as_leader(&two, 0),
         Err(LogError::InvalidBatch { .. })
     ));
     let mut magic = batch("a", 1, TS0);
     magic[16] = 1;
-    assert!(log.append_as_leader(&mut magic, 0).is_err());
-    assert!(log.append_as_leader(&mut [], 0).is_err());
-    assert!(log.append_as_leader(&mut [0u8; 7][..], 0).is_err());
+    assert!(log.append_as_leader(&magic, 0).is_err());
+    assert!(log.append_as_leader(&[], 0).is_err());
+    assert!(log.append_as_leader(&[0u8; 7][..], 0).is_err());
     assert_eq!(log.log_end_offset(), 0);
     assert_eq!(log.size_bytes(), 0);
 }
@@ -272,7 +272,7 @@ fn multi_batch_appends_get_consecutive_offsets() {
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     let mut set = batch("a", 2, TS0);
     set.extend_from_slice(&batch("b", 3, TS0));
-    let info = log.append_as_leader(&mut set, 0).unwrap();
+    let info = log.append_as_leader(&set, 0).unwrap();
     assert_eq!(
         (info.first_offset, info.last_offset, info.batch_count),
         (0, 4, 2)
@@ -292,12 +292,51 @@ fn log_append_time_stamps_batches_and_keeps_crc_valid() {
         ..LogConfig::default()
     };
     let log = Log::open_with_clock(dir.path(), config, clock).unwrap();
-    let info = log.append_as_leader(&mut batch("a", 3, TS0), 0).unwrap();
+    let info = log.append_as_leader(&batch("a", 3, TS0), 0).unwrap();
     assert_eq!(info.log_append_time, Some(TS0 + 99_999));
     let (data, _) = log.read_bytes(0, 1 << 20, None).unwrap();
     sluice_log::batch::validate(&data, true).unwrap();
     let recs = sluice_log::decode_batches(&data, 1 << 20).unwrap();
     assert!(recs.iter().all(|r| r.timestamp == TS0 + 99_999));
+}
+
+/// A leader's append writes each batch's header from a copy (offsets, epoch, LogAppendTime and
+/// CRC set there) and its records from the request, which it leaves as it was; a request of
+/// many small batches takes more than one `pwritev` (over IOV_MAX slices).
+#[test]
+fn leader_appends_write_assigned_headers_and_leave_the_request_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(TS0 + 5));
+    let config = LogConfig {
+        timestamp_type: TimestampType::LogAppendTime,
+        ..LogConfig::default()
+    };
+    let log = Log::open_with_clock(dir.path(), config, clock).unwrap();
+    log.append_as_leader(&batch("first", 2, TS0), 7).unwrap();
+    let mut request = Vec::new();
+    for i in 0..700 {
+        request.extend_from_slice(&batch(&format!("r{i}"), 1, TS0));
+    }
+    let sent = request.clone();
+    let info = log.append_as_leader(&request, 7).unwrap();
+    assert_eq!(request, sent, "the request buffer is not modified");
+    assert_eq!((info.first_offset, info.last_offset), (2, 701));
+    let (data, _) = log.read_bytes(0, 64 << 20, None).unwrap();
+    let mut offset = 0i64;
+    for frame in sluice_log::batch::BatchFrames::new(&data) {
+        let (pos, h) = frame.unwrap();
+        let stored = &data[pos..pos + h.total_size()];
+        sluice_log::batch::validate(stored, true).unwrap();
+        assert_eq!(h.base_offset, offset);
+        assert_eq!(h.partition_leader_epoch, 7);
+        assert_eq!(h.max_timestamp, TS0 + 5);
+        offset = h.next_offset();
+    }
+    assert_eq!(offset, 702);
+    let recs = sluice_log::decode_batches(&data, 64 << 20).unwrap();
+    assert_eq!(recs.len(), 702);
+    assert_eq!(values(&recs[2..3]), ["r0-0"]);
+    assert_eq!(values(&recs[701..]), ["r699-0"]);
 }
 
 #[test]
@@ -312,7 +351,7 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
             value: Some(bytes::Bytes::from(vec![b'x'; 40])),
             ..Default::default()
         });
-        log.append_as_leader(&mut b.build().unwrap(), 0).unwrap();
+        log.append_as_leader(&b.build().unwrap(), 0).unwrap();
     }
     assert!(log.segment_count() > 2);
     for (ts, want) in [
@@ -351,11 +390,11 @@ fn clean_shutdown_marker_and_recovery_point() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     for i in 0..100 {
-        log.append_as_leader(&mut batch(&format!("r{i}"), 3, TS0), 0)
+        log.append_as_leader(&batch(&format!("r{i}"), 3, TS0), 0)
             .unwrap();
     }
     log.close().unwrap();
-    assert!(log.append_as_leader(&mut batch("late", 1, TS0), 0).is_err());
+    assert!(log.append_as_leader(&batch("late", 1, TS0), 0).is_err());
     assert!(dir
         .path()
         .join(sluice_log::checkpoint::CLEAN_SHUTDOWN_FILE)
@@ -380,7 +419,7 @@ fn clean_shutdown_marker_and_recovery_point() {
         .exists());
     assert_eq!(log.log_end_offset(), 300);
     assert_eq!(log.recovery_point(), 300);
-    let a = log.append_as_leader(&mut batch("more", 1, TS0), 0).unwrap();
+    let a = log.append_as_leader(&batch("more", 1, TS0), 0).unwrap();
     assert_eq!(a.first_offset, 300);
     assert_eq!(read_all(&log, 0, 777).len(), 301);
 }
@@ -393,11 +432,11 @@ fn flush_messages_advances_the_recovery_point() {
         ..LogConfig::default()
     };
     let log = Log::open(dir.path(), config).unwrap();
-    log.append_as_leader(&mut batch("a", 3, TS0), 0).unwrap();
+    log.append_as_leader(&batch("a", 3, TS0), 0).unwrap();
     assert_eq!(log.recovery_point(), 0);
-    log.append_as_leader(&mut batch("b", 1, TS0), 0).unwrap();
+    log.append_as_leader(&batch("b", 1, TS0), 0).unwrap();
     assert_eq!(log.recovery_point(), 4);
-    log.append_as_leader(&mut batch("c", 1, TS0), 0).unwrap();
+    log.append_as_leader(&batch("c", 1, TS0), 0).unwrap();
     log.flush().unwrap();
     assert_eq!(log.recovery_point(), 5);
 }
@@ -410,7 +449,7 @@ fn follower_appends_keep_offsets_and_must_be_contiguous() {
     let follower = Log::open(follower_dir.path(), LogConfig::default()).unwrap();
     for i in 0..10 {
         leader
-            .append_as_leader(&mut batch(&format!("l{i}"), 2, TS0), 3)
+            .append_as_leader(&batch(&format!("l{i}"), 2, TS0), 3)
             .unwrap();
     }
     let (data, _) = leader.read_bytes(0, 1 << 20, None).unwrap();
@@ -436,7 +475,7 @@ fn readers_run_concurrently_with_the_appender() {
         let log = log.clone();
         std::thread::spawn(move || {
             for i in 0..2000 {
-                log.append_as_leader(&mut batch(&format!("w{i}"), 2, TS0), 0)
+                log.append_as_leader(&batch(&format!("w{i}"), 2, TS0), 0)
                     .unwrap();
             }
         })
@@ -474,7 +513,7 @@ fn flush_ms_fsyncs_when_due() {
         ..LogConfig::default()
     };
     let log = Log::open_with_clock(dir.path(), config, clock.clone()).unwrap();
-    log.append_as_leader(&mut batch("a", 2, TS0), 0).unwrap();
+    log.append_as_leader(&batch("a", 2, TS0), 0).unwrap();
     assert_eq!(log.recovery_point(), 0);
     assert!(!log.flush_if_due().unwrap());
     clock.advance(1001);
@@ -482,7 +521,7 @@ fn flush_ms_fsyncs_when_due() {
     assert_eq!(log.recovery_point(), 2);
     // An append after the interval flushes on the append path too.
     clock.advance(1001);
-    log.append_as_leader(&mut batch("b", 1, TS0), 0).unwrap();
+    log.append_as_leader(&batch("b", 1, TS0), 0).unwrap();
     assert_eq!(log.recovery_point(), 3);
 }
 
@@ -492,7 +531,7 @@ fn delete_removes_the_partition_directory() {
     let dir = base.path().join("t-0");
     let log = Log::open(&dir, small_config()).unwrap();
     for i in 0..50 {
-        log.append_as_leader(&mut batch(&format!("x{i}"), 3, TS0), 0)
+        log.append_as_leader(&batch(&format!("x{i}"), 3, TS0), 0)
             .unwrap();
     }
     assert!(dir.join("00000000000000000000.log").exists());
@@ -508,7 +547,7 @@ fn delete_dir_renames_at_once_and_the_log_refuses_work_but_still_reads() {
     config.cleanup_compact = true;
     let log = Log::open(&dir, config).unwrap();
     for i in 0..50 {
-        log.append_as_leader(&mut batch(&format!("x{i}"), 3, TS0), 0)
+        log.append_as_leader(&batch(&format!("x{i}"), 3, TS0), 0)
             .unwrap();
     }
     log.set_high_watermark(log.log_end_offset());
@@ -525,7 +564,7 @@ fn delete_dir_renames_at_once_and_the_log_refuses_work_but_still_reads() {
     assert!(log.is_deleted());
     // Writes are refused as deleted; the background duties are no-ops that touch nothing.
     assert!(matches!(
-        log.append_as_leader(&mut batch("late", 1, TS0), 0),
+        log.append_as_leader(&batch("late", 1, TS0), 0),
         Err(LogError::Deleted)
     ));
     assert!(!log.flush_if_due().unwrap());
@@ -566,7 +605,7 @@ fn sealed_segments_hold_no_descriptors_once_idle_and_reopen_to_serve_reads() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     for i in 0..200 {
-        log.append_as_leader(&mut batch(&format!("r{i}"), 5, TS0), 0)
+        log.append_as_leader(&batch(&format!("r{i}"), 5, TS0), 0)
             .unwrap();
     }
     log.set_high_watermark(log.log_end_offset());
@@ -598,8 +637,7 @@ fn sealed_segments_hold_no_descriptors_once_idle_and_reopen_to_serve_reads() {
     });
     log.truncate_to(102).unwrap();
     assert_eq!(log.log_end_offset(), 100);
-    log.append_as_leader(&mut batch("after", 1, TS0), 0)
-        .unwrap();
+    log.append_as_leader(&batch("after", 1, TS0), 0).unwrap();
     log.set_high_watermark(log.log_end_offset());
     let recs = read_all(&log, 0, 1 << 20);
     assert_eq!(recs.len(), 101);
@@ -612,7 +650,7 @@ fn a_reopened_log_holds_one_descriptor_its_active_segments_log() {
     let segments = {
         let log = Log::open(dir.path(), small_config()).unwrap();
         for i in 0..200 {
-            log.append_as_leader(&mut batch(&format!("r{i}"), 5, TS0), 0)
+            log.append_as_leader(&batch(&format!("r{i}"), 5, TS0), 0)
                 .unwrap();
         }
         log.flush().unwrap();

@@ -121,7 +121,7 @@ proptest! {
             Lie::Cut(k) => section.truncate(section.len().saturating_sub(*k)),
             Lie::Extend(extra) => section.extend_from_slice(extra),
         }
-        let mut data = assemble(codec, &section, count, 1_700_000_000_000);
+        let data = assemble(codec, &section, count, 1_700_000_000_000);
 
         let dir = tempfile::tempdir().unwrap();
         let config = LogConfig {
@@ -130,7 +130,7 @@ proptest! {
             ..LogConfig::default()
         };
         let log = Log::open(dir.path().join("t-0"), config).unwrap();
-        match log.append_as_leader(&mut data, 0) {
+        match log.append_as_leader(&data, 0) {
             Err(e) => {
                 prop_assert!(matches!(
                     e,

@@ -64,8 +64,8 @@ proptest! {
                     next_value += 1;
                     // Timestamps increase with offsets, so lookups have one right answer.
                     let ts = TS0 + 100 * model.len() as i64;
-                    let mut b = batch_with(&tag, records, ts, CODECS[codec as usize]);
-                    let info = log.append_as_leader(&mut b, 0).unwrap();
+                    let b = batch_with(&tag, records, ts, CODECS[codec as usize]);
+                    let info = log.append_as_leader(&b, 0).unwrap();
                     prop_assert_eq!(info.first_offset, model.len() as u64);
                     for i in 0..records {
                         model.push(format!("{tag}-{i}"));

@@ -125,8 +125,8 @@ proptest! {
         let mut clients: Vec<Client> = (0..3).map(|_| Client::default()).collect();
         for (i, op) in ops.iter().enumerate() {
             let send = |log: &Log, producer: usize, epoch: i16, seq: i32, n: i32, txn: bool| {
-                let mut b = common::producer_batch(pid(producer), epoch, seq, n, txn);
-                let r = outcome(log.append_as_leader(&mut b, 0));
+                let b = common::producer_batch(pid(producer), epoch, seq, n, txn);
+                let r = outcome(log.append_as_leader(&b, 0));
                 settle(log);
                 r
             };

@@ -31,18 +31,16 @@ fn settle(log: &Log) {
 fn markers_close_transactions_and_aborted_ones_are_indexed() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    log.append_as_leader(&mut batch(1, 0, 0, 3, true), 0)
-        .unwrap(); // 0..=2
-    log.append_as_leader(&mut plain(1), 0).unwrap(); // 3
-    log.append_as_leader(&mut batch(2, 0, 0, 2, true), 0)
-        .unwrap(); // 4..=5
+    log.append_as_leader(&batch(1, 0, 0, 3, true), 0).unwrap(); // 0..=2
+    log.append_as_leader(&plain(1), 0).unwrap(); // 3
+    log.append_as_leader(&batch(2, 0, 0, 2, true), 0).unwrap(); // 4..=5
     settle(&log);
     assert_eq!(log.high_watermark(), 6);
     assert_eq!(log.last_stable_offset(), 0, "pid 1's transaction is open");
 
     // A non-transactional batch of a producer in a transaction is refused.
     assert!(matches!(
-        log.append_as_leader(&mut batch(2, 0, 2, 1, false), 0),
+        log.append_as_leader(&batch(2, 0, 2, 1, false), 0),
         Err(LogError::Producer(ProducerError::InvalidTxnState { .. }))
     ));
 
@@ -101,7 +99,7 @@ fn markers_close_transactions_and_aborted_ones_are_indexed() {
     ));
     // The bumped epoch fences the producer's old batches too.
     assert!(matches!(
-        log.append_as_leader(&mut batch(2, 0, 2, 1, true), 0),
+        log.append_as_leader(&batch(2, 0, 2, 1, true), 0),
         Err(LogError::Producer(ProducerError::InvalidEpoch { .. }))
     ));
 
@@ -134,11 +132,10 @@ fn an_open_transaction_survives_many_segments_and_a_kill_through_snapshots() {
         ..LogConfig::default()
     };
     let log = Log::open(dir.path(), config.clone()).unwrap();
-    log.append_as_leader(&mut batch(7, 3, 0, 1, true), 0)
-        .unwrap(); // offset 0, stays open
+    log.append_as_leader(&batch(7, 3, 0, 1, true), 0).unwrap(); // offset 0, stays open
     let mut seq = 1;
     for _ in 0..400 {
-        log.append_as_leader(&mut batch(8, 0, seq, 5, false), 0)
+        log.append_as_leader(&batch(8, 0, seq, 5, false), 0)
             .unwrap();
         seq += 5;
     }
@@ -156,7 +153,7 @@ fn an_open_transaction_survives_many_segments_and_a_kill_through_snapshots() {
     );
     // Producer 8's last batch is still a duplicate; producer 7 still at epoch 3.
     let retry = log
-        .append_as_leader(&mut batch(8, 0, seq - 5, 5, false), 0)
+        .append_as_leader(&batch(8, 0, seq - 5, 5, false), 0)
         .unwrap();
     assert_eq!(retry.bytes, 0);
     assert_eq!(log.producer_states().get(7).unwrap().epoch, 3);
@@ -185,15 +182,12 @@ fn an_open_transaction_survives_many_segments_and_a_kill_through_snapshots() {
 fn idle_producers_expire_but_not_inside_a_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    log.append_as_leader(&mut batch(1, 0, 0, 1, false), 0)
-        .unwrap();
-    log.append_as_leader(&mut batch(2, 0, 0, 1, true), 0)
-        .unwrap();
+    log.append_as_leader(&batch(1, 0, 0, 1, false), 0).unwrap();
+    log.append_as_leader(&batch(2, 0, 0, 1, true), 0).unwrap();
     // Their batches' timestamps are from 2023: long idle by now.
     assert_eq!(log.expire_producers(86_400_000), 1);
     assert!(log.producer_states().get(1).is_none());
     assert!(log.producer_states().get(2).is_some());
     // An expired producer is new again: any sequence.
-    log.append_as_leader(&mut batch(1, 0, 40, 1, false), 0)
-        .unwrap();
+    log.append_as_leader(&batch(1, 0, 40, 1, false), 0).unwrap();
 }

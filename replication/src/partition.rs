@@ -419,7 +419,7 @@ impl Partition {
     /// runs under `block_in_place` because a topic's flush policy may make it fsync.
     pub async fn append(
         &self,
-        batches: &mut [u8],
+        batches: &[u8],
         acks: Acks,
         timeout: Duration,
     ) -> Result<AppendInfo, PartitionError> {
@@ -907,7 +907,7 @@ mod tests {
             tokio::spawn(async move { p.wait_for_data(0, Duration::from_secs(10)).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        p.append(&mut batch(), Acks::Leader, Duration::from_secs(5))
+        p.append(&batch(), Acks::Leader, Duration::from_secs(5))
             .await
             .unwrap();
         assert!(waiter.await.unwrap());
@@ -932,12 +932,11 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            p.append(&mut batch(), Acks::All, Duration::from_secs(5))
-                .await,
+            p.append(&batch(), Acks::All, Duration::from_secs(5)).await,
             Err(PartitionError::NotEnoughReplicas { isr: 1, min_isr: 2 })
         ));
         assert_eq!(p.log().log_end_offset(), 0, "nothing appended");
-        p.append(&mut batch(), Acks::Leader, Duration::from_secs(5))
+        p.append(&batch(), Acks::Leader, Duration::from_secs(5))
             .await
             .unwrap();
     }
@@ -1016,7 +1015,7 @@ mod tests {
             let leader = leader.clone();
             tokio::spawn(async move {
                 leader
-                    .append(&mut batch(), Acks::All, Duration::from_secs(60))
+                    .append(&batch(), Acks::All, Duration::from_secs(60))
                     .await
             })
         };
@@ -1035,7 +1034,7 @@ mod tests {
         assert!(!dir.exists() && doomed.exists());
         assert!(matches!(
             leader
-                .append(&mut batch(), Acks::Leader, Duration::from_secs(5))
+                .append(&batch(), Acks::Leader, Duration::from_secs(5))
                 .await,
             Err(PartitionError::Log(LogError::Deleted))
         ));
@@ -1048,7 +1047,7 @@ mod tests {
         let leader = replica(a.path(), 1, &state);
         let follower = replica(b.path(), 2, &state);
         leader
-            .append(&mut batch(), Acks::Leader, Duration::from_secs(5))
+            .append(&batch(), Acks::Leader, Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(leader.high_watermark(), 0, "the follower has nothing yet");
@@ -1073,7 +1072,7 @@ mod tests {
             let leader = leader.clone();
             tokio::spawn(async move {
                 leader
-                    .append(&mut batch(), Acks::All, Duration::from_secs(10))
+                    .append(&batch(), Acks::All, Duration::from_secs(10))
                     .await
             })
         };
@@ -1087,7 +1086,7 @@ mod tests {
         assert_eq!(leader.high_watermark(), 2);
         // Without the follower fetching, acks=all times out (the record stays, uncommitted).
         let r = leader
-            .append(&mut batch(), Acks::All, Duration::from_millis(50))
+            .append(&batch(), Acks::All, Duration::from_millis(50))
             .await;
         assert!(matches!(r, Err(PartitionError::Timeout { .. })), "{r:?}");
         // A stale leader epoch is fenced, a future one unknown.
@@ -1101,7 +1100,7 @@ mod tests {
         ));
         assert!(matches!(
             follower
-                .append(&mut batch(), Acks::Leader, Duration::from_secs(1))
+                .append(&batch(), Acks::Leader, Duration::from_secs(1))
                 .await,
             Err(PartitionError::NotLeader { leader: 1, .. })
         ));
@@ -1116,7 +1115,7 @@ mod tests {
         let new_leader = replica(a.path(), 1, &old);
         for _ in 0..5 {
             old_leader
-                .append(&mut batch(), Acks::Leader, Duration::from_secs(1))
+                .append(&batch(), Acks::Leader, Duration::from_secs(1))
                 .await
                 .unwrap();
         }
@@ -1138,7 +1137,7 @@ mod tests {
         old_leader.set_replica_state(new);
         for _ in 0..2 {
             new_leader
-                .append(&mut batch(), Acks::Leader, Duration::from_secs(1))
+                .append(&batch(), Acks::Leader, Duration::from_secs(1))
                 .await
                 .unwrap();
         }
@@ -1167,7 +1166,7 @@ mod tests {
         let leader = replica(a.path(), 1, &state);
         let follower = replica(b.path(), 2, &state);
         leader
-            .append(&mut batch(), Acks::Leader, Duration::from_secs(1))
+            .append(&batch(), Acks::Leader, Duration::from_secs(1))
             .await
             .unwrap();
         fetch_round(&leader, &follower, 2);
@@ -1176,7 +1175,7 @@ mod tests {
         // Two more records the follower never gets: not committed.
         for _ in 0..2 {
             leader
-                .append(&mut batch(), Acks::Leader, Duration::from_secs(1))
+                .append(&batch(), Acks::Leader, Duration::from_secs(1))
                 .await
                 .unwrap();
         }

@@ -138,8 +138,8 @@ impl Sim {
             });
             self.next_value += 1;
         }
-        let mut batch = b.build().unwrap();
-        l.append(&mut batch, Acks::Leader, Duration::from_secs(1))
+        let batch = b.build().unwrap();
+        l.append(&batch, Acks::Leader, Duration::from_secs(1))
             .await
             .unwrap();
     }

@@ -371,13 +371,13 @@ async fn append_batch(
         Some(t) => b.build_with(&t),
         None => b.build(),
     };
-    let Some(mut batch) = built else {
+    let Some(batch) = built else {
         return Ok(());
     };
     partition
         // Commits are acks=all (Kafka's offsets.commit.required.acks): a commit acknowledged
         // to a client survives the coordinator's broker.
-        .append(&mut batch, Acks::All, std::time::Duration::from_secs(10))
+        .append(&batch, Acks::All, std::time::Duration::from_secs(10))
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())

@@ -165,9 +165,9 @@ impl ProducerService {
         let mut results = Vec::with_capacity(by_partition.len());
         for (index, batches) in by_partition {
             let partition = topic.partition(index)?;
-            let mut data = batches.finish();
+            let data = batches.finish();
             let info = partition
-                .append(&mut data, acks, timeout)
+                .append(&data, acks, timeout)
                 .await
                 .map_err(|e| status::from_partition_error(&e))?;
             results.push(pb::PartitionProduceResult {
@@ -231,13 +231,9 @@ impl ProducerService {
             )));
         }
         let partition = topic.partition(index)?;
-        // Without a copy when this request holds the only reference to its buffer.
-        let mut data = req
-            .record_batches
-            .try_into_mut()
-            .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+        // Written from the request's buffer as they are (the log never modifies them).
         let info = partition
-            .append(&mut data, acks, acks_timeout(req.timeout_ms))
+            .append(&req.record_batches, acks, acks_timeout(req.timeout_ms))
             .await
             .map_err(|e| status::from_partition_error(&e))?;
         let partitions = if acks == Acks::None {

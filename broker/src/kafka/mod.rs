@@ -255,12 +255,7 @@ async fn handle(ctx: &Ctx, mut frame: Frame, peer: &str) -> Result<Reply, String
             frame::decode_body(body, version)?,
         )),
         ApiKey::Produce => {
-            let req = frame::decode_body(body, version)?;
-            // The request's header and leftover body share the buffer the records sit in;
-            // released here, a partition's records may be the buffer's only owner and be
-            // appended in place (`produce::owned_records`).
-            drop(frame);
-            produce::produce(ctx, corr, version, req).await
+            produce::produce(ctx, corr, version, frame::decode_body(body, version)?).await
         }
         ApiKey::Fetch => fetch::fetch(ctx, corr, version, frame::decode_body(body, version)?).await,
         ApiKey::CreateTopics => reply(

@@ -1,7 +1,7 @@
 //! Produce (v3+, RecordBatch v2): batches are stored as sent — codec and CRC untouched — after
 //! validation by the log (magic, CRC, count, `max.message.bytes`).
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
@@ -83,15 +83,6 @@ struct PartitionData {
     records: Option<Bytes>,
 }
 
-/// The records as bytes the log may rewrite (it assigns offsets in the batch headers). When they
-/// are the only thing left referencing the request buffer — a request for one partition, or the
-/// last of several — that is the buffer itself; otherwise one copy.
-fn owned_records(records: Bytes) -> BytesMut {
-    records
-        .try_into_mut()
-        .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
-}
-
 /// Appends one partition's records (and waits as `acks` asks); its part of the response.
 async fn produce_partition(
     ctx: &Ctx,
@@ -119,8 +110,7 @@ async fn produce_partition(
     let Some(records) = pd.records else {
         return r.with_error_code(err(ResponseError::CorruptMessage));
     };
-    let mut data = owned_records(records);
-    match partition.append(&mut data, acks, timeout).await {
+    match partition.append(&records, acks, timeout).await {
         Ok(info) => r
             .with_base_offset(info.first_offset as i64)
             .with_log_append_time_ms(info.log_append_time.unwrap_or(-1))
@@ -150,8 +140,7 @@ pub async fn produce(
         -1 => Some(Acks::All),
         _ => None,
     };
-    // Only the records are kept of the request: every other slice of its buffer (names, the
-    // transactional id, tagged fields) is released, so records can be appended in place.
+    // Only the records are kept of the request (they are written from its buffer as they are).
     let topics: Vec<(String, Vec<PartitionData>)> = req
         .topic_data
         .into_iter()
@@ -201,28 +190,4 @@ pub async fn produce(
         &ProduceResponse::default().with_responses(responses),
     )
     .map(Reply::Frame)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_are_taken_over_when_nothing_else_holds_the_request() {
-        let mut request = BytesMut::with_capacity(64);
-        request.extend_from_slice(&[7u8; 64]);
-        let mut request = request.freeze();
-        let name = request.split_to(16);
-        let records = request.split_to(40);
-        let at = records.as_ptr();
-        // The topic name still shares the buffer: a copy.
-        let copied = owned_records(records.clone());
-        assert_ne!(copied.as_ptr(), at);
-        assert_eq!(&copied[..], &records[..]);
-        // Once the rest is released, the records are the buffer, rewritten in place.
-        drop((name, request));
-        let owned = owned_records(records);
-        assert_eq!(owned.as_ptr(), at);
-        assert_eq!(&owned[..], &[7u8; 40][..]);
-    }
 }

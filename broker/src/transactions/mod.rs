@@ -301,11 +301,11 @@ impl TransactionCoordinator {
             value: record.map(txn_log::encode_value),
             headers: Vec::new(),
         });
-        let Some(mut batch) = b.build() else {
+        let Some(batch) = b.build() else {
             return Ok(());
         };
         match partition
-            .append(&mut batch, Acks::All, Duration::from_secs(10))
+            .append(&batch, Acks::All, Duration::from_secs(10))
             .await
         {
             Ok(_) => Ok(()),

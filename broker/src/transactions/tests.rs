@@ -126,7 +126,7 @@ async fn write(o: &Opened, partition: u32, pid: i64, epoch: i16, seq: i32) {
         value: Some(bytes::Bytes::from_static(b"v")),
         headers: Vec::new(),
     });
-    let mut batch = b
+    let batch = b
         .build_with(&sluice_log::BatchTemplate {
             base_offset: 0,
             partition_leader_epoch: -1,
@@ -142,7 +142,7 @@ async fn write(o: &Opened, partition: u32, pid: i64, epoch: i16, seq: i32) {
         .topics
         .partition("t", partition)
         .expect("t")
-        .append(&mut batch, Acks::All, Duration::from_secs(10))
+        .append(&batch, Acks::All, Duration::from_secs(10))
         .await
         .expect("append");
 }
