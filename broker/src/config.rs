@@ -106,6 +106,10 @@ pub struct BrokerConfig {
     pub max_connections_per_ip: usize,
     /// A connection with no request for this long is closed (Kafka `connections.max.idle.ms`).
     pub connections_max_idle_ms: u64,
+    /// Kafka requests of one connection handled ahead of their responses: a produce's batches
+    /// are written while the ones before it wait for their fsync or replicas (responses still
+    /// go out in order). Beyond it the connection stops reading.
+    pub max_in_flight_requests_per_connection: usize,
     /// A request that has started must arrive whole within this long, or the connection is
     /// closed (a client trickling bytes cannot hold a connection slot).
     pub request_read_timeout_ms: u64,
@@ -191,6 +195,7 @@ impl Default for BrokerConfig {
             max_connections: 1000,
             max_connections_per_ip: 0,
             connections_max_idle_ms: 600_000,
+            max_in_flight_requests_per_connection: 16,
             request_read_timeout_ms: 30_000,
             fetch_max_bytes: 1 << 20,
             retention_check_interval_ms: 300_000,
@@ -416,6 +421,11 @@ impl BrokerConfig {
         }
         if self.num_partitions == 0 {
             return Err(ConfigError::Invalid("num_partitions must be >= 1".into()));
+        }
+        if self.max_in_flight_requests_per_connection == 0 {
+            return Err(ConfigError::Invalid(
+                "max_in_flight_requests_per_connection must be >= 1".into(),
+            ));
         }
         if self.connections_max_idle_ms == 0 || self.request_read_timeout_ms == 0 {
             return Err(ConfigError::Invalid(

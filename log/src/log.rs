@@ -579,6 +579,21 @@ impl Log {
     /// match its header, or whose records break the topic's key or timestamp rules, is refused
     /// whole and nothing of the request is written.
     pub fn append_as_leader(&self, batches: &[u8], leader_epoch: i32) -> Result<AppendInfo> {
+        let (info, flush) = self.append_as_leader_unflushed(batches, leader_epoch)?;
+        if let Some(upto) = flush {
+            self.flush_upto(upto)?;
+        }
+        Ok(info)
+    }
+
+    /// [`Log::append_as_leader`] without its flush: when `flush.messages` or `flush.ms` made one
+    /// due, returns the offset to pass to [`Log::flush_upto`] before the append may be
+    /// acknowledged. Lets a caller write the next batches while the fsync runs.
+    pub fn append_as_leader_unflushed(
+        &self,
+        batches: &[u8],
+        leader_epoch: i32,
+    ) -> Result<(AppendInfo, Option<u64>)> {
         let config = self.config();
         let rules = RecordRules {
             compacted: config.cleanup_compact,
@@ -624,7 +639,7 @@ impl Log {
                 };
                 if let Check::Duplicate(b) = check {
                     if i == 0 && frames.len() == 1 {
-                        return Ok(AppendInfo {
+                        let written = AppendInfo {
                             first_offset: b.first_offset,
                             last_offset: b.last_offset,
                             max_timestamp: -1,
@@ -632,7 +647,12 @@ impl Log {
                             record_count: 0,
                             batch_count: 0,
                             bytes: 0,
-                        });
+                        };
+                        // Durable only once an fsync covers it, like the original.
+                        let flush = (self.recovery_point() <= b.last_offset)
+                            .then_some(b.last_offset + 1)
+                            .filter(|_| config.flush_messages != u64::MAX);
+                        return Ok((written, flush));
                     }
                     // Kafka clients send one batch per partition; a retry mixed with new
                     // batches cannot be answered with one offset range.
@@ -701,7 +721,8 @@ impl Log {
             position: 0,
             source,
         })?;
-        self.append_validated(st, &config, Batches::as_is(&batch), &[(0, h)], None)
+        let appended = self.append_validated(st, &config, Batches::as_is(&batch), &[(0, h)], None);
+        self.flushed(appended)
     }
 
     /// Appends batches replicated from a leader, keeping their offsets. The first must start at
@@ -721,7 +742,8 @@ impl Log {
             }
             expected = h.next_offset() as u64;
         }
-        self.append_validated(st, &config, Batches::as_is(batches), &frames, None)
+        let appended = self.append_validated(st, &config, Batches::as_is(batches), &frames, None);
+        self.flushed(appended)
     }
 
     fn lock_appender(&self) -> Result<MutexGuard<'_, AppendState>> {
@@ -746,7 +768,7 @@ impl Log {
         written: Batches<'_>,
         frames: &[(usize, BatchHeader)],
         log_append_time: Option<i64>,
-    ) -> Result<AppendInfo> {
+    ) -> Result<(AppendInfo, Option<u64>)> {
         let data = written.data;
         let (Some((_, first)), Some((_, last))) = (frames.first(), frames.last()) else {
             unreachable!("validate_incoming rejects empty input")
@@ -810,10 +832,7 @@ impl Log {
             st.last_flush_ms = now;
         }
         drop(st);
-        if flush_due {
-            self.flush_upto(last_offset + 1)?;
-        }
-        Ok(AppendInfo {
+        let info = AppendInfo {
             first_offset,
             last_offset,
             max_timestamp,
@@ -821,7 +840,8 @@ impl Log {
             record_count,
             batch_count: headers.len(),
             bytes: data.len(),
-        })
+        };
+        Ok((info, flush_due.then_some(last_offset + 1)))
     }
 
     /// Returns the segment the next append goes to, rolling a new one when the active segment is
@@ -952,6 +972,15 @@ impl Log {
         Ok(due)
     }
 
+    /// An append's result once the flush it made due (if any) is done.
+    fn flushed(&self, appended: Result<(AppendInfo, Option<u64>)>) -> Result<AppendInfo> {
+        let (info, flush) = appended?;
+        if let Some(upto) = flush {
+            self.flush_upto(upto)?;
+        }
+        Ok(info)
+    }
+
     fn flush_locked(&self, st: &mut AppendState) -> Result<()> {
         self.flush_upto(self.log_end_offset())?;
         st.unflushed_messages = 0;
@@ -962,7 +991,7 @@ impl Log {
     /// Makes everything below `offset` durable: at once if an fsync since has covered it,
     /// else fsyncs all that is written now (appends may go on meanwhile; the flush lock keeps
     /// truncation out) and advances the recovery point to the log end offset seen before it.
-    fn flush_upto(&self, offset: u64) -> Result<()> {
+    pub fn flush_upto(&self, offset: u64) -> Result<()> {
         let _g = lock(&self.flush_state.lock);
         let rp = self.recovery_point();
         if rp >= offset {

@@ -21,6 +21,6 @@ pub mod partition;
 pub mod purgatory;
 
 pub use partition::{
-    Acks, InitialHw, Isolation, OffsetQuery, Partition, PartitionError, ReplicaConfig,
+    Acks, Appended, InitialHw, Isolation, OffsetQuery, Partition, PartitionError, ReplicaConfig,
     ReplicaState, HW_CHECKPOINT, LEGACY_HW_CHECKPOINT,
 };

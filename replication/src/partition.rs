@@ -209,6 +209,15 @@ pub struct Partition {
     deleted_tx: watch::Sender<bool>,
 }
 
+/// Batches written to the leader's log by [`Partition::start_append`], not yet acknowledged.
+#[derive(Debug)]
+pub struct Appended {
+    info: AppendInfo,
+    /// The offset an fsync must cover first (the topic's flush policy made one due).
+    flush: Option<u64>,
+    min_isr: usize,
+}
+
 impl Partition {
     /// Opens (recovering if needed) the partition's log in `dir`, as the leader of a
     /// single-replica partition, with its high watermark where `initial_hw` says.
@@ -431,10 +440,77 @@ impl Partition {
                 return Err(PartitionError::NotEnoughReplicas { isr, min_isr });
             }
         }
-        self.append_and_wait(acks, timeout, min_isr, |log, epoch| {
-            log.append_as_leader(batches, epoch)
+        let appended = self.start_append_checked(batches, min_isr)?;
+        self.finish_append(appended, acks, timeout).await
+    }
+
+    /// The first half of [`Partition::append`]: checks and writes the batches (in the order
+    /// calls are made), without waiting for the fsync a flush policy asks for nor for followers.
+    /// A connection writes its next request's batches while [`Partition::finish_append`] for
+    /// the one before waits, and answers them in order.
+    pub fn start_append(&self, batches: &[u8], acks: Acks) -> Result<Appended, PartitionError> {
+        self.check_leader()?;
+        let min_isr = self.replica_config().min_insync_replicas;
+        if acks == Acks::All {
+            let isr = self.isr().len();
+            if isr < min_isr {
+                return Err(PartitionError::NotEnoughReplicas { isr, min_isr });
+            }
+        }
+        self.start_append_checked(batches, min_isr)
+    }
+
+    fn start_append_checked(
+        &self,
+        batches: &[u8],
+        min_isr: usize,
+    ) -> Result<Appended, PartitionError> {
+        self.dir_health.check_writable()?;
+        let epoch = self.leader_epoch();
+        let (info, flush) =
+            tokio::task::block_in_place(|| self.log.append_as_leader_unflushed(batches, epoch))
+                .inspect_err(|e| {
+                    self.dir_health
+                        .record_failure(&format!("{}-{}", self.topic, self.index), e)
+                })?;
+        self.leo_tx.send_replace(self.log.log_end_offset());
+        if flush.is_none() {
+            self.maybe_advance_hw();
+        }
+        Ok(Appended {
+            info,
+            flush,
+            min_isr,
         })
-        .await
+    }
+
+    /// The second half of [`Partition::append`]: the fsync the flush policy asked for (on the
+    /// blocking pool; one fsync covers every append written before it began), then what `acks`
+    /// waits for.
+    pub async fn finish_append(
+        &self,
+        appended: Appended,
+        acks: Acks,
+        timeout: Duration,
+    ) -> Result<AppendInfo, PartitionError> {
+        let Appended {
+            info,
+            flush,
+            min_isr,
+        } = appended;
+        if let Some(upto) = flush {
+            let log = self.log.clone();
+            tokio::task::spawn_blocking(move || log.flush_upto(upto))
+                .await
+                .map_err(|e| PartitionError::Task(e.to_string()))?
+                .inspect_err(|e| {
+                    self.dir_health
+                        .record_failure(&format!("{}-{}", self.topic, self.index), e)
+                })?;
+            // As Kafka: the leader's own append counts toward the HW once flushed.
+            self.maybe_advance_hw();
+        }
+        self.await_acks(info, acks, timeout, min_isr).await
     }
 
     /// Writes a transaction marker for a producer (the transaction coordinator's
@@ -479,6 +555,18 @@ impl Partition {
         self.leo_tx.send_replace(self.log.log_end_offset());
         // With the leader alone in the ISR this commits the batch at once.
         self.maybe_advance_hw();
+        self.await_acks(info, acks, timeout, min_isr).await
+    }
+
+    /// Waits as `acks` asks for an append that is written (and flushed where due): for
+    /// `Acks::All`, until the HW passes it with at least `min_isr` replicas in sync.
+    async fn await_acks(
+        &self,
+        info: AppendInfo,
+        acks: Acks,
+        timeout: Duration,
+        min_isr: usize,
+    ) -> Result<AppendInfo, PartitionError> {
         if acks != Acks::All {
             return Ok(info);
         }

@@ -103,7 +103,7 @@ async fn read_body<R: AsyncRead + Unpin>(
 /// from `pool` (not reading meanwhile: the wait is the pool's backpressure, not the client's
 /// slowness, so it is not timed), then up to `read_timeout` for the rest.
 pub async fn read_frame_timed(
-    stream: &mut tokio::net::TcpStream,
+    stream: &mut tokio::net::tcp::ReadHalf<'_>,
     max: usize,
     idle: std::time::Duration,
     read_timeout: std::time::Duration,

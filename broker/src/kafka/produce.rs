@@ -10,7 +10,9 @@ use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_log::{BatchError, LogError, ProducerError};
-use sluice_replication::{Acks, PartitionError};
+use std::sync::Arc;
+
+use sluice_replication::{Acks, Appended, Partition, PartitionError};
 
 use super::metadata::topic_error_code;
 use super::{err, frame::encode_response, Ctx, Reply};
@@ -83,111 +85,151 @@ struct PartitionData {
     records: Option<Bytes>,
 }
 
-/// Appends one partition's records (and waits as `acks` asks); its part of the response.
-async fn produce_partition(
+/// A partition's part of a produce after its batches are written (or refused).
+enum Started {
+    /// Answered already (refused, or nothing to wait for).
+    Done(PartitionProduceResponse),
+    Written {
+        partition: Arc<Partition>,
+        appended: Appended,
+        base: PartitionProduceResponse,
+        name: String,
+    },
+}
+
+fn refused(
+    r: PartitionProduceResponse,
+    name: &str,
+    index: i32,
+    e: &PartitionError,
+    version: i16,
+) -> PartitionProduceResponse {
+    tracing::debug!(topic = %name, partition = index, error = %e, "produce rejected");
+    let r = r.with_error_code(partition_error_code(e));
+    if version >= 8 {
+        r.with_error_message(Some(StrBytes::from_string(e.to_string())))
+            .with_record_errors(record_errors(e))
+    } else {
+        r
+    }
+}
+
+/// Writes one partition's records now (phase one: in the order requests arrive).
+fn start_partition(
     ctx: &Ctx,
     name: String,
     pd: PartitionData,
     acks: Option<Acks>,
-    timeout: std::time::Duration,
     version: i16,
-) -> PartitionProduceResponse {
+) -> Started {
     let r = PartitionProduceResponse::default()
         .with_index(pd.index)
         .with_base_offset(-1)
         .with_log_append_time_ms(-1)
         .with_log_start_offset(-1);
     let Some(acks) = acks else {
-        return r.with_error_code(err(ResponseError::InvalidRequiredAcks));
+        return Started::Done(r.with_error_code(err(ResponseError::InvalidRequiredAcks)));
     };
     let partition = match u32::try_from(pd.index)
         .map_err(|_| crate::topics::TopicError::UnknownTopic(name.clone()))
         .and_then(|i| ctx.topics.partition(&name, i))
     {
         Ok(p) => p,
-        Err(e) => return r.with_error_code(topic_error_code(&e)),
+        Err(e) => return Started::Done(r.with_error_code(topic_error_code(&e))),
     };
     let Some(records) = pd.records else {
-        return r.with_error_code(err(ResponseError::CorruptMessage));
+        return Started::Done(r.with_error_code(err(ResponseError::CorruptMessage)));
     };
-    match partition.append(&records, acks, timeout).await {
-        Ok(info) => r
-            .with_base_offset(info.first_offset as i64)
-            .with_log_append_time_ms(info.log_append_time.unwrap_or(-1))
-            .with_log_start_offset(partition.log().log_start_offset() as i64),
-        Err(e) => {
-            tracing::debug!(topic = %name, partition = pd.index, error = %e, "produce rejected");
-            let r = r.with_error_code(partition_error_code(&e));
-            if version >= 8 {
-                r.with_error_message(Some(StrBytes::from_string(e.to_string())))
-                    .with_record_errors(record_errors(&e))
-            } else {
-                r
-            }
-        }
+    match partition.start_append(&records, acks) {
+        Ok(appended) => Started::Written {
+            partition,
+            appended,
+            base: r,
+            name,
+        },
+        Err(e) => Started::Done(refused(r, &name, pd.index, &e, version)),
     }
 }
 
-pub async fn produce(
+/// Phase two: the fsync and the replicas `acks` waits for; the partition's response.
+async fn finish_partition(
+    started: Started,
+    acks: Acks,
+    timeout: std::time::Duration,
+    version: i16,
+) -> PartitionProduceResponse {
+    let (partition, appended, base, name) = match started {
+        Started::Done(r) => return r,
+        Started::Written {
+            partition,
+            appended,
+            base,
+            name,
+        } => (partition, appended, base, name),
+    };
+    let index = base.index;
+    match partition.finish_append(appended, acks, timeout).await {
+        Ok(info) => base
+            .with_base_offset(info.first_offset as i64)
+            .with_log_append_time_ms(info.log_append_time.unwrap_or(-1))
+            .with_log_start_offset(partition.log().log_start_offset() as i64),
+        Err(e) => refused(base, &name, index, &e, version),
+    }
+}
+
+/// A produce in two phases: every partition's batches are written before this returns, in
+/// request order; the returned future waits for fsyncs and replicas and builds the response,
+/// so a connection can write its next request's batches meanwhile (answering in order).
+pub fn produce(
     ctx: &Ctx,
     corr: i32,
     version: i16,
     req: ProduceRequest,
-) -> Result<Reply, String> {
+) -> impl std::future::Future<Output = Result<Reply, String>> + Send + 'static {
     let acks = match req.acks {
         0 => Some(Acks::None),
         1 => Some(Acks::Leader),
         -1 => Some(Acks::All),
         _ => None,
     };
-    // Only the records are kept of the request (they are written from its buffer as they are).
-    let topics: Vec<(String, Vec<PartitionData>)> = req
-        .topic_data
-        .into_iter()
-        .map(|t| {
-            let parts = t.partition_data.into_iter().map(|p| PartitionData {
+    let timeout = std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let mut shape = Vec::with_capacity(req.topic_data.len());
+    let mut started = Vec::new();
+    for topic in req.topic_data {
+        let name = topic.name.0.to_string();
+        shape.push((name.clone(), topic.partition_data.len()));
+        for p in topic.partition_data {
+            let pd = PartitionData {
                 index: p.index,
                 records: p.records,
-            });
-            (t.name.0.to_string(), parts.collect())
-        })
-        .collect();
-    let timeout = std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
-    // Every partition appends and waits at once, as Kafka's purgatory holds one produce for all
-    // its partitions: with acks=all the request takes as long as its slowest partition, not
-    // the sum of them.
-    let mut shape = Vec::with_capacity(topics.len());
-    let mut pending = Vec::new();
-    for (name, partition_data) in topics {
-        let n = partition_data.len();
-        for pd in partition_data {
-            pending.push(produce_partition(
-                ctx,
-                name.clone(),
-                pd,
-                acks,
-                timeout,
-                version,
-            ));
+            };
+            started.push(start_partition(ctx, name.clone(), pd, acks, version));
         }
-        shape.push((name, n));
     }
-    let mut results = futures::future::join_all(pending).await.into_iter();
-    let responses = shape
-        .into_iter()
-        .map(|(name, n)| {
-            TopicProduceResponse::default()
-                .with_name(TopicName(StrBytes::from_string(name)))
-                .with_partition_responses(results.by_ref().take(n).collect())
-        })
-        .collect();
-    if acks == Some(Acks::None) {
-        return Ok(Reply::Nothing);
+    async move {
+        // Every partition waits at once, as Kafka's purgatory holds one produce for all its
+        // partitions: with acks=all the request takes its slowest partition's time.
+        let wait = acks.unwrap_or(Acks::None);
+        let finishing = started
+            .into_iter()
+            .map(|s| finish_partition(s, wait, timeout, version));
+        let mut results = futures::future::join_all(finishing).await.into_iter();
+        let responses = shape
+            .into_iter()
+            .map(|(name, n)| {
+                TopicProduceResponse::default()
+                    .with_name(TopicName(StrBytes::from_string(name)))
+                    .with_partition_responses(results.by_ref().take(n).collect())
+            })
+            .collect();
+        if acks == Some(Acks::None) {
+            return Ok(Reply::Nothing);
+        }
+        encode_response(
+            corr,
+            version,
+            &ProduceResponse::default().with_responses(responses),
+        )
+        .map(Reply::Frame)
     }
-    encode_response(
-        corr,
-        version,
-        &ProduceResponse::default().with_responses(responses),
-    )
-    .map(Reply::Frame)
 }
