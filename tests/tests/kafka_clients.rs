@@ -195,6 +195,23 @@ fn interop(port: u16, checks: &[&str]) -> String {
 }
 
 #[test]
+fn pipelined_produce_requests_to_an_fsyncing_topic_arrive_once_and_in_order() {
+    let (b, port) = kafka_broker();
+    let stdout = interop(port, &["pipelined"]);
+    assert!(stdout.contains("pipelined: ok"), "{stdout}");
+    // flush.messages=1 was honoured: fsyncs happened (at most one per request, fewer when
+    // they overlapped).
+    let m = metrics(&b);
+    let fsyncs = m
+        .lines()
+        .find(|l| l.starts_with("sluice_log_flush_duration_seconds_count"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(fsyncs >= 1.0, "no fsync recorded:\n{m}");
+}
+
+#[test]
 fn confluent_kafka_and_kafka_python_clients() {
     let (_b, port) = kafka_broker();
     let stdout = interop(port, &["confluent", "kafka_python"]);
