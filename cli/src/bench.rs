@@ -390,7 +390,7 @@ async fn produce(
 }
 
 /// One RecordBatch v2 of `count` records of `value`, timestamped now.
-fn build_batch(value: &Bytes, count: u64) -> Bytes {
+pub(crate) fn build_batch(value: &Bytes, count: u64) -> Bytes {
     let mut b = sluice_log::BatchBuilder::new(sluice_log::Compression::None);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -143,24 +143,15 @@ pub async fn produce(
     throughput: u64,
 ) -> Result<(u64, u64, Duration, Histogram<u64>), String> {
     let partitions = ensure_topic(addr, topic, partitions).await?;
-    let mut builder = sluice_log::BatchBuilder::new(sluice_log::Compression::None);
     let value = Bytes::from(
         (0..record_size)
             .map(|i| (i % 251) as u8)
             .collect::<Vec<u8>>(),
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    for _ in 0..batch_size {
-        builder.push(&sluice_log::Record {
-            timestamp: now,
-            key: None,
-            value: Some(value.clone()),
-            headers: Vec::new(),
-        });
+    let batch = crate::bench::build_batch(&value, batch_size as u64);
+    if batch.is_empty() {
+        return Err("empty batch".into());
     }
-    let batch = builder.build().ok_or("empty batch")?.freeze();
     let progress = Arc::new(Progress::default());
     let reporter = spawn_reporter(progress.clone(), "produce");
     let per_conn = records.div_ceil(concurrency as u64);

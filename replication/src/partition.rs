@@ -432,15 +432,7 @@ impl Partition {
         acks: Acks,
         timeout: Duration,
     ) -> Result<AppendInfo, PartitionError> {
-        self.check_leader()?;
-        let min_isr = self.replica_config().min_insync_replicas;
-        if acks == Acks::All {
-            let isr = self.isr().len();
-            if isr < min_isr {
-                return Err(PartitionError::NotEnoughReplicas { isr, min_isr });
-            }
-        }
-        let appended = self.start_append_checked(batches, min_isr)?;
+        let appended = self.start_append(batches, acks)?;
         self.finish_append(appended, acks, timeout).await
     }
 
@@ -457,14 +449,6 @@ impl Partition {
                 return Err(PartitionError::NotEnoughReplicas { isr, min_isr });
             }
         }
-        self.start_append_checked(batches, min_isr)
-    }
-
-    fn start_append_checked(
-        &self,
-        batches: &[u8],
-        min_isr: usize,
-    ) -> Result<Appended, PartitionError> {
         self.dir_health.check_writable()?;
         let epoch = self.leader_epoch();
         let (info, flush) =
