@@ -112,6 +112,39 @@ struct AppendState {
 }
 
 impl FlushState {
+    /// One queued roll's flush (on the background flusher).
+    fn flush_rolled(&self, job: RolledFlush) {
+        let _guard = lock(&self.lock);
+        let flushed =
+            crate::flush_observer::timed(|| job.segments.iter().try_for_each(|s| s.flush()));
+        if let Err(e) = flushed {
+            tracing::error!(error = %e, "fsync of rolled segment failed");
+            return;
+        }
+        // Sealed and durable: its descriptor goes back (a reader reopens it). Only the rolled
+        // ones, never the new active segment, which is not in `segments`.
+        for s in &job.segments {
+            s.close_file();
+        }
+        if self.generation.load(Ordering::Acquire) != job.generation {
+            return; // the log was truncated meanwhile: `upto` may no longer be valid
+        }
+        if let Some((offset, bytes)) = job.snapshot {
+            // The aborted-transaction index entries below the snapshot are not re-derived
+            // on recovery: durable first.
+            let written = crate::txn_index::sync(&self.dir)
+                .and_then(|()| snapshots::write(&self.dir, offset, &bytes));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "could not write producer snapshot");
+            }
+        }
+        self.recovery_point.fetch_max(job.upto, Ordering::AcqRel);
+        let rp = self.recovery_point.load(Ordering::Acquire);
+        if let Err(e) = self.write_recovery_point(rp) {
+            tracing::warn!(error = %e, "could not write recovery point");
+        }
+    }
+
     fn write_recovery_point(&self, rp: u64) -> Result<()> {
         // A failed write leaves the last known value unknown: the next checkpoint writes again.
         self.checkpointed.store(u64::MAX, Ordering::Release);
@@ -132,6 +165,24 @@ struct FlushState {
     generation: AtomicU64,
     /// Serialises fsync + recovery-point updates with truncation.
     lock: Mutex<()>,
+    /// Rolled segments waiting for the log's background flusher, and whether one is running:
+    /// at most one thread per log, however fast segments roll.
+    rolled: Mutex<RolledQueue>,
+}
+
+#[derive(Default)]
+struct RolledQueue {
+    jobs: Vec<RolledFlush>,
+    running: bool,
+}
+
+/// Rolled segments to fsync, then the recovery point (and a producer snapshot) to advance.
+struct RolledFlush {
+    segments: Vec<Arc<LogSegment>>,
+    upto: u64,
+    snapshot: Option<(u64, Vec<u8>)>,
+    /// The truncation generation when the roll happened.
+    generation: u64,
 }
 
 pub struct Log {
@@ -319,6 +370,7 @@ impl Log {
                 checkpointed: AtomicU64::new(u64::MAX),
                 generation: AtomicU64::new(0),
                 lock: Mutex::new(()),
+                rolled: Mutex::default(),
             }),
             dir,
             config: RwLock::new(config),
@@ -895,7 +947,8 @@ impl Log {
         Ok(new)
     }
 
-    /// fsyncs rolled segments off the append path, then advances the recovery point to `upto`.
+    /// fsyncs rolled segments off the append path, then advances the recovery point to `upto`:
+    /// queued for the log's background flusher, started here when none is running.
     fn spawn_flush(
         &self,
         segments: Vec<Arc<LogSegment>>,
@@ -903,36 +956,32 @@ impl Log {
         snapshot: Option<(u64, Vec<u8>)>,
     ) {
         let fs = self.flush_state.clone();
-        let generation = fs.generation.load(Ordering::Acquire);
-        let handle = std::thread::spawn(move || {
-            let _guard = lock(&fs.lock);
-            let flushed =
-                crate::flush_observer::timed(|| segments.iter().try_for_each(|s| s.flush()));
-            if let Err(e) = flushed {
-                tracing::error!(error = %e, "fsync of rolled segment failed");
-                return;
-            }
-            // Sealed and durable: its descriptor goes back (a reader reopens it). Only the rolled
-            // ones, never the new active segment, which is not in `segments`.
-            for s in &segments {
-                s.close_file();
-            }
-            if fs.generation.load(Ordering::Acquire) != generation {
-                return; // the log was truncated meanwhile: `upto` may no longer be valid
-            }
-            if let Some((offset, bytes)) = snapshot {
-                // The aborted-transaction index entries below the snapshot are not re-derived
-                // on recovery: durable first.
-                let written = crate::txn_index::sync(&fs.dir)
-                    .and_then(|()| snapshots::write(&fs.dir, offset, &bytes));
-                if let Err(e) = written {
-                    tracing::warn!(error = %e, "could not write producer snapshot");
+        let job = RolledFlush {
+            segments,
+            upto,
+            snapshot,
+            generation: fs.generation.load(Ordering::Acquire),
+        };
+        let start = {
+            let mut q = lock(&fs.rolled);
+            q.jobs.push(job);
+            !std::mem::replace(&mut q.running, true)
+        };
+        if !start {
+            return; // the running flusher takes it next
+        }
+        let handle = std::thread::spawn(move || loop {
+            let jobs = {
+                let mut q = lock(&fs.rolled);
+                if q.jobs.is_empty() {
+                    // Decided under the queue's lock: a job queued after this starts a flusher.
+                    q.running = false;
+                    return;
                 }
-            }
-            fs.recovery_point.fetch_max(upto, Ordering::AcqRel);
-            let rp = fs.recovery_point.load(Ordering::Acquire);
-            if let Err(e) = fs.write_recovery_point(rp) {
-                tracing::warn!(error = %e, "could not write recovery point");
+                std::mem::take(&mut q.jobs)
+            };
+            for job in jobs {
+                fs.flush_rolled(job);
             }
         });
         let mut bg = lock(&self.background);
@@ -1483,4 +1532,60 @@ fn validate_incoming(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod rolled_flush_tests {
+    use super::*;
+
+    fn batch(n: usize) -> bytes::BytesMut {
+        let mut b = crate::BatchBuilder::new(crate::Compression::None);
+        for _ in 0..n {
+            b.push(&crate::Record {
+                timestamp: 1_700_000_000_000,
+                key: None,
+                value: Some(Bytes::from(vec![7u8; 100])),
+                headers: Vec::new(),
+            });
+        }
+        b.build().unwrap_or_default()
+    }
+
+    /// Segments rolling faster than they can be fsynced queue for one flusher thread instead of
+    /// starting a thread each; once the disk answers, every one is flushed.
+    #[test]
+    fn rolls_queue_for_one_background_flusher() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 4096,
+            ..LogConfig::default()
+        };
+        let log = Log::open(dir.path(), config).unwrap();
+        {
+            // Held, the flush lock stands for a disk that does not answer.
+            let _slow_disk = lock(&log.flush_state.lock);
+            for _ in 0..40 {
+                log.append_as_leader(&batch(30), 0).unwrap();
+            }
+            assert!(log.segments_snapshot().len() > 20, "the segments rolled");
+            let running = lock(&log.background)
+                .iter()
+                .filter(|h| !h.is_finished())
+                .count();
+            assert_eq!(running, 1, "one flusher, the rolls queued for it");
+        }
+        let last_roll = log
+            .segments_snapshot()
+            .last()
+            .map(|s| s.base_offset())
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while log.recovery_point() < last_roll {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the queued rolls were not flushed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 }
