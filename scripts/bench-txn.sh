@@ -20,7 +20,7 @@ target/release/sluice serve --data-dir "$work/data" --grpc-addr "127.0.0.1:$BASE
 pid=$!
 trap 'kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 1 150); do
-  curl -sf "127.0.0.1:$((BASE + 2))/health" >/dev/null && break
+  curl -sf "127.0.0.1:$((BASE + 2))/ready" >/dev/null && break
   sleep 0.2
 done
 .venv-test/bin/python scripts/bench-txn.py "127.0.0.1:$((BASE + 1))" "$RECORDS" "$RECORD_SIZE" \

@@ -32,7 +32,7 @@ CFG
 pid=$!
 trap 'kill $pid 2>/dev/null && wait $pid; rm -rf "$d"' EXIT
 for _ in $(seq 1 150); do
-  curl -sf "http://127.0.0.1:$((BASE + 2))/health" >/dev/null 2>&1 && break
+  curl -sf "http://127.0.0.1:$((BASE + 2))/ready" >/dev/null 2>&1 && break
   sleep 0.2
 done
 start=$(date +%s)

@@ -1,16 +1,18 @@
-//! The HTTP admin listener: `/health`, Prometheus `/metrics`, and `/v1/topics` (JSON).
+//! The HTTP admin listener: `/health` (the process answers), `/ready` (registered and unfenced:
+//! it may lead partitions and create topics), Prometheus `/metrics`, and `/v1/topics` (JSON).
 
 use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
 use sluice_replication::controller::driver::QuorumHandle;
 
+use crate::cluster::lifecycle::BrokerState;
 use crate::groups::{GroupCoordinator, State as GroupState};
 use crate::memory_pool::MemoryPool;
 use crate::topics::TopicManager;
@@ -21,6 +23,7 @@ pub struct HttpState {
     quorum: QuorumHandle,
     request_memory: Arc<MemoryPool>,
     groups: Arc<GroupCoordinator>,
+    broker: tokio::sync::watch::Receiver<BrokerState>,
 }
 
 pub fn router(
@@ -28,9 +31,11 @@ pub fn router(
     quorum: QuorumHandle,
     request_memory: Arc<MemoryPool>,
     groups: Arc<GroupCoordinator>,
+    broker: tokio::sync::watch::Receiver<BrokerState>,
 ) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/topics", get(topics_json))
         .with_state(HttpState {
@@ -38,7 +43,25 @@ pub fn router(
             quorum,
             request_memory,
             groups,
+            broker,
         })
+}
+
+/// 200 once the controller has this broker registered and unfenced; 503 with the reason before
+/// (starting, no controller reachable) and whenever it is fenced again.
+async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
+    let b = *state.broker.borrow();
+    match (b.broker_epoch, b.fenced) {
+        (Some(_), false) => (StatusCode::OK, "ready\n"),
+        (None, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: not registered with the controller yet\n",
+        ),
+        (Some(_), true) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: fenced (catching up with the metadata log, or the controller is unreachable)\n",
+        ),
+    }
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {

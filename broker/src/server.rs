@@ -163,6 +163,7 @@ pub async fn run(config: BrokerConfig) -> Result<(), ServeError> {
             node.quorum.handle.clone(),
             request_memory.clone(),
             groups.clone(),
+            node.lifecycle.watch(),
         ),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));

@@ -111,7 +111,20 @@ async fn ensure_topic(addr: &str, topic: &str, partitions: u32) -> Result<u32, S
             .with_num_partitions(partitions as i32)
             .with_replication_factor(1)])
         .with_timeout_ms(10_000);
-    let _: CreateTopicsResponse = roundtrip(&mut s, ApiKey::CreateTopics, 7, &req).await?;
+    let created: CreateTopicsResponse = roundtrip(&mut s, ApiKey::CreateTopics, 7, &req).await?;
+    if let Some(t) = created.topics.first() {
+        // 36: TOPIC_ALREADY_EXISTS, which is what a second run against the same topic gets.
+        if t.error_code != 0 && t.error_code != 36 {
+            return Err(format!(
+                "creating {topic}: error {}{}",
+                t.error_code,
+                t.error_message
+                    .as_ref()
+                    .map(|m| format!(": {}", m.as_str()))
+                    .unwrap_or_default()
+            ));
+        }
+    }
     let md: MetadataResponse = roundtrip(
         &mut s,
         ApiKey::Metadata,

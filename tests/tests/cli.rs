@@ -239,3 +239,38 @@ fn topic_create_refuses_zero_and_negative_partition_counts() {
     let o = b.cli(&["topic", "list", "--output", "json"], None);
     assert_eq!(stdout(&o).trim(), "[]", "nothing was created");
 }
+
+/// A script that starts `sluice serve` and creates a topic at once: when the listeners open, the
+/// broker's own registration with the controller is still on the way. The creation waits for it
+/// instead of failing with "replication factor 1 is larger than the 0 available broker(s)", and
+/// `/ready` answers 200 once the broker is registered and unfenced.
+#[test]
+fn a_topic_created_while_the_broker_is_still_starting_is_created() {
+    let mut b = Broker::unstarted(None, Vec::new());
+    b.launch_listening();
+    let o = b.cli(&["topic", "create", "early"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = b.cli(&["produce", "early"], Some("one\n"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = b.cli(
+        &[
+            "consume",
+            "early",
+            "--from-beginning",
+            "--max-messages",
+            "1",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "one");
+    let ready = common::wait_for(
+        "/ready to answer 200",
+        std::time::Duration::from_secs(30),
+        || {
+            let r = b.http_get("/ready");
+            r.starts_with("HTTP/1.0 200").then_some(r)
+        },
+    );
+    assert!(ready.ends_with("ready\n"), "{ready}");
+}

@@ -46,6 +46,8 @@ pub struct Lifecycle {
     heartbeat_interval: Duration,
     shutdown_timeout: Duration,
     state: watch::Sender<BrokerState>,
+    /// True from this process's first unfencing on (a later fencing does not reset it).
+    started: watch::Sender<bool>,
     shutting_down: std::sync::atomic::AtomicBool,
 }
 
@@ -70,6 +72,7 @@ impl Lifecycle {
             heartbeat_interval,
             shutdown_timeout,
             state: watch::channel(BrokerState::default()).0,
+            started: watch::channel(false).0,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -82,9 +85,13 @@ impl Lifecycle {
         *self.state.borrow()
     }
 
-    #[cfg(test)]
     pub fn watch(&self) -> watch::Receiver<BrokerState> {
         self.state.subscribe()
+    }
+
+    /// Becomes true once this broker has been unfenced for the first time since it started.
+    pub fn watch_started(&self) -> watch::Receiver<bool> {
+        self.started.subscribe()
     }
 
     /// Registers, then heartbeats until `stop`.
@@ -215,6 +222,10 @@ impl Lifecycle {
                     }
                 }
                 self.state.send_replace(now);
+                if !now.fenced {
+                    self.started
+                        .send_if_modified(|s| !std::mem::replace(s, true));
+                }
                 if r.should_shutdown {
                     return Ok(BrokerState {
                         broker_epoch: None,

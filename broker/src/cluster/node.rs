@@ -71,18 +71,13 @@ impl Node {
             quorum.handle.watch_image(),
             topics.clone(),
         ))];
-        let admin = Arc::new(Admin {
-            config: config.clone(),
-            topics: topics.clone(),
-            controller: client.clone(),
-        });
         endpoints.controller = quorum
             .voters
             .iter()
             .find(|(id, _)| *id == config.node_id as u64)
             .map_or_else(|| config.controller_addr.to_string(), |(_, a)| a.clone());
         let lifecycle = Arc::new(Lifecycle::new(
-            client,
+            client.clone(),
             topics.clone(),
             config.node_id,
             endpoints,
@@ -90,6 +85,12 @@ impl Node {
             Duration::from_millis(config.broker_heartbeat_interval_ms),
             Duration::from_millis(config.controlled_shutdown_timeout_ms),
         ));
+        let admin = Arc::new(Admin {
+            config: config.clone(),
+            topics: topics.clone(),
+            controller: client.clone(),
+            started: lifecycle.watch_started(),
+        });
         tasks.push(tokio::spawn(lifecycle.clone().run(stop_rx.clone())));
         let producer_ids = Arc::new(crate::requests::producer_ids::ProducerIds::new(
             admin.controller.clone(),

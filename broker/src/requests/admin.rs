@@ -22,11 +22,15 @@ use crate::topics::{validate_topic_name, TopicError, TopicManager, MAX_PARTITION
 const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long it then waits for this broker to apply the decision.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a topic creation waits for a broker that is still starting to be unfenced.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Admin {
     pub config: Arc<BrokerConfig>,
     pub topics: Arc<TopicManager>,
     pub controller: Arc<ControllerClient>,
+    /// Whether this broker has been unfenced since it started (see `wait_started`).
+    pub started: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A created (or, with `validate_only`, a creatable) topic.
@@ -65,6 +69,15 @@ impl Admin {
             .map_err(controller_error)?;
         self.wait_applied(offset).await;
         Ok(answer)
+    }
+
+    /// Waits (bounded) until this broker has been unfenced once. Right after `sluice serve`
+    /// starts, its own registration is still on the way; a topic created then would find no
+    /// usable broker and fail with INVALID_REPLICATION_FACTOR (a script that starts a broker and
+    /// creates a topic at once). Once started, a broker fenced later does not wait here.
+    async fn wait_started(&self) {
+        let mut rx = self.started.clone();
+        let _ = tokio::time::timeout(STARTUP_TIMEOUT, rx.wait_for(|s| *s)).await;
     }
 
     /// Waits (bounded) until the replica manager has synced an image at `offset` or later.
@@ -146,6 +159,7 @@ impl Admin {
             replication_factor
         };
         self.config.topic_settings(&configs)?;
+        self.wait_started().await;
         match self
             .call(ControllerCall::CreateTopic {
                 name: name.to_string(),
