@@ -483,3 +483,131 @@ fn aborted_and_open_transactions_never_supersede_committed_values() {
     assert_eq!(value_of(&log, "a"), ["a1"]);
     assert_eq!(value_of(&log, "c"), ["c1"]);
 }
+
+/// Offsets of the control batches (transaction markers) in the log.
+fn markers(log: &Log) -> Vec<u64> {
+    let (data, _) = log
+        .read_bytes(log.log_start_offset(), 1 << 24, None)
+        .unwrap();
+    sluice_log::batch::BatchFrames::new(&data)
+        .map(|f| f.unwrap().1)
+        .filter(|h| h.is_control())
+        .map(|h| h.base_offset as u64)
+        .collect()
+}
+
+/// Producer-state snapshot offsets in the log's directory, ascending.
+fn snapshot_offsets(log: &Log) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(log.dir())
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            (p.extension()? == "snapshot").then_some(())?;
+            p.file_stem()?.to_str()?.parse().ok()
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Appends filler until the log has rolled `n` more segments.
+fn roll(log: &Log, clock: &ManualClock, n: usize) {
+    let target = log.segment_count() + n;
+    let mut i = 0;
+    while log.segment_count() < target {
+        let k = format!("roll-{}-{i}", log.log_end_offset());
+        put(
+            log,
+            clock,
+            &[(&k, Some("yyyyyyyyyyyyyyyy"))],
+            Compression::None,
+        );
+        i += 1;
+    }
+}
+
+/// Kafka's rule for markers under compaction: a marker goes once nothing of its transaction is
+/// left before it and it is older than `delete.retention.ms`; one whose transaction still has
+/// records stays (a replay must see the transaction end), and so does one above the oldest
+/// producer snapshot (a restart from that snapshot would replay the transaction's start without
+/// its end, and the last stable offset would wait there for good).
+#[test]
+fn markers_go_once_their_transaction_left_nothing_and_delete_retention_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(TS0));
+    let cfg = || {
+        let mut c = config();
+        c.set("min.cleanable.dirty.ratio", "0.01").unwrap();
+        c.set("delete.retention.ms", "60000").unwrap();
+        c
+    };
+    let log = Log::open_with_clock(dir.path(), cfg(), clock.clone()).unwrap();
+    txn_put(&log, &clock, 7, 0, &[("k", "v1")]);
+    marker(&log, 7, true); // its data is superseded by pid 8's: the marker may go
+    txn_put(&log, &clock, 8, 0, &[("k", "v2")]);
+    marker(&log, 8, true); // v2 stays: the marker stays
+    txn_put(&log, &clock, 9, 0, &[("z", "aborted")]);
+    marker(&log, 9, false); // aborted data removed: the marker may go
+    for round in 0..4 {
+        filler(&log, &clock, round);
+    }
+    txn_put(&log, &clock, 11, 0, &[("q", "q1")]);
+    marker(&log, 11, true); // superseded below, but above the oldest snapshot: stays
+    put(&log, &clock, &[("q", Some("q2"))], Compression::None);
+    roll(&log, &clock, 1);
+    let m = markers(&log);
+    assert_eq!(m.len(), 4, "{m:?}");
+
+    // Within delete.retention.ms every marker stays, whatever its transaction left.
+    let stats = log
+        .compact(&CleanerOptions::default())
+        .unwrap()
+        .expect("a pass");
+    assert_eq!(stats.markers_removed, 0, "{stats:?}");
+    assert_eq!(markers(&log), m);
+    assert_eq!(value_of(&log, "k"), ["v2"]);
+    assert_eq!(value_of(&log, "q"), ["q2"]);
+
+    // Past it (and with new dirty data, so there is a pass).
+    clock.advance(120_000);
+    filler(&log, &clock, 10);
+    roll(&log, &clock, 1);
+    let snapshots = snapshot_offsets(&log);
+    let oldest = *snapshots.first().expect("snapshots at the rolls");
+    assert!(m[2] < oldest && oldest <= m[3], "{m:?} {snapshots:?}");
+    let stats = log
+        .compact(&CleanerOptions::default())
+        .unwrap()
+        .expect("a pass");
+    assert_eq!(stats.markers_removed, 2, "{stats:?}");
+    assert_eq!(
+        markers(&log),
+        [m[1], m[3]],
+        "pid 7's and pid 9's markers went"
+    );
+    assert_eq!(value_of(&log, "k"), ["v2"]);
+    assert_eq!(value_of(&log, "z"), Vec::<String>::new());
+    assert_eq!(log.last_stable_offset(), log.log_end_offset());
+
+    // A restart, and a replay of the whole log (no snapshot, as a new replica's), both end with
+    // every transaction closed.
+    drop(log);
+    for remove_snapshots in [false, true] {
+        if remove_snapshots {
+            for e in std::fs::read_dir(dir.path()).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "snapshot") {
+                    std::fs::remove_file(p).unwrap();
+                }
+            }
+        }
+        let log = Log::open_with_clock(dir.path(), cfg(), clock.clone()).unwrap();
+        log.set_high_watermark(log.log_end_offset());
+        assert_eq!(
+            log.last_stable_offset(),
+            log.log_end_offset(),
+            "no transaction left open (snapshots removed: {remove_snapshots})"
+        );
+        assert_eq!(value_of(&log, "k"), ["v2"]);
+    }
+}

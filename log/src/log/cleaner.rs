@@ -21,9 +21,14 @@
 //! stable offset), because an open transaction's records may yet be aborted and must not
 //! supersede anything. Records of aborted transactions (per the aborted-transaction index) are
 //! never mapped — an aborted write must not remove the committed value it would have replaced —
-//! and are removed; committed transactional records are compacted like any others. Control
-//! batches (markers) are kept: they close their producer's transaction on replay and are a few
-//! dozen bytes.
+//! and are removed; committed transactional records are compacted like any others. A control
+//! batch (a COMMIT or ABORT marker) goes once nothing of its transaction is left before it —
+//! every batch of the transaction removed by this or an earlier pass — and it is older than
+//! `delete.retention.ms` (as a tombstone: consumers that were reading get that long to see it).
+//! Kafka's rule, with one more condition: the marker lies below every producer-state snapshot
+//! kept, so no restart or truncation replays the log from a snapshot taken while its
+//! transaction was open (that replay would wait for the removed marker and hold the last
+//! stable offset there for good).
 //! 3. swaps each rewritten segment in crash-safely: the new file is written as `.log.cleaned` and
 //!    fsynced, the old indexes are removed, the file is renamed over the `.log` (atomic), the
 //!    directory is fsynced, and indexes are rebuilt. A crash leaves either the old segment or the
@@ -32,7 +37,7 @@
 //! Offsets never change, so consumers see gaps where records were removed. A segment is rewritten
 //! straight to its `.cleaned` file, batch by batch, so memory stays at one batch plus the map.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -88,6 +93,8 @@ pub struct CleanStats {
     pub tombstones_removed: u64,
     /// Records of aborted transactions removed.
     pub aborted_records_removed: u64,
+    /// Transaction markers removed (their transactions left nothing behind).
+    pub markers_removed: u64,
     /// The dirty section ended here this pass (the next pass starts from it); short of the
     /// cleanable end when the offset map filled up.
     pub cleaned_up_to: u64,
@@ -244,6 +251,10 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
     //    above it are copied untouched: the map knows nothing of their keys, so neither their
     //    superseded records nor their tombstones (whose older values may sit below) can go yet.
     let tombstone_horizon = now.saturating_sub(config.delete_retention_ms);
+    let oldest_snapshot = super::snapshots::list(&log.dir)?.first().copied();
+    // Producers with a transactional batch kept since their last marker (segments are rewritten
+    // in offset order from the log start, so this sees every batch before each marker).
+    let mut txn_data_kept: HashSet<i64> = HashSet::new();
     let mut stats = CleanStats {
         cleaned_up_to: map_end,
         ..CleanStats::default()
@@ -265,7 +276,23 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
         };
         for_each_batch(seg, |h, bytes| {
             throttle.account(bytes.len() as u64)?;
-            if h.is_control() || h.base_offset as u64 >= map_end {
+            if h.is_control() {
+                let data_left = txn_data_kept.remove(&h.producer_id);
+                let removable = !data_left
+                    && (h.last_offset().max(0) as u64) < map_end
+                    && h.max_timestamp < tombstone_horizon
+                    && oldest_snapshot.is_none_or(|s| (h.last_offset().max(0) as u64) < s);
+                if removable {
+                    stats.markers_removed += 1;
+                    changed = true;
+                    return Ok(());
+                }
+                return emit(&bytes);
+            }
+            if h.base_offset as u64 >= map_end {
+                if h.is_transactional() {
+                    txn_data_kept.insert(h.producer_id);
+                }
                 return emit(&bytes);
             }
             if aborted.contains(&h) {
@@ -292,6 +319,9 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
                 } else {
                     kept.push(r);
                 }
+            }
+            if !kept.is_empty() && h.is_transactional() {
+                txn_data_kept.insert(h.producer_id);
             }
             if kept.len() == n {
                 return emit(&bytes);
