@@ -93,6 +93,33 @@ fn rounds_and_seed() -> (u64, u64) {
     (rounds, seed)
 }
 
+/// The last `n` bytes of a child's log file (its stderr goes to a file, never to a pipe: a
+/// pipe nobody reads until the end fills at 64 KiB of librdkafka's connection errors and stops
+/// the client mid-run).
+fn tail(path: &std::path::Path, n: usize) -> String {
+    let s = std::fs::read(path).unwrap_or_default();
+    String::from_utf8_lossy(&s[s.len().saturating_sub(n)..]).into_owned()
+}
+
+/// The last WARN and ERROR lines of each broker's log.
+fn broker_warnings(bs: &[Broker]) -> String {
+    let mut out = String::new();
+    for (i, b) in bs.iter().enumerate() {
+        let lines: Vec<String> = b
+            .log_lines("")
+            .into_iter()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        let from = lines.len().saturating_sub(15);
+        out.push_str(&format!(
+            "broker {}:\n{}\n",
+            i + 1,
+            lines[from..].join("\n")
+        ));
+    }
+    out
+}
+
 fn acked_lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
 }
@@ -105,6 +132,8 @@ struct Run {
     _work: tempfile::TempDir,
     acked: std::path::PathBuf,
     stop: std::path::PathBuf,
+    /// The producer's stderr.
+    producer_log: std::path::PathBuf,
     producer: Option<std::process::Child>,
 }
 
@@ -159,6 +188,7 @@ impl Run {
             bootstrap,
             acked: work.path().join("acked"),
             stop: work.path().join("stop"),
+            producer_log: work.path().join("producer.stderr"),
             _work: work,
             producer: None,
         };
@@ -171,7 +201,7 @@ impl Run {
                 .arg(&run.stop)
                 .args(idempotent.then_some("idempotent"))
                 .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
+                .stderr(std::fs::File::create(&run.producer_log).unwrap())
                 .spawn()
                 .unwrap_or_else(|e| {
                     panic!("cannot run python ({e}): run scripts/install-test-deps.sh")
@@ -206,7 +236,8 @@ impl Run {
             }
             assert!(
                 Instant::now() < end,
-                "no acknowledgements after {what} ({n} so far)"
+                "no acknowledgements after {what} ({n} so far); producer's log ends:\n{}",
+                tail(&self.producer_log, 4000)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -225,7 +256,7 @@ impl Run {
         assert!(
             out.status.success(),
             "producer failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            tail(&self.producer_log, 4000)
         );
         let verify = Command::new(common::python())
             .arg(client())
@@ -355,6 +386,7 @@ fn a_transactional_copy_is_exactly_once_through_kills_and_pauses() {
     common::produce_numbers(&bs[0], "txin", 3, total);
     let work = tempfile::tempdir().unwrap();
     let progress = work.path().join("progress");
+    let copier_log = work.path().join("copier.stderr");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/txn_failover.py");
     let mut copier = Command::new(common::python())
         .arg(&script)
@@ -369,7 +401,7 @@ fn a_transactional_copy_is_exactly_once_through_kills_and_pauses() {
         .arg(&progress)
         .env("TXN_DEADLINE_S", (150 + 30 * rounds).to_string())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&copier_log).unwrap())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run python ({e}): run scripts/install-test-deps.sh"));
     let committed = || -> u64 {
@@ -380,7 +412,7 @@ fn a_transactional_copy_is_exactly_once_through_kills_and_pauses() {
                 .unwrap_or(0)
         })
     };
-    let wait_progress = |min: u64, what: &str, copier: &mut std::process::Child| {
+    let wait_progress = |min: u64, what: &str, copier: &mut std::process::Child, bs: &[Broker]| {
         let end = Instant::now() + Duration::from_secs(90);
         loop {
             let n = committed();
@@ -388,11 +420,16 @@ fn a_transactional_copy_is_exactly_once_through_kills_and_pauses() {
             if n >= min || copier.try_wait().ok().flatten().is_some() {
                 return n;
             }
-            assert!(Instant::now() < end, "no commits after {what} ({n} so far)");
+            assert!(
+                Instant::now() < end,
+                "no commits after {what} ({n} so far); the copier's log ends:\n{}\nthe brokers' warnings:\n{}",
+                tail(&copier_log, 4000),
+                broker_warnings(bs)
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    let mut so_far = wait_progress(200, "starting", &mut copier);
+    let mut so_far = wait_progress(200, "starting", &mut copier, &bs);
     let mut mid_copy = 0;
     for round in 0..rounds {
         if so_far >= total || copier.try_wait().ok().flatten().is_some() {
@@ -408,17 +445,18 @@ fn a_transactional_copy_is_exactly_once_through_kills_and_pauses() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        so_far = wait_progress(so_far + 50, &what, &mut copier);
+        so_far = wait_progress(so_far + 50, &what, &mut copier, &bs);
     }
     let out = copier.wait_with_output().unwrap();
     let summary = String::from_utf8_lossy(&out.stdout);
     eprintln!(
-        "chaos (transactions): seed {seed}, {mid_copy} of {rounds} faults mid-copy; copier {summary}"
+        "chaos (transactions): seed {seed}, {mid_copy} of {rounds} faults mid-copy; copier {summary} ({} bytes of log)",
+        std::fs::metadata(&copier_log).map_or(0, |m| m.len())
     );
     assert!(
         out.status.success(),
         "{summary}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        tail(&copier_log, 4000)
     );
     assert!(mid_copy >= 1, "the copy finished before the first fault");
     let v: serde_json::Value = serde_json::from_str(summary.trim()).expect("summary is JSON");
