@@ -205,14 +205,25 @@ fn main() {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         // A client command piped into `head` should end quietly when the pipe closes, as Unix
-        // tools do, not panic in println!.
-        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-        unsafe {
-            let _ = nix::sys::signal::signal(
-                nix::sys::signal::Signal::SIGPIPE,
-                nix::sys::signal::SigHandler::SigDfl,
-            );
-        }
+        // tools do. SIGPIPE stays ignored (Rust's default) all the same: with its default
+        // disposition a vectored write (`writev`, which has no MSG_NOSIGNAL) on a gRPC
+        // connection to a broker that was just killed ended the process silently, mid-retry
+        // (seen as `sluice produce --idempotent` exiting with no message 6 ms after a leader
+        // was killed). `consume` checks for a closed stdout itself; `println!` panics on it,
+        // and this hook turns that panic into a quiet exit.
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+                std::process::exit(0);
+            }
+            default_hook(info)
+        }));
     }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
