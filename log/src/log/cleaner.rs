@@ -278,10 +278,11 @@ pub(super) fn compact(log: &Log, options: &CleanerOptions) -> Result<Option<Clea
             throttle.account(bytes.len() as u64)?;
             if h.is_control() {
                 let data_left = txn_data_kept.remove(&h.producer_id);
+                let offset = h.last_offset().max(0) as u64;
                 let removable = !data_left
-                    && (h.last_offset().max(0) as u64) < map_end
+                    && offset < map_end
                     && h.max_timestamp < tombstone_horizon
-                    && oldest_snapshot.is_none_or(|s| (h.last_offset().max(0) as u64) < s);
+                    && oldest_snapshot.is_none_or(|s| offset < s);
                 if removable {
                     stats.markers_removed += 1;
                     changed = true;
